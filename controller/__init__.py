@@ -1,0 +1,1 @@
+"""Treadmill controller: safety core, service, MQTT telemetry."""

@@ -1,0 +1,289 @@
+"""Data types shared by the safety core and the service around it.
+
+Everything here is a frozen dataclass or an enum: the pure core
+(:mod:`controller.core`) takes these in and gives these back, and the service
+only gathers :class:`Inputs` and carries out :class:`Decision`.
+
+Units are in the names: ``_kmh`` (km/h), ``_kmh_s`` (km/h per second),
+``_ms`` (integer milliseconds from a monotonic clock).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+# --------------------------------------------------------------------------
+# Configuration seen by the core (built from YAML by controller.config)
+# --------------------------------------------------------------------------
+
+
+class GripLossAction(StrEnum):
+    """What losing the required grip does at a stage, once the grace time has passed."""
+
+    STOP_LATCH = "stop_latch"  # controlled stop and latched fault ``grip_lost``
+    SLOW = "slow"  # ramp down to the stage's ``grip_slow_kmh`` and keep running
+    WARN = "warn"  # event and warning only
+    NONE = "none"  # grip is not watched at this stage
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One training stage. ``number`` is 1-based and equals its position in the table."""
+
+    number: int
+    name: str
+    max_kmh: float
+    start_kmh: float
+    accel_kmh_s: float
+    decel_kmh_s: float
+    grip_hands_required: int  # 0, 1 or 2 hands on the rails
+    on_grip_loss: GripLossAction
+    grip_grace_ms: int
+    grip_slow_kmh: float = 0.0  # only used with GripLossAction.SLOW
+    clip_required: bool = True  # the safety key (clip cord) must be present
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """Every number the safety core decides with. Validated at load (see controller.config)."""
+
+    stages: tuple[StageConfig, ...]
+    machine_max_kmh: float  # treadmill ceiling, also enforced by the firmware
+    stop_decel_kmh_s: float = 3.6  # controller-initiated (Cat 1) stop ramp
+    lease_ms: int = 300  # motion lease sent with every SET_SPEED
+    stale_ms: int = 500  # firmware STATUS older than this: stop and latch
+    standstill_kmh: float = 0.1  # at or below this the belt counts as at rest
+    speed_step_kmh: float = 0.1  # faster/slower button step
+    overspeed_abs_kmh: float = 0.3  # overspeed margin: max(abs, rel * limit)
+    overspeed_rel: float = 0.05
+    overspeed_ms: int = 500
+    follow_tol_kmh: float = 0.5  # not-following margin: max(abs, rel * commanded)
+    follow_rel: float = 0.10
+    follow_ms: int = 2000
+    moving_at_rest_ms: int = 500  # belt measured moving while it should be at rest
+    grip_chatter_edges: int = 10  # this many grip edges ...
+    grip_chatter_window_ms: int = 1000  # ... inside this window flags the sensor
+    grip_stuck_window_ms: int = 1_800_000  # grip reading unchanged this long while running: flag
+    max_grip_grace_ms: int = 2000  # upper bound a stage's grace time may have
+
+
+# --------------------------------------------------------------------------
+# Inputs gathered by the service every tick
+# --------------------------------------------------------------------------
+
+
+class FirmwareState(StrEnum):
+    """State reported by the firmware in STATUS (mirrors docs/protocol.md)."""
+
+    BOOT = "boot"
+    IDLE = "idle"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    FAULT = "fault"
+
+
+@dataclass(frozen=True)
+class FirmwareStatus:
+    """The latest STATUS frame, with the time it was received."""
+
+    received_ms: int
+    measured_kmh: float
+    commanded_kmh: float  # the firmware's own ramped set-point
+    state: FirmwareState
+    fault_code: int  # 0 = no fault; codes in docs/protocol.md
+    safety_key_closed: bool  # the firmware's own reading of the key circuit
+    config_checksum: int  # echoed from CONFIGURE
+    expected_config_checksum: int  # what the bridge sent in CONFIGURE
+    boot_id: int  # from HELLO; changes only when the firmware reboots
+
+
+class Button(StrEnum):
+    """Console buttons (local only)."""
+
+    START = "start"
+    STOP = "stop"
+    FASTER = "faster"
+    SLOWER = "slower"
+    STAGE_UP = "stage_up"
+    STAGE_DOWN = "stage_down"
+    RESET = "reset"
+
+
+@dataclass(frozen=True)
+class Press:
+    """A local console button press (edge) since the last tick."""
+
+    button: Button
+
+
+@dataclass(frozen=True)
+class SetTarget:
+    """The console's requested speed (local)."""
+
+    speed_kmh: float
+
+
+@dataclass(frozen=True)
+class SelectStage:
+    """Select a stage directly at the console (local)."""
+
+    stage: int
+
+
+@dataclass(frozen=True)
+class RequestStop:
+    """A controlled stop asked for by the service itself, e.g. ``session_complete``."""
+
+    reason: str
+
+
+LocalCommand = Press | SetTarget | SelectStage | RequestStop
+
+
+@dataclass(frozen=True)
+class RemoteStop:
+    """``cmd/stop`` from MQTT: always honoured."""
+
+
+@dataclass(frozen=True)
+class RemoteLowerTarget:
+    """``cmd/target_kmh``: accepted only when it lowers the current target."""
+
+    speed_kmh: float
+
+
+@dataclass(frozen=True)
+class RemoteLowerStageCap:
+    """``cmd/stage_cap``: accepted only when it lowers the current stage cap."""
+
+    stage: int
+
+
+RemoteCommand = RemoteStop | RemoteLowerTarget | RemoteLowerStageCap
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything the core sees in one tick."""
+
+    grip_left: bool
+    grip_right: bool
+    estop_pressed: bool
+    safety_key_present: bool
+    firmware: FirmwareStatus | None  # None until the first STATUS
+    local: tuple[LocalCommand, ...] = ()
+    remote: tuple[RemoteCommand, ...] = ()
+    stage_cap: int = 1  # highest stage the training program allows for this session
+
+
+# --------------------------------------------------------------------------
+# State and decisions
+# --------------------------------------------------------------------------
+
+
+class Mode(StrEnum):
+    IDLE = "idle"  # belt at rest, ready
+    RUNNING = "running"
+    STOPPING = "stopping"  # controlled ramp to rest, no fault
+    FAULTED = "faulted"  # latched; only a local reset at rest leaves it
+
+
+class FaultCode(StrEnum):
+    GRIP_LOST = "grip_lost"
+    GRIP_SENSOR = "grip_sensor"
+    ESTOP = "estop"
+    SAFETY_KEY = "safety_key"
+    LINK_STALE = "link_stale"
+    OVERSPEED = "overspeed"
+    NOT_FOLLOWING = "not_following"
+    MOVING_AT_REST = "moving_at_rest"
+    FIRMWARE_FAULT = "firmware_fault"
+    FIRMWARE_REBOOT = "firmware_reboot"
+    CONFIG_MISMATCH = "config_mismatch"
+    INTERNAL = "internal"
+
+
+class StopKind(StrEnum):
+    CONTROLLED = "controlled"  # STOP: firmware ramps at the given deceleration
+    EMERGENCY = "emergency"  # ESTOP: fastest safe stop
+
+
+@dataclass(frozen=True)
+class Fault:
+    code: FaultCode
+    message: str  # what was seen, and what the user must do
+    since_ms: int
+    stop: StopKind
+
+
+@dataclass(frozen=True)
+class SetSpeed:
+    """Run the belt at ``speed_kmh``, ramping at ``accel_kmh_s``; renews the lease."""
+
+    speed_kmh: float
+    accel_kmh_s: float
+    lease_ms: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Controlled stop at ``decel_kmh_s``."""
+
+    decel_kmh_s: float
+
+
+@dataclass(frozen=True)
+class EStop:
+    """Fastest safe stop."""
+
+
+MotionCommand = SetSpeed | Stop | EStop
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something worth telling people about: logged, published on MQTT, put in the timeline.
+
+    ``kind`` values include: transition, started, stopped, grip_lost, grip_warning,
+    grip_sensor_suspect, fault, fault_cleared, stage_changed, target_changed,
+    command_rejected, start_refused, reset_refused.
+    """
+
+    kind: str
+    message: str
+    details: dict[str, str | int | float | bool | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CoreState:
+    """The core's whole memory. Built only by controller.core."""
+
+    mode: Mode
+    stage: int
+    target_kmh: float
+    commanded_kmh: float
+    fault: Fault | None = None
+    stop_reason: str | None = None
+    remote_stage_cap: int | None = None
+    last_tick_ms: int | None = None
+    boot_id: int | None = None
+    grip_lost_since_ms: int | None = None
+    grip_action_taken: bool = False
+    overspeed_since_ms: int | None = None
+    follow_since_ms: int | None = None
+    moving_at_rest_since_ms: int | None = None
+    grip_edges_ms: tuple[int, ...] = ()
+    last_grip_ok: bool | None = None
+    grip_changed_ms: int | None = None
+    warnings: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one tick decided: the next state, exactly one motion command, and events."""
+
+    state: CoreState
+    motion: MotionCommand
+    clear_firmware_fault: bool = False  # send CLEAR_FAULT (only on a valid local reset)
+    events: tuple[Event, ...] = ()

@@ -1,0 +1,1 @@
+"""Serial link to the treadmill motor-controller firmware, and a simulated firmware."""
