@@ -66,6 +66,10 @@ class SafetyConfig:
     grip_chatter_window_ms: int = 1000  # ... inside this window flags the sensor
     grip_stuck_window_ms: int = 1_800_000  # grip reading unchanged this long while running: flag
     max_grip_grace_ms: int = 2000  # upper bound a stage's grace time may have
+    follow_lag_ms: int = 1000  # belt lag allowed while ramping: adds rate * lag to the follow margin
+    # Firmware fault codes (FwFault in firmware_bridge.messages) answered with ESTOP rather than
+    # STOP: 5 safety key open, 6 ESTOP, 10 overspeed.
+    firmware_emergency_fault_codes: frozenset[int] = frozenset({5, 6, 10})
 
 
 # --------------------------------------------------------------------------
@@ -277,6 +281,9 @@ class CoreState:
     last_grip_ok: bool | None = None
     grip_changed_ms: int | None = None
     warnings: frozenset[str] = frozenset()
+    last_grip_hands: tuple[bool, bool] | None = None  # (left, right) at the previous tick
+    fault_rest_reached: bool = False  # FAULTED and the belt has been seen at rest since
+    secondary_faults: tuple[FaultCode, ...] = ()  # further faults seen while already FAULTED
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,834 @@
+"""The treadmill service: gathers inputs, calls the pure safety core, carries out its decisions.
+
+Tasks (one ``asyncio.TaskGroup``, every task named):
+
+* ``firmware-bridge``: the serial link (``firmware_bridge.bridge``);
+* ``gpio-inputs``: watches the GPIO edge rate and reports a chattering input;
+* ``control-loop``: the fixed-rate loop; the only place that calls ``decide``;
+* ``mqtt-publisher``: telemetry and remote commands (never awaited by the loop);
+* ``training-writer``: the session log (SQLite, off the loop);
+* ``systemd-notify``: ``STATUS=`` updates (``WATCHDOG=1`` comes from the loop itself);
+* ``mock-panel``: only with mock pins and a socket configured, drives the mock inputs.
+
+The control loop runs on absolute deadlines (``t0 + k * period``) and is woken at once by an
+edge on a safety input (e-stop, key, grips). It never awaits I/O: motion commands are written
+to the serial transport without waiting, telemetry is handed to the publisher by reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from controller import core
+from controller.commands import AssignClient, CommandRejected, ParsedCommand
+from controller.config import AppConfig, ConfigError, load_config
+from controller.gpio import InputSpec, PanelInputs, make_pin_factory
+from controller.model import (
+    CoreState,
+    EStop,
+    Event,
+    FirmwareState,
+    FirmwareStatus,
+    Inputs,
+    LocalCommand,
+    Mode,
+    MotionCommand,
+    Press,
+    RemoteCommand,
+    RemoteStop,
+    RequestStop,
+    SafetyConfig,
+    SetSpeed,
+    Stop,
+)
+from controller.notify import Notifier
+from controller.reload import merge_for_running
+from controller.telemetry import event_payload, state_payload
+from firmware_bridge.bridge import FirmwareBridge, FirmwareLimits, StatusSnapshot
+
+logger = logging.getLogger(__name__)
+
+SIM_PORT = "sim://"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+MAX_PENDING_REMOTE = 32
+STOP_REPEAT_MS = 250  # a Stop/EStop is re-sent this often while it stays the decision
+WATCHDOG_EVERY_MS = 250
+TELEMETRY_EVERY_MS = 100
+LATENESS_BINS = 500  # histogram of loop lateness, 0.1 ms bins up to 50 ms
+GPIO_CHATTER_EDGES_PER_S = 40
+
+
+def monotonic_ms() -> int:
+    """Integer milliseconds from the monotonic clock: the only clock the core sees."""
+    return time.monotonic_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class TickRecord:
+    """One control tick, for observers (scenario timeline, demo view, benchmarks)."""
+
+    now_ms: int
+    state: CoreState
+    inputs: Inputs
+    motion: MotionCommand
+    events: tuple[Event, ...]
+    belt_true_kmh: float | None  # from the simulator when there is one
+    session: dict[str, object] | None
+
+
+@dataclass
+class LoopStats:
+    """Control-loop timing. Lateness is measured against the absolute deadline."""
+
+    ticks: int = 0
+    woken_ticks: int = 0
+    late_ticks: int = 0
+    missed_ticks: int = 0
+    max_lateness_ms: float = 0.0
+    histogram: list[int] = dataclasses.field(default_factory=lambda: [0] * (LATENESS_BINS + 1))
+
+    def record(self, lateness_s: float, late_threshold_s: float) -> None:
+        lateness_ms = max(0.0, lateness_s * 1000.0)
+        self.max_lateness_ms = max(self.max_lateness_ms, lateness_ms)
+        self.histogram[min(LATENESS_BINS, int(lateness_ms * 10))] += 1
+        if lateness_s > late_threshold_s:
+            self.late_ticks += 1
+
+    def percentile_ms(self, q: float) -> float:
+        total = sum(self.histogram)
+        if total == 0:
+            return 0.0
+        rank = q * total
+        seen = 0
+        for index, count in enumerate(self.histogram):
+            seen += count
+            if seen >= rank:
+                return (index + 1) / 10.0
+        return LATENESS_BINS / 10.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "ticks": self.ticks,
+            "woken_ticks": self.woken_ticks,
+            "late_ticks": self.late_ticks,
+            "missed_ticks": self.missed_ticks,
+            "lateness_p50_ms": self.percentile_ms(0.50),
+            "lateness_p99_ms": self.percentile_ms(0.99),
+            "lateness_max_ms": round(self.max_lateness_ms, 3),
+        }
+
+
+def input_specs(config: AppConfig) -> list[InputSpec]:
+    """GPIO wiring from the config, in the adapter's vocabulary."""
+    specs = []
+    for name, wiring in config.gpio.inputs.items():
+        specs.append(
+            InputSpec(
+                name=name, pin=wiring.pin, active_high=wiring.active == "high", pull=wiring.pull
+            )
+        )
+    return specs
+
+
+def firmware_limits(config: AppConfig) -> FirmwareLimits:
+    fw = config.firmware
+    return FirmwareLimits(
+        max_speed_kmh=fw.max_speed_kmh,
+        max_accel_kmh_s=fw.max_accel_kmh_s,
+        max_decel_kmh_s=fw.max_decel_kmh_s,
+        max_lease_ms=fw.lease_ms,
+    )
+
+
+def firmware_status(snapshot: StatusSnapshot | None) -> FirmwareStatus | None:
+    """Translate the bridge's latest STATUS into the core's vocabulary."""
+    if snapshot is None:
+        return None
+    status = snapshot.status
+    return FirmwareStatus(
+        received_ms=snapshot.received_ms,
+        measured_kmh=status.measured_kmh,
+        commanded_kmh=status.commanded_kmh,
+        state=FirmwareState(status.state.name.lower()),
+        fault_code=int(status.fault),
+        safety_key_closed=status.safety_key_closed,
+        config_checksum=status.config_checksum,
+        expected_config_checksum=snapshot.config_checksum_expected,
+        boot_id=snapshot.boot_id,
+    )
+
+
+class Service:
+    """The running controller. Build it with a loaded config, then ``await run()``."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        *,
+        config_path: Path | None = None,
+        pin_factory: Any | None = None,
+        notifier: Notifier | None = None,
+        clock_ms: Callable[[], int] = monotonic_ms,
+        simulator: Any | None = None,
+        enable_mqtt: bool | None = None,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self._safety: SafetyConfig = config.safety()
+        self._pending_safety: SafetyConfig | None = None
+        self._pin_factory = pin_factory
+        self.notifier = notifier if notifier is not None else Notifier()
+        self._clock_ms = clock_ms
+        self.simulator = simulator
+        self._enable_mqtt = config.mqtt.enabled if enable_mqtt is None else enable_mqtt
+        self._install_signal_handlers = install_signal_handlers
+
+        self.state: CoreState = core.initial_state(self._safety)
+        self.last_inputs: Inputs | None = None
+        self.last_motion: MotionCommand | None = None
+        self.loop_stats = LoopStats()
+        self.observers: list[Callable[[TickRecord], None]] = []
+        self.event_log: deque[tuple[int, Event]] = deque(maxlen=200)
+        self.exit_code = EXIT_OK
+        self.ready = asyncio.Event()
+        self.stopped = asyncio.Event()
+
+        self._pending_local: list[LocalCommand] = []
+        self._pending_remote: deque[RemoteCommand] = deque()
+        self._remote_stop = False
+        self._shutdown_reason: str | None = None
+        self._shutdown_started_ms: int | None = None
+        self._reload_requested = False
+        self._waiter: asyncio.Future[bool] | None = None
+        self._wake_pending = False
+        self._last_sent: tuple[MotionCommand, int] | None = None
+        self._last_watchdog_ms = -WATCHDOG_EVERY_MS
+        self._last_telemetry_ms = -TELEMETRY_EVERY_MS
+        self._last_telemetry_mode: Mode | None = None
+        self._session: dict[str, object] | None = None
+        self._stage_cap = 1
+        self._status_line = "starting"
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._new_events: list[Event] = []  # events since the last TickRecord
+
+        self.panel: PanelInputs | None = None
+        self.bridge: FirmwareBridge | None = None
+        self.publisher: Any | None = None
+        self.training: Any | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ inputs from outside
+
+    def submit_local(self, command: LocalCommand) -> None:
+        """A local console action (mock panel, demo keys, scenario steps, training)."""
+        self._pending_local.append(command)
+
+    def on_remote_command(self, command: ParsedCommand) -> None:
+        """Called by the MQTT publisher for every command it parsed. Cheap and non-blocking."""
+        if isinstance(command, CommandRejected):
+            # The publisher has already published the command_rejected event; record it here
+            # for logs and timelines only.
+            self._emit(
+                Event(
+                    "command_rejected",
+                    f"remote command {command.command!r} rejected: {command.reason}",
+                    {"command": command.command, "reason": command.reason},
+                ),
+                publish=False,
+            )
+            return
+        if isinstance(command, RemoteStop):
+            self._remote_stop = True  # never dropped, whatever the queue holds
+            self._wake()
+            return
+        if isinstance(command, AssignClient):
+            self._assign_client(command.client_id, source="mqtt")
+            return
+        if len(self._pending_remote) >= MAX_PENDING_REMOTE:
+            self._emit(
+                Event(
+                    "command_rejected",
+                    f"remote command dropped: more than {MAX_PENDING_REMOTE} commands "
+                    "waiting for one control tick",
+                    {"command": type(command).__name__, "reason": "flood"},
+                )
+            )
+            return
+        self._pending_remote.append(command)
+
+    def assign_client(self, client_id: str | None) -> None:
+        """Assign (or clear) the client at the console (local)."""
+        self._assign_client(client_id, source="console")
+
+    def _assign_client(self, client_id: str | None, *, source: str) -> None:
+        if self.training is None:
+            self._emit(
+                Event(
+                    "command_rejected",
+                    "client ids need the training program (training.enabled: true)",
+                    {"command": "client", "reason": "training disabled"},
+                )
+            )
+            return
+        event = self.training.assign_client(
+            client_id, belt_at_rest=self._belt_at_rest(), source=source
+        )
+        self._emit(event)
+
+    def request_shutdown(self, reason: str = "shutdown") -> None:
+        if self._shutdown_reason is None:
+            logger.info("shutdown requested (%s): stopping the belt first", reason)
+            self._shutdown_reason = reason
+        self._wake()
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(True)
+        else:
+            self._wake_pending = True
+
+    # ------------------------------------------------------------------ helpers
+
+    def _emit(self, event: Event, *, publish: bool = True) -> None:
+        now_ms = self._clock_ms()
+        self.event_log.append((now_ms, event))
+        if event.kind == "transition":
+            logger.info("%s", event.message)
+        elif event.kind in ("fault", "storage_error", "config_rejected", "link_lost"):
+            logger.warning("%s: %s", event.kind, event.message)
+        else:
+            logger.info("%s: %s", event.kind, event.message)
+        if publish and self.publisher is not None:
+            self.publisher.publish_event(event_payload(ts=datetime.now(UTC), event=event))
+        self._new_events.append(event)
+
+    def _belt_at_rest(self) -> bool:
+        inputs = self.last_inputs
+        if inputs is None or inputs.firmware is None:
+            return self.state.mode in (Mode.IDLE, Mode.FAULTED) and self.state.commanded_kmh == 0
+        return (
+            self.state.mode in (Mode.IDLE, Mode.FAULTED)
+            and inputs.firmware.measured_kmh <= self._safety.standstill_kmh
+        )
+
+    def status_line(self) -> str:
+        state = self.state
+        fault = f" fault={state.fault.code}" if state.fault else ""
+        measured = ""
+        if self.last_inputs is not None and self.last_inputs.firmware is not None:
+            measured = f" belt={self.last_inputs.firmware.measured_kmh:.2f}km/h"
+        return f"{state.mode} stage={state.stage}{measured}{fault}"
+
+    def _firmware_fresh(self, now_ms: int) -> bool:
+        inputs = self.last_inputs
+        return (
+            inputs is not None
+            and inputs.firmware is not None
+            and now_ms - inputs.firmware.received_ms <= self._safety.stale_ms
+        )
+
+    # ------------------------------------------------------------------ motion
+
+    def _carry_out(self, motion: MotionCommand, now_ms: int) -> None:
+        bridge = self.bridge
+        if bridge is None:
+            return
+        if isinstance(motion, SetSpeed):
+            # Sent every tick: each SET_SPEED renews the firmware's lease.
+            bridge.set_speed(motion.speed_kmh, motion.accel_kmh_s, motion.lease_ms)
+            self._last_sent = (motion, now_ms)
+            return
+        last = self._last_sent
+        if last is not None and last[0] == motion and now_ms - last[1] < STOP_REPEAT_MS:
+            return  # the same stop was sent moments ago (reliable: acked and retransmitted)
+        if isinstance(motion, EStop):
+            bridge.estop()
+        elif isinstance(motion, Stop):
+            bridge.stop(motion.decel_kmh_s)
+        self._last_sent = (motion, now_ms)
+
+    def _emergency_stop(self, reason: str) -> None:
+        """Last resort when a task fails: ESTOP on the wire, if there is a wire."""
+        logger.critical("emergency stop: %s", reason)
+        if self.bridge is not None:
+            try:
+                self.bridge.estop()
+            except Exception:
+                logger.exception("could not send ESTOP; the firmware lease will stop the belt")
+
+    # ------------------------------------------------------------------ the tick
+
+    def _tick(self) -> None:
+        """One control tick: gather inputs, decide, carry out. Never awaits."""
+        assert self.panel is not None and self.bridge is not None
+        now_ms = self._clock_ms()
+        reading = self.panel.read(now_ms)
+        local: list[LocalCommand] = [Press(b) for b in reading.presses]
+        local.extend(self._pending_local)
+        self._pending_local.clear()
+        if self._shutdown_reason is not None and self.state.mode == Mode.RUNNING:
+            local.append(RequestStop(self._shutdown_reason))
+        remote: list[RemoteCommand] = []
+        if self._remote_stop:
+            remote.append(RemoteStop())
+            self._remote_stop = False
+        remote.extend(self._pending_remote)
+        self._pending_remote.clear()
+
+        inputs = Inputs(
+            grip_left=reading.grip_left,
+            grip_right=reading.grip_right,
+            estop_pressed=reading.estop_pressed,
+            safety_key_present=reading.safety_key_present,
+            firmware=firmware_status(self.bridge.latest()),
+            local=tuple(local),
+            remote=tuple(remote),
+            stage_cap=self._stage_cap,
+        )
+        decision = core.decide(self.state, inputs, self._safety, now_ms)
+        self._carry_out(decision.motion, now_ms)
+        if decision.clear_firmware_fault:
+            self.bridge.clear_fault()
+        self.state = decision.state
+        self.last_inputs = inputs
+        self.last_motion = decision.motion
+        for event in decision.events:
+            self._emit(event)
+
+        measured = inputs.firmware.measured_kmh if inputs.firmware is not None else None
+        if self.training is not None:
+            out = self.training.on_tick(
+                now_ms=now_ms,
+                utc=datetime.now(UTC),
+                core=self.state,
+                measured_kmh=measured,
+                events=decision.events,
+                trainer_action=self._trainer_action(reading.trainer_key, reading.presses),
+            )
+            self._stage_cap = out.stage_cap
+            self._session = out.session
+            if out.request_stop is not None:
+                self._pending_local.append(RequestStop(out.request_stop))
+            for event in out.events:
+                self._emit(event)
+            if out.finished_session is not None and self.publisher is not None:
+                self.publisher.publish_session(out.finished_session)
+        else:
+            self._stage_cap = len(self._safety.stages)
+
+        if self._pending_safety is not None and self._belt_at_rest():
+            self._safety = self._pending_safety
+            self._pending_safety = None
+            self._emit(Event("config_applied", "loosened limits applied now that the belt is at rest"))
+
+        if self._firmware_fresh(now_ms) and now_ms - self._last_watchdog_ms >= WATCHDOG_EVERY_MS:
+            self.notifier.watchdog()
+            self._last_watchdog_ms = now_ms
+
+        if self.publisher is not None and (
+            now_ms - self._last_telemetry_ms >= TELEMETRY_EVERY_MS
+            or self.state.mode != self._last_telemetry_mode
+        ):
+            self.publisher.publish_state(self.telemetry(now_ms))
+            self._last_telemetry_ms = now_ms
+            self._last_telemetry_mode = self.state.mode
+
+        if self.observers:
+            record = TickRecord(
+                now_ms=now_ms,
+                state=self.state,
+                inputs=inputs,
+                motion=decision.motion,
+                events=tuple(self._new_events),
+                belt_true_kmh=self._belt_true_kmh(),
+                session=self._session,
+            )
+            for observer in self.observers:
+                observer(record)
+        self._new_events.clear()
+
+    def _trainer_action(self, trainer_key: bool, presses: tuple[Any, ...]) -> bool:
+        """The local trainer action configured in YAML: trainer key held + STAGE_UP press."""
+        from controller.model import Button
+
+        return trainer_key and Button.STAGE_UP in presses
+
+    def _belt_true_kmh(self) -> float | None:
+        if self.simulator is None:
+            return None
+        return float(self.simulator.firmware.true_speed_kmh)
+
+    def link_info(self) -> dict[str, object]:
+        info: dict[str, object] = {}
+        if self.bridge is not None:
+            info.update(dataclasses.asdict(self.bridge.stats))
+        info["loop"] = self.loop_stats.as_dict()
+        if self.publisher is not None:
+            info["mqtt"] = dataclasses.asdict(self.publisher.stats)
+        return info
+
+    def telemetry(self, now_ms: int) -> dict[str, object]:
+        """The ``state`` payload (docs/mqtt.md)."""
+        inputs = self.last_inputs
+        if inputs is None:
+            inputs = Inputs(False, False, False, False, None)
+        belt = self._belt_true_kmh()
+        return state_payload(
+            ts=datetime.now(UTC),
+            now_ms=now_ms,
+            core=self.state,
+            inputs=inputs,
+            safety=self._safety,
+            belt_kmh=belt,
+            link=self.link_info(),
+            session=self._session,
+            warnings=sorted(self.state.warnings),
+        )
+
+    # ------------------------------------------------------------------ control loop
+
+    async def _wait_until(self, deadline: float) -> bool:
+        """Sleep until the loop-clock ``deadline``; True if woken early by a safety edge."""
+        if self._wake_pending:
+            self._wake_pending = False
+            return True
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._waiter = future
+        handle = loop.call_at(deadline, _resolve, future)
+        try:
+            return await future
+        finally:
+            handle.cancel()
+            self._waiter = None
+
+    async def _control_loop(self) -> None:
+        assert self.bridge is not None
+        loop = asyncio.get_running_loop()
+        await self._wait_for_firmware()
+        self.ready.set()
+        self.notifier.ready(self.status_line())
+        logger.info("ready: firmware handshake done, control loop at %s Hz", self.config.control.rate_hz)
+        period_s = 1.0 / self.config.control.rate_hz
+        late_threshold_s = period_s / 4
+        next_deadline = loop.time() + period_s
+        try:
+            while True:
+                woken = await self._wait_until(next_deadline)
+                now = loop.time()
+                if woken:
+                    self.loop_stats.woken_ticks += 1
+                else:
+                    lateness_s = now - next_deadline
+                    self.loop_stats.record(lateness_s, late_threshold_s)
+                    if lateness_s >= period_s:
+                        skipped = int(lateness_s // period_s)
+                        self.loop_stats.missed_ticks += skipped
+                        next_deadline += skipped * period_s
+                    next_deadline += period_s
+                self.loop_stats.ticks += 1
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self._tasks.append(
+                        asyncio.create_task(self._reload(), name="config-reload")
+                    )
+                self._tick()
+                if self._shutdown_reason is not None and self._shutdown_done():
+                    break
+        except asyncio.CancelledError:
+            self._emergency_stop("control loop cancelled while the service was running")
+            raise
+        except Exception:
+            self._emergency_stop("unexpected error in the control loop")
+            raise
+        self._finish_shutdown()
+
+    async def _wait_for_firmware(self) -> None:
+        assert self.bridge is not None
+        waited_s = 0.0
+        while not self.bridge.ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.bridge.ready.wait(), timeout=5.0)
+            if not self.bridge.ready.is_set():
+                waited_s += 5.0
+                error = self.bridge.stats.last_error or "no answer"
+                message = (
+                    f"waiting for the firmware on {self.config.serial.port} for {waited_s:.0f} s "
+                    f"({error}); the belt cannot start. Check the cable and serial.port."
+                )
+                logger.error("%s", message)
+                self.notifier.status(message)
+            if self._shutdown_reason is not None:
+                raise _ShutdownBeforeReady
+
+    def _shutdown_done(self) -> bool:
+        now_ms = self._clock_ms()
+        if self._shutdown_started_ms is None:
+            self._shutdown_started_ms = now_ms
+        if not self._firmware_fresh(now_ms):
+            logger.warning(
+                "shutting down with the firmware link down: the firmware lease (%d ms) "
+                "stops the belt",
+                self._safety.lease_ms,
+            )
+            return True
+        if self._belt_at_rest():
+            return True
+        timeout_ms = int(self.config.control.shutdown_timeout_s * 1000)
+        if now_ms - self._shutdown_started_ms > timeout_ms:
+            logger.error(
+                "belt not at rest %d ms after the shutdown request: sending ESTOP", timeout_ms
+            )
+            self._emergency_stop("shutdown timeout")
+            self.exit_code = EXIT_FAILURE
+            return True
+        return False
+
+    def _finish_shutdown(self) -> None:
+        self.notifier.stopping(f"stopped: {self._shutdown_reason}")
+        logger.info("belt at rest; service stopping (%s)", self._shutdown_reason)
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    # ------------------------------------------------------------------ reload
+
+    async def _reload(self) -> None:
+        self.notifier.reloading()
+        path = self.config_path
+        if path is None:
+            self._emit(Event("config_rejected", "no config file to reload"))
+            self.notifier.ready(self.status_line())
+            return
+        try:
+            new_config = await asyncio.to_thread(load_config, path)
+        except ConfigError as exc:
+            for line in exc.lines():
+                logger.error("%s", line)
+            self._emit(
+                Event(
+                    "config_rejected",
+                    f"{path}: {len(exc.lines())} problem(s); still running on the previous "
+                    f"config. First: {exc.lines()[0] if exc.lines() else '?'}",
+                    {"file": str(path), "problems": len(exc.lines())},
+                )
+            )
+            self.notifier.ready(self.status_line())
+            return
+        new_safety = new_config.safety()
+        restart_needed = [
+            section
+            for section in ("serial", "gpio", "mqtt", "firmware", "treadmill", "state_dir")
+            if getattr(new_config, section) != getattr(self.config, section)
+        ]
+        if "firmware" in restart_needed:
+            # The firmware was configured at the handshake; its limits stay in force. The core
+            # limits that mirror them are kept too, so the two layers agree.
+            new_safety = dataclasses.replace(
+                new_safety,
+                machine_max_kmh=self._safety.machine_max_kmh,
+                lease_ms=self._safety.lease_ms,
+                stale_ms=self._safety.stale_ms,
+            )
+        if self._belt_at_rest():
+            self._safety = new_safety
+            self._pending_safety = None
+            applied = "applied"
+        else:
+            self._safety = merge_for_running(self._safety, new_safety)
+            self._pending_safety = new_safety
+            applied = "tighter limits applied now, looser ones when the belt is at rest"
+        self.config = new_config.model_copy(
+            update={s: getattr(self.config, s) for s in restart_needed}
+        )
+        message = f"{path} reloaded: {applied}"
+        if restart_needed:
+            message += f"; changes to {', '.join(restart_needed)} need a restart"
+        self._emit(Event("config_reloaded", message, {"file": str(path)}))
+        self.notifier.ready(self.status_line())
+
+    # ------------------------------------------------------------------ other tasks
+
+    async def _guard(self, name: str, awaitable: Awaitable[None]) -> None:
+        """Run a task; if it fails, ESTOP before the error takes the service down."""
+        try:
+            await awaitable
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("task %s failed", name)
+            self._emergency_stop(f"task {name} failed")
+            raise
+
+    async def _gpio_watch(self) -> None:
+        """Report GPIO chatter: an edge rate no person can produce means a wiring fault."""
+        assert self.panel is not None
+        last_edges = self.panel.edges
+        warned = False
+        while True:
+            await asyncio.sleep(1.0)
+            rate = self.panel.edges - last_edges
+            last_edges = self.panel.edges
+            if rate >= GPIO_CHATTER_EDGES_PER_S and not warned:
+                self._emit(
+                    Event(
+                        "gpio_chatter",
+                        f"{rate} GPIO edges in one second on the grip/e-stop/key/button "
+                        "inputs: check the wiring and connectors",
+                        {"edges_per_s": rate},
+                    )
+                )
+                warned = True
+            elif rate < GPIO_CHATTER_EDGES_PER_S // 4:
+                warned = False
+
+    async def _notify_task(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            line = self.status_line()
+            if line != self._status_line:
+                self._status_line = line
+                self.notifier.status(line)
+
+    def _on_link_change(self, up: bool, reason: str) -> None:
+        if up:
+            self._emit(Event("link_restored", f"firmware link up ({reason})"))
+        else:
+            self._emit(Event("link_lost", f"firmware link down: {reason}"))
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> int:
+        """Run until shutdown. Returns the process exit status."""
+        self._loop = asyncio.get_running_loop()
+        loop = self._loop
+        if self._install_signal_handlers:
+            loop.add_signal_handler(signal.SIGTERM, self.request_shutdown, "SIGTERM")
+            loop.add_signal_handler(signal.SIGINT, self.request_shutdown, "SIGINT")
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                await self._start_parts(stack)
+                await self._run_tasks()
+        except _ShutdownBeforeReady:
+            logger.info("shutdown requested before the firmware answered")
+        except* Exception as group:
+            for exc in group.exceptions:
+                logger.critical("service failed: %s", exc, exc_info=exc)
+            self.exit_code = EXIT_FAILURE
+        finally:
+            if self._install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+            self.notifier.close()
+            self.stopped.set()
+        return self.exit_code
+
+    async def _start_parts(self, stack: contextlib.AsyncExitStack) -> None:
+        config = self.config
+        port = config.serial.port
+        if port == SIM_PORT:
+            if self.simulator is None:
+                from firmware_bridge.sim.pty import PtySimulator
+
+                self.simulator = PtySimulator()
+            await stack.enter_async_context(self.simulator)
+            port = self.simulator.port
+        factory = self._pin_factory
+        if factory is None:
+            factory = make_pin_factory(config.gpio.pin_factory)
+            self._pin_factory = factory
+        self.panel = PanelInputs(
+            input_specs(config),
+            pin_factory=factory,
+            grip_debounce_ms=config.grip_sensor.debounce_ms,
+            on_safety_edge=self._wake,
+            loop=asyncio.get_running_loop(),
+            clock_ms=self._clock_ms,
+        )
+        stack.callback(self.panel.close)
+        self.bridge = FirmwareBridge(
+            port,
+            baud=config.serial.baud,
+            limits=firmware_limits(config),
+            clock_ms=self._clock_ms,
+            handshake_timeout_ms=config.serial.handshake_timeout_ms,
+            link_timeout_ms=config.serial.link_timeout_ms,
+        )
+        self.bridge.on_link_change = self._on_link_change
+        if config.training.enabled:
+            from controller.training.program import TrainingProgram
+
+            self.training = TrainingProgram(
+                config.training,
+                self._safety.stages,
+                treadmill_id=config.treadmill.id,
+                db_path=Path(config.state_dir) / config.training.db_file,
+            )
+            for event in await self.training.open():
+                self._emit(event)
+        if self._enable_mqtt:
+            from controller.mqtt import MqttPublisher, settings_from_config
+
+            self.publisher = MqttPublisher(
+                settings_from_config(config), on_command=self.on_remote_command
+            )
+
+    async def _run_tasks(self) -> None:
+        assert self.bridge is not None
+        async with asyncio.TaskGroup() as group:
+            spawn: list[tuple[str, Awaitable[None]]] = [
+                ("firmware-bridge", self._guard("firmware-bridge", self.bridge.run())),
+                ("gpio-inputs", self._guard("gpio-inputs", self._gpio_watch())),
+                ("systemd-notify", self._guard("systemd-notify", self._notify_task())),
+            ]
+            if self.publisher is not None:
+                spawn.append(("mqtt-publisher", self._guard("mqtt-publisher", self.publisher.run())))
+            if self.training is not None:
+                spawn.append(
+                    ("training-writer", self._guard("training-writer", self.training.run_writer()))
+                )
+            if self.config.gpio.pin_factory == "mock" and self.config.gpio.mock_socket:
+                from controller.mockpanel import MockPanel, serve_mock_socket
+
+                panel = MockPanel(self)
+                spawn.append(
+                    (
+                        "mock-panel",
+                        self._guard(
+                            "mock-panel",
+                            serve_mock_socket(Path(self.config.gpio.mock_socket), panel),
+                        ),
+                    )
+                )
+            for name, coro in spawn:
+                self._tasks.append(group.create_task(coro, name=name))  # type: ignore[arg-type]
+            group.create_task(self._control_loop(), name="control-loop")
+        if self.training is not None:
+            await self.training.close()
+
+
+class _ShutdownBeforeReady(Exception):
+    """SIGTERM arrived before the firmware handshake: nothing moved, exit cleanly."""
+
+
+def _resolve(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_result(False)

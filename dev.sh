@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Developer entry point. On a fresh machine with Python 3.11+ and apt:
+#   ./dev.sh demo    simulated treadmill, mock GPIO, embedded MQTT broker, live terminal view
+#   ./dev.sh test    lint, type checks, architecture check and the whole test suite
+# Both create .venv on first use; `test` installs mosquitto with apt when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+
+die() { echo "dev.sh: $*" >&2; exit 1; }
+
+ensure_python() {
+    command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3.11 or newer"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "$("$PYTHON" -V) is too old: Python 3.11 or newer is needed (Raspberry Pi OS Bookworm ships 3.11)"
+}
+
+ensure_venv() {
+    local extras=$1 stamp="$VENV/.installed-$extras"
+    ensure_python
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PYTHON" -m venv "$VENV" || die "could not create $VENV: install python3-venv (sudo apt install python3-venv)"
+    fi
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        "$VENV/bin/python" -m pip install --quiet --upgrade pip
+        "$VENV/bin/python" -m pip install --quiet -e ".[$extras]"
+        touch "$stamp"
+    fi
+}
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+ensure_mosquitto() {
+    if [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null; then return; fi
+    command -v apt-get >/dev/null || die "mosquitto is missing and apt-get is not available: install the mosquitto broker"
+    echo "dev.sh: installing mosquitto (Debian package) for the MQTT tests" >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+    # The tests start their own broker on a free port; the packaged system service is not needed.
+    as_root systemctl disable --now mosquitto >/dev/null 2>&1 || true
+}
+
+cmd=${1:-help}
+shift || true
+case "$cmd" in
+    demo)
+        ensure_venv demo
+        exec "$VENV/bin/treadmill" demo "$@"
+        ;;
+    test)
+        ensure_venv dev,demo,plot
+        ensure_mosquitto
+        echo "== ruff"; "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check .
+        echo "== mypy (strict)"; "$VENV/bin/mypy"
+        echo "== safety core: 100 % branch coverage"
+        "$VENV/bin/pytest" -q -p no:cacheprovider tests/core tests/test_architecture.py \
+            --cov=controller.core --cov=controller.config_rules --cov-branch \
+            --cov-report=term-missing:skip-covered --cov-fail-under=100
+        echo "== the rest of the test suite"
+        "$VENV/bin/pytest" -q -p no:cacheprovider --ignore=tests/core \
+            --ignore=tests/test_architecture.py "$@"
+        ;;
+    *)
+        sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+        ;;
+esac
