@@ -1,13 +1,13 @@
 """The ``treadmill`` console script.
 
-    treadmill run --config PATH          the service (systemd runs this)
-    treadmill check-config PATH          validate a config file; exit 0 or 78
-    treadmill sim [...]                  simulated firmware on a pseudo-terminal
-    treadmill demo                       simulated treadmill with a live terminal view
-    treadmill scenario FILE [...]        run a scripted session and check expectations
-    treadmill verify-config PATH         commissioning report for a config on the simulator
-    treadmill monitor [...]              live view of treadmills from MQTT
-    treadmill history [...]              training sessions per week
+treadmill run --config PATH          the service (systemd runs this)
+treadmill check-config PATH          validate a config file; exit 0 or 78
+treadmill sim [...]                  simulated firmware on a pseudo-terminal
+treadmill demo                       simulated treadmill with a live terminal view
+treadmill scenario FILE [...]        run a scripted session and check expectations
+treadmill verify-config PATH         commissioning report for a config on the simulator
+treadmill monitor [...]              live view of treadmills from MQTT
+treadmill history [...]              training sessions per week
 """
 
 from __future__ import annotations
@@ -46,9 +46,7 @@ def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
     if use_journal:
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

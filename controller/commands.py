@@ -139,7 +139,7 @@ def _describe(value: object) -> str:
 
 
 def _reject_constant(name: str) -> object:
-    raise _BadPayloadError(f"{name} is not a number: only finite numbers are accepted")
+    raise _BadPayloadError(f"got {name}, not a finite number")
 
 
 def _load_json(text: str) -> object:
@@ -162,52 +162,60 @@ def _decode(payload: bytes) -> str:
         ) from None
 
 
-def _unwrap(value: object, key: str, accepted: str) -> object:
+def _unwrap(value: object, key: str) -> object:
     """Accept ``value`` itself, or ``{key: value}`` with no other keys."""
     if isinstance(value, dict):
         if set(value) != {key}:
-            raise _BadPayloadError(f"got {_describe(value)}; accepted: {accepted}")
+            raise _BadPayloadError(f"got {_describe(value)}")
         return value[key]
     return value
 
 
+def _accepted_target(max_speed_kmh: float) -> str:
+    return f'a JSON number or {{"speed_kmh": number}} with 0 <= speed_kmh <= {max_speed_kmh:g}'
+
+
+def _accepted_stage_cap(max_stage: int) -> str:
+    return f'a JSON integer or {{"stage": integer}} with 1 <= stage <= {max_stage}'
+
+
+_ACCEPTED_CLIENT: Final[str] = (
+    f'{{"client_id": "<id matching {CLIENT_ID_PATTERN}>"}} or {{"client_id": null}}'
+)
+
+
 def _parse_target(payload: bytes, max_speed_kmh: float) -> RemoteLowerTarget:
-    accepted = f'a JSON number or {{"speed_kmh": number}} with 0 <= speed_kmh <= {max_speed_kmh:g}'
-    value = _unwrap(_load_json(_decode(payload)), "speed_kmh", accepted)
+    value = _unwrap(_load_json(_decode(payload)), "speed_kmh")
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _BadPayloadError(f"got {_describe(value)}; accepted: {accepted}")
+        raise _BadPayloadError(f"got {_describe(value)}")
     if isinstance(value, int) and not -1e300 < value < 1e300:
-        raise _BadPayloadError(f"got {_describe(value)}, out of range; accepted: {accepted}")
+        raise _BadPayloadError(f"got {_describe(value)}, out of range")
     speed_kmh = float(value)
     if not math.isfinite(speed_kmh):
-        raise _BadPayloadError(f"got {_describe(value)}, not finite; accepted: {accepted}")
+        raise _BadPayloadError(f"got {_describe(value)}, not finite")
     if not 0.0 <= speed_kmh <= max_speed_kmh:
-        raise _BadPayloadError(f"got {speed_kmh:g} km/h, out of range; accepted: {accepted}")
+        raise _BadPayloadError(f"got {speed_kmh:g} km/h, out of range")
     return RemoteLowerTarget(speed_kmh=speed_kmh)
 
 
 def _parse_stage_cap(payload: bytes, max_stage: int) -> RemoteLowerStageCap:
-    accepted = f'a JSON integer or {{"stage": integer}} with 1 <= stage <= {max_stage}'
-    value = _unwrap(_load_json(_decode(payload)), "stage", accepted)
+    value = _unwrap(_load_json(_decode(payload)), "stage")
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _BadPayloadError(f"got {_describe(value)}; accepted: {accepted}")
+        raise _BadPayloadError(f"got {_describe(value)}")
     if not 1 <= value <= max_stage:
-        raise _BadPayloadError(
-            f"got stage {excerpt(str(value), 24)}, out of range; accepted: {accepted}"
-        )
+        raise _BadPayloadError(f"got stage {excerpt(str(value), 24)}, out of range")
     return RemoteLowerStageCap(stage=value)
 
 
 def _parse_client(payload: bytes) -> AssignClient:
-    accepted = f'{{"client_id": "<id matching {CLIENT_ID_PATTERN}>"}} or {{"client_id": null}}'
     value = _load_json(_decode(payload))
     if not isinstance(value, dict) or set(value) != {"client_id"}:
-        raise _BadPayloadError(f"got {_describe(value)}; accepted: {accepted}")
+        raise _BadPayloadError(f"got {_describe(value)}")
     client_id = value["client_id"]
     if client_id is None:
         return AssignClient(client_id=None)
     if not isinstance(client_id, str) or _CLIENT_ID_RE.fullmatch(client_id) is None:
-        raise _BadPayloadError(f"got client_id {_describe(client_id)}; accepted: {accepted}")
+        raise _BadPayloadError(f"got client_id {_describe(client_id)}")
     return AssignClient(client_id=client_id)
 
 
@@ -245,13 +253,21 @@ def parse_command(
         else:
             reason = f"unknown command cmd/{shown_name} (accepted: {accepted})"
         return CommandRejected(command=shown_name, reason=reason, payload_excerpt=shown_payload)
+    if name == "stop":
+        return RemoteStop()
     try:
-        if name == "stop":
-            return RemoteStop()
         if name == "target_kmh":
             return _parse_target(payload, max_speed_kmh)
         if name == "stage_cap":
             return _parse_stage_cap(payload, max_stage)
         return _parse_client(payload)
     except _BadPayloadError as exc:
-        return CommandRejected(command=name, reason=str(exc), payload_excerpt=shown_payload)
+        if name == "target_kmh":
+            accepted = _accepted_target(max_speed_kmh)
+        elif name == "stage_cap":
+            accepted = _accepted_stage_cap(max_stage)
+        else:
+            accepted = _ACCEPTED_CLIENT
+        return CommandRejected(
+            command=name, reason=f"{exc}; accepted: {accepted}", payload_excerpt=shown_payload
+        )

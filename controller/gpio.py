@@ -62,6 +62,7 @@ class PanelReading:
     safety_key_present: bool
     trainer_key: bool
     presses: tuple[Button, ...]
+    held: frozenset[Button] = frozenset()  # buttons held down right now
 
 
 def make_pin_factory(name: str) -> Any:
@@ -223,6 +224,7 @@ class PanelInputs:
             safety_key_present=self._active("safety_key"),
             trainer_key=self._active("trainer_key"),
             presses=presses,
+            held=frozenset(Button(n) for n, level in self._button_level.items() if level),
         )
 
     def close(self) -> None:

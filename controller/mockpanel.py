@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from controller.commands import parse_command
 from controller.model import Button, SelectStage, SetTarget
+from firmware_bridge.sim.firmware import SimFault
 
 if TYPE_CHECKING:
     from controller.service import Service
@@ -32,7 +33,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 1024
-GRIP_CHOICES = {"both": (True, True), "left": (True, False), "right": (False, True), "none": (False, False)}
+GRIP_CHOICES = {
+    "both": (True, True),
+    "left": (True, False),
+    "right": (False, True),
+    "none": (False, False),
+}
+
+
+def sim_fault(name: str) -> Any:
+    """The simulator fault called ``name`` (e.g. ``runaway``, ``corrupt_bytes``)."""
+    for fault in SimFault:
+        if name.lower() in (fault.name.lower(), str(fault.value).lower()):
+            return fault
+    names = ", ".join(f.name.lower() for f in SimFault)
+    raise MockPanelError(f"unknown simulator fault {name!r}: use one of {names}")
 
 
 class MockPanelError(ValueError):
@@ -44,6 +59,9 @@ class MockPanel:
 
     def __init__(self, service: Service) -> None:
         self.service = service
+        self._key_inserted = True
+        self._estop_pressed = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _set(self, name: str, active: bool) -> None:
         panel = self.service.panel
@@ -58,6 +76,21 @@ class MockPanel:
         else:
             pin.drive_low()
 
+    def reset_inputs(self) -> None:
+        """Normal console state: no hands, e-stop released, key in, buttons up."""
+        self.grip("none")
+        self.estop(False)
+        self.safety_key(True)
+        for button in Button:
+            self._set(button.value, False)
+        panel = self.service.panel
+        if panel is not None and panel.has("trainer_key"):
+            self._set("trainer_key", False)
+
+    def hold(self, button: str, held: bool) -> None:
+        """Hold a button down (or release it), for button combinations."""
+        self._set(Button(button).value, held)
+
     def grip(self, which: str) -> None:
         if which not in GRIP_CHOICES:
             raise MockPanelError(f"grip {which!r}: use both, left, right or none")
@@ -66,10 +99,22 @@ class MockPanel:
         self._set("grip_right", right)
 
     def estop(self, pressed: bool) -> None:
+        self._estop_pressed = pressed
         self._set("estop", pressed)
+        self._sync_power_chain()
 
     def safety_key(self, inserted: bool) -> None:
+        self._key_inserted = inserted
         self._set("safety_key", inserted)
+        self._sync_power_chain()
+
+    def _sync_power_chain(self) -> None:
+        # On the real machine the key and the mushroom stop sit in series in the motor power
+        # path: opening either cuts motor power without any software. The simulator models that
+        # chain as one circuit.
+        simulator = self.service.simulator
+        if simulator is not None:
+            simulator.set_safety_key(self._key_inserted and not self._estop_pressed)
 
     def trainer_key(self, on: bool) -> None:
         self._set("trainer_key", on)
@@ -110,17 +155,23 @@ class MockPanel:
         simulator = self.service.simulator
         if simulator is None:
             raise MockPanelError("no in-process simulator (serial.port is not sim://)")
-        if len(words) >= 2 and words[0] == "inject":
-            value = float(words[2]) if len(words) > 2 else None
-            simulator.inject_by_name(words[1], value)
-            return f"injected {words[1]}"
-        if len(words) == 2 and words[0] == "clear":
-            simulator.clear_by_name(words[1])
-            return f"cleared {words[1]}"
+        if len(words) >= 2 and words[0] in ("inject", "clear"):
+            fault = sim_fault(words[1])
+            loop = asyncio.get_running_loop()
+            if words[0] == "inject":
+                params = {"pct": float(words[2])} if len(words) > 2 else {}
+                self._background(loop.create_task(simulator.inject(fault, **params)))
+                return f"injected {fault.value}"
+            self._background(loop.create_task(simulator.clear(fault)))
+            return f"cleared {fault.value}"
         if len(words) == 2 and words[0] == "key" and words[1] in ("open", "closed"):
-            simulator.firmware.safety_key_closed = words[1] == "closed"
-            return f"firmware key {words[1]}"
-        raise MockPanelError("sim: use 'inject <fault> [value]', 'clear <fault>', 'key open|closed'")
+            simulator.set_safety_key(words[1] == "closed")
+            return f"firmware key circuit {words[1]}"
+        raise MockPanelError("sim: use 'inject <fault> [pct]', 'clear <fault>', 'key open|closed'")
+
+    def _background(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def status(self) -> dict[str, Any]:
         service = self.service
@@ -144,6 +195,8 @@ class MockPanel:
                 self.trainer_key(args[0] == "on")
             elif verb == "press" and len(args) == 1:
                 self.press(args[0])
+            elif verb in ("hold", "release") and len(args) == 1:
+                self.hold(args[0], verb == "hold")
             elif verb == "target" and len(args) == 1:
                 self.target(float(args[0]))
             elif verb == "stage" and len(args) == 1:
@@ -188,15 +241,22 @@ async def serve_mock_socket(path: Path, panel: MockPanel) -> None:
         finally:
             writer.close()
 
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(_prepare_socket_path, path)
     server = await asyncio.start_unix_server(client, path=str(path), limit=MAX_LINE_BYTES * 2)
-    path.chmod(0o600)
+    await asyncio.to_thread(path.chmod, 0o600)
     logger.info("mock input panel listening on %s", path)
     try:
         async with server:
             await server.serve_forever()
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        _remove_socket(path)
+
+
+def _prepare_socket_path(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_socket(path)
+
+
+def _remove_socket(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

@@ -66,7 +66,7 @@ class SafetyConfig:
     grip_chatter_window_ms: int = 1000  # ... inside this window flags the sensor
     grip_stuck_window_ms: int = 1_800_000  # grip reading unchanged this long while running: flag
     max_grip_grace_ms: int = 2000  # upper bound a stage's grace time may have
-    follow_lag_ms: int = 1000  # belt lag allowed while ramping: adds rate * lag to the follow margin
+    follow_lag_ms: int = 1000  # belt lag while ramping: adds rate * lag to the follow margin
     # Firmware fault codes (FwFault in firmware_bridge.messages) answered with ESTOP rather than
     # STOP: 5 safety key open, 6 ESTOP, 10 overspeed.
     firmware_emergency_fault_codes: frozenset[int] = frozenset({5, 6, 10})

@@ -42,7 +42,10 @@ def _merge_stage(old: StageConfig, new: StageConfig) -> StageConfig:
 
 
 def merge_for_running(old: SafetyConfig, new: SafetyConfig) -> SafetyConfig:
-    """The stricter of ``old`` and ``new``, field by field (stage table kept if its size changed)."""
+    """The stricter of ``old`` and ``new``, field by field.
+
+    If the number of stages changed, the old stage table is kept until the belt is at rest.
+    """
     if len(old.stages) == len(new.stages):
         stages = tuple(_merge_stage(o, n) for o, n in zip(old.stages, new.stages, strict=True))
     else:

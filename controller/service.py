@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.metadata
 import logging
 import signal
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,8 +34,10 @@ from typing import Any
 from controller import core
 from controller.commands import AssignClient, CommandRejected, ParsedCommand
 from controller.config import AppConfig, ConfigError, load_config
-from controller.gpio import InputSpec, PanelInputs, make_pin_factory
+from controller.gpio import InputSpec, PanelInputs, PanelReading, make_pin_factory
+from controller.mockpanel import MockPanel, serve_mock_socket
 from controller.model import (
+    Button,
     CoreState,
     EStop,
     Event,
@@ -52,10 +55,13 @@ from controller.model import (
     SetSpeed,
     Stop,
 )
+from controller.mqtt import MqttPublisher, MqttSettings, TlsSettings, read_credentials_file
 from controller.notify import Notifier
 from controller.reload import merge_for_running
 from controller.telemetry import event_payload, state_payload
+from controller.training.program import TrainingProgram
 from firmware_bridge.bridge import FirmwareBridge, FirmwareLimits, StatusSnapshot
+from firmware_bridge.sim.pty import PtySimulator
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +158,48 @@ def firmware_limits(config: AppConfig) -> FirmwareLimits:
     )
 
 
+def software_version() -> str:
+    try:
+        return importlib.metadata.version("treadmill-controller")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def mqtt_settings(config: AppConfig) -> MqttSettings:
+    """The publisher's settings from the config (reads the credentials file)."""
+    section = config.mqtt
+    username = password = None
+    if section.credentials_file is not None:
+        username, password = read_credentials_file(Path(section.credentials_file))
+    tls = None
+    if section.tls is not None:
+        tls = TlsSettings(
+            ca_file=Path(section.tls.ca_file),
+            cert_file=Path(section.tls.cert_file) if section.tls.cert_file else None,
+            key_file=Path(section.tls.key_file) if section.tls.key_file else None,
+        )
+    return MqttSettings(
+        host=section.host,
+        port=section.port,
+        treadmill_id=config.treadmill.id,
+        topic_prefix=config.mqtt_topic_prefix,
+        client_id=config.mqtt_client_id,
+        keepalive_s=section.keepalive_s,
+        tls=tls,
+        username=username,
+        password=password,
+        discovery=section.discovery,
+        discovery_prefix=section.discovery_prefix,
+        state_rate_hz=section.state_rate_hz,
+        max_payload_bytes=section.max_payload_bytes,
+        event_queue_size=section.event_queue_size,
+        device_name=config.treadmill.name,
+        sw_version=software_version(),
+        max_stage=len(config.stages),
+        max_speed_kmh=config.firmware.max_speed_kmh,
+    )
+
+
 def firmware_status(snapshot: StatusSnapshot | None) -> FirmwareStatus | None:
     """Translate the bridge's latest STATUS into the core's vocabulary."""
     if snapshot is None:
@@ -223,6 +271,9 @@ class Service:
         self._status_line = "starting"
         self._tasks: list[asyncio.Task[Any]] = []
         self._new_events: list[Event] = []  # events since the last TickRecord
+        self._combo_since_ms: int | None = None
+        self._combo_fired = False
+        self.mock_panel: MockPanel | None = None
 
         self.panel: PanelInputs | None = None
         self.bridge: FirmwareBridge | None = None
@@ -320,12 +371,20 @@ class Service:
         self._new_events.append(event)
 
     def _belt_at_rest(self) -> bool:
+        """The belt is at rest: the controller is idle or faulted, and the firmware says so.
+
+        Both the measured speed and the firmware's own ramped set-point must be at or below
+        the standstill threshold: a coarse speed sensor reads 0 long before a slow belt stops.
+        """
+        if self.state.mode not in (Mode.IDLE, Mode.FAULTED):
+            return False
         inputs = self.last_inputs
         if inputs is None or inputs.firmware is None:
-            return self.state.mode in (Mode.IDLE, Mode.FAULTED) and self.state.commanded_kmh == 0
+            return self.state.commanded_kmh == 0
+        standstill = self._safety.standstill_kmh
         return (
-            self.state.mode in (Mode.IDLE, Mode.FAULTED)
-            and inputs.firmware.measured_kmh <= self._safety.standstill_kmh
+            inputs.firmware.measured_kmh <= standstill
+            and inputs.firmware.commanded_kmh <= standstill
         )
 
     def status_line(self) -> str:
@@ -375,11 +434,16 @@ class Service:
 
     # ------------------------------------------------------------------ the tick
 
+    def _parts(self) -> tuple[PanelInputs, FirmwareBridge]:
+        if self.panel is None or self.bridge is None:
+            raise RuntimeError("the service's GPIO inputs and firmware bridge are not open yet")
+        return self.panel, self.bridge
+
     def _tick(self) -> None:
         """One control tick: gather inputs, decide, carry out. Never awaits."""
-        assert self.panel is not None and self.bridge is not None
+        panel, bridge = self._parts()
         now_ms = self._clock_ms()
-        reading = self.panel.read(now_ms)
+        reading = panel.read(now_ms)
         local: list[LocalCommand] = [Press(b) for b in reading.presses]
         local.extend(self._pending_local)
         self._pending_local.clear()
@@ -397,7 +461,7 @@ class Service:
             grip_right=reading.grip_right,
             estop_pressed=reading.estop_pressed,
             safety_key_present=reading.safety_key_present,
-            firmware=firmware_status(self.bridge.latest()),
+            firmware=firmware_status(bridge.latest()),
             local=tuple(local),
             remote=tuple(remote),
             stage_cap=self._stage_cap,
@@ -405,7 +469,7 @@ class Service:
         decision = core.decide(self.state, inputs, self._safety, now_ms)
         self._carry_out(decision.motion, now_ms)
         if decision.clear_firmware_fault:
-            self.bridge.clear_fault()
+            bridge.clear_fault()
         self.state = decision.state
         self.last_inputs = inputs
         self.last_motion = decision.motion
@@ -420,7 +484,7 @@ class Service:
                 core=self.state,
                 measured_kmh=measured,
                 events=decision.events,
-                trainer_action=self._trainer_action(reading.trainer_key, reading.presses),
+                trainer_action=self._trainer_action(reading, now_ms),
             )
             self._stage_cap = out.stage_cap
             self._session = out.session
@@ -436,7 +500,9 @@ class Service:
         if self._pending_safety is not None and self._belt_at_rest():
             self._safety = self._pending_safety
             self._pending_safety = None
-            self._emit(Event("config_applied", "loosened limits applied now that the belt is at rest"))
+            self._emit(
+                Event("config_applied", "loosened limits applied now that the belt is at rest")
+            )
 
         if self._firmware_fresh(now_ms) and now_ms - self._last_watchdog_ms >= WATCHDOG_EVERY_MS:
             self.notifier.watchdog()
@@ -464,11 +530,26 @@ class Service:
                 observer(record)
         self._new_events.clear()
 
-    def _trainer_action(self, trainer_key: bool, presses: tuple[Any, ...]) -> bool:
-        """The local trainer action configured in YAML: trainer key held + STAGE_UP press."""
-        from controller.model import Button
+    def _trainer_action(self, reading: PanelReading, now_ms: int) -> bool:
+        """The local trainer action configured in ``training.trainer`` (never remote).
 
-        return trainer_key and Button.STAGE_UP in presses
+        ``trainer_key``: the trainer key switch is on and STAGE_UP is pressed.
+        ``buttons``: every configured button held together for ``hold_ms``; fires once per hold.
+        """
+        trainer = self.config.training.trainer
+        if trainer.input == "trainer_key":
+            return reading.trainer_key and Button.STAGE_UP in reading.presses
+        combo = {Button(name) for name in trainer.buttons}
+        if not combo <= reading.held:
+            self._combo_since_ms = None
+            self._combo_fired = False
+            return False
+        if self._combo_since_ms is None:
+            self._combo_since_ms = now_ms
+        if not self._combo_fired and now_ms - self._combo_since_ms >= trainer.hold_ms:
+            self._combo_fired = True
+            return True
+        return False
 
     def _belt_true_kmh(self) -> float | None:
         if self.simulator is None:
@@ -520,12 +601,13 @@ class Service:
             self._waiter = None
 
     async def _control_loop(self) -> None:
-        assert self.bridge is not None
         loop = asyncio.get_running_loop()
         await self._wait_for_firmware()
         self.ready.set()
         self.notifier.ready(self.status_line())
-        logger.info("ready: firmware handshake done, control loop at %s Hz", self.config.control.rate_hz)
+        logger.info(
+            "ready: firmware handshake done, control loop at %s Hz", self.config.control.rate_hz
+        )
         period_s = 1.0 / self.config.control.rate_hz
         late_threshold_s = period_s / 4
         next_deadline = loop.time() + period_s
@@ -546,9 +628,7 @@ class Service:
                 self.loop_stats.ticks += 1
                 if self._reload_requested:
                     self._reload_requested = False
-                    self._tasks.append(
-                        asyncio.create_task(self._reload(), name="config-reload")
-                    )
+                    self._tasks.append(asyncio.create_task(self._reload(), name="config-reload"))
                 self._tick()
                 if self._shutdown_reason is not None and self._shutdown_done():
                     break
@@ -561,14 +641,14 @@ class Service:
         self._finish_shutdown()
 
     async def _wait_for_firmware(self) -> None:
-        assert self.bridge is not None
+        _, bridge = self._parts()
         waited_s = 0.0
-        while not self.bridge.ready.is_set():
+        while not bridge.ready.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.bridge.ready.wait(), timeout=5.0)
-            if not self.bridge.ready.is_set():
+                await asyncio.wait_for(bridge.ready.wait(), timeout=5.0)
+            if not bridge.ready.is_set():
                 waited_s += 5.0
-                error = self.bridge.stats.last_error or "no answer"
+                error = bridge.stats.last_error or "no answer"
                 message = (
                     f"waiting for the firmware on {self.config.serial.port} for {waited_s:.0f} s "
                     f"({error}); the belt cannot start. Check the cable and serial.port."
@@ -576,7 +656,7 @@ class Service:
                 logger.error("%s", message)
                 self.notifier.status(message)
             if self._shutdown_reason is not None:
-                raise _ShutdownBeforeReady
+                raise _ShutdownBeforeReadyError
 
     def _shutdown_done(self) -> bool:
         now_ms = self._clock_ms()
@@ -679,13 +759,13 @@ class Service:
 
     async def _gpio_watch(self) -> None:
         """Report GPIO chatter: an edge rate no person can produce means a wiring fault."""
-        assert self.panel is not None
-        last_edges = self.panel.edges
+        panel, _ = self._parts()
+        last_edges = panel.edges
         warned = False
         while True:
             await asyncio.sleep(1.0)
-            rate = self.panel.edges - last_edges
-            last_edges = self.panel.edges
+            rate = panel.edges - last_edges
+            last_edges = panel.edges
             if rate >= GPIO_CHATTER_EDGES_PER_S and not warned:
                 self._emit(
                     Event(
@@ -727,8 +807,8 @@ class Service:
             async with contextlib.AsyncExitStack() as stack:
                 await self._start_parts(stack)
                 await self._run_tasks()
-        except _ShutdownBeforeReady:
-            logger.info("shutdown requested before the firmware answered")
+        except* _ShutdownBeforeReadyError:
+            logger.info("shutdown requested before the firmware answered; the belt never moved")
         except* Exception as group:
             for exc in group.exceptions:
                 logger.critical("service failed: %s", exc, exc_info=exc)
@@ -746,8 +826,6 @@ class Service:
         port = config.serial.port
         if port == SIM_PORT:
             if self.simulator is None:
-                from firmware_bridge.sim.pty import PtySimulator
-
                 self.simulator = PtySimulator()
             await stack.enter_async_context(self.simulator)
             port = self.simulator.port
@@ -764,6 +842,11 @@ class Service:
             clock_ms=self._clock_ms,
         )
         stack.callback(self.panel.close)
+        if config.gpio.pin_factory == "mock":
+            # Mock pins start at their pull level, which for fail-safe wiring means "e-stop
+            # pressed, key removed". Put the simulated console in its normal state.
+            self.mock_panel = MockPanel(self)
+            self.mock_panel.reset_inputs()
         self.bridge = FirmwareBridge(
             port,
             baud=config.serial.baud,
@@ -774,8 +857,6 @@ class Service:
         )
         self.bridge.on_link_change = self._on_link_change
         if config.training.enabled:
-            from controller.training.program import TrainingProgram
-
             self.training = TrainingProgram(
                 config.training,
                 self._safety.stages,
@@ -785,30 +866,26 @@ class Service:
             for event in await self.training.open():
                 self._emit(event)
         if self._enable_mqtt:
-            from controller.mqtt import MqttPublisher, settings_from_config
-
-            self.publisher = MqttPublisher(
-                settings_from_config(config), on_command=self.on_remote_command
-            )
+            self.publisher = MqttPublisher(mqtt_settings(config), on_command=self.on_remote_command)
 
     async def _run_tasks(self) -> None:
-        assert self.bridge is not None
+        _, bridge = self._parts()
         async with asyncio.TaskGroup() as group:
-            spawn: list[tuple[str, Awaitable[None]]] = [
-                ("firmware-bridge", self._guard("firmware-bridge", self.bridge.run())),
+            spawn: list[tuple[str, Coroutine[Any, Any, None]]] = [
+                ("firmware-bridge", self._guard("firmware-bridge", bridge.run())),
                 ("gpio-inputs", self._guard("gpio-inputs", self._gpio_watch())),
                 ("systemd-notify", self._guard("systemd-notify", self._notify_task())),
             ]
             if self.publisher is not None:
-                spawn.append(("mqtt-publisher", self._guard("mqtt-publisher", self.publisher.run())))
+                spawn.append(
+                    ("mqtt-publisher", self._guard("mqtt-publisher", self.publisher.run()))
+                )
             if self.training is not None:
                 spawn.append(
                     ("training-writer", self._guard("training-writer", self.training.run_writer()))
                 )
-            if self.config.gpio.pin_factory == "mock" and self.config.gpio.mock_socket:
-                from controller.mockpanel import MockPanel, serve_mock_socket
-
-                panel = MockPanel(self)
+            if self.mock_panel is not None and self.config.gpio.mock_socket:
+                panel = self.mock_panel
                 spawn.append(
                     (
                         "mock-panel",
@@ -819,13 +896,13 @@ class Service:
                     )
                 )
             for name, coro in spawn:
-                self._tasks.append(group.create_task(coro, name=name))  # type: ignore[arg-type]
+                self._tasks.append(group.create_task(coro, name=name))
             group.create_task(self._control_loop(), name="control-loop")
         if self.training is not None:
             await self.training.close()
 
 
-class _ShutdownBeforeReady(Exception):
+class _ShutdownBeforeReadyError(Exception):
     """SIGTERM arrived before the firmware handshake: nothing moved, exit cleanly."""
 
 

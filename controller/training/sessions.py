@@ -139,6 +139,18 @@ def _iso(moment: datetime) -> str:
 
 
 @dataclass(frozen=True)
+class SessionProgress:
+    """The open session's running figures (cheap: computed every tick for telemetry)."""
+
+    session_id: str
+    client_id: str | None
+    elapsed_s: float  # since the session started (includes pauses at rest)
+    moving_s: float
+    distance_m: float
+    highest_stage: int
+
+
+@dataclass(frozen=True)
 class TrackerUpdate:
     """What one tick did to the session: at most one of each."""
 
@@ -222,6 +234,20 @@ class SessionTracker:
             return TrackerUpdate(finished=self.finish(now_ms, utc, EndReason.REST))
         return TrackerUpdate()
 
+    def progress(self, now_ms: int) -> SessionProgress | None:
+        """The open session's figures up to the last tick, or None when no session is open."""
+        session = self._open
+        if session is None:
+            return None
+        return SessionProgress(
+            session_id=session.session_id,
+            client_id=session.client_id,
+            elapsed_s=max(now_ms - session.start_ms, 0) / 1000.0,
+            moving_s=session.moving_ms / 1000.0,
+            distance_m=session.distance_m,
+            highest_stage=session.highest_stage,
+        )
+
     def snapshot(self, now_ms: int, utc: datetime) -> SessionRecord | None:
         """The open session as a record with status OPEN (for checkpoints and telemetry)."""
         if self._open is None:
@@ -285,13 +311,13 @@ class _OpenSession:
         self.thresholds_kmh = thresholds_kmh
         self.last_ms = start_ms
         self.rest_since_ms: int | None = None
-        self.moving_s = 0.0
+        self.moving_ms = 0
         self.distance_m = 0.0
         self.max_kmh = 0.0
         self.highest_stage = 0
-        self.stage_s: dict[int, float] = {}
-        self.run_s = [0.0] * len(thresholds_kmh)
-        self.longest_run_s = [0.0] * len(thresholds_kmh)
+        self.stage_ms: dict[int, int] = {}
+        self.run_ms = [0] * len(thresholds_kmh)
+        self.longest_run_ms = [0] * len(thresholds_kmh)
         self.grip_losses = 0
         self.grip_stops = 0
         self.grip_warnings = 0
@@ -305,21 +331,24 @@ class _OpenSession:
         self.prev_stop_reason: str | None = None
 
     def integrate(self, now_ms: int, standstill_kmh: float) -> None:
-        """Account for the interval since the last tick with the values seen at that tick."""
+        """Account for the interval since the last tick with the values seen at that tick.
+
+        Times are summed in integer milliseconds, so that long sessions do not drift.
+        """
         dt_ms = now_ms - self.last_ms
         if dt_ms <= 0:
             return
         self.last_ms = now_ms
-        dt_s = min(dt_ms, MAX_TICK_GAP_MS) / 1000.0
+        dt_ms = min(dt_ms, MAX_TICK_GAP_MS)
         if self.prev_kmh > standstill_kmh:
-            self.moving_s += dt_s
-            self.distance_m += self.prev_kmh / 3.6 * dt_s
-            self.stage_s[self.prev_stage] = self.stage_s.get(self.prev_stage, 0.0) + dt_s
+            self.moving_ms += dt_ms
+            self.distance_m += self.prev_kmh / 3.6 * dt_ms / 1000.0
+            self.stage_ms[self.prev_stage] = self.stage_ms.get(self.prev_stage, 0) + dt_ms
             self.highest_stage = max(self.highest_stage, self.prev_stage)
         for index, at_speed in enumerate(self.prev_at_speed):
             if at_speed:
-                self.run_s[index] += dt_s
-                self.longest_run_s[index] = max(self.longest_run_s[index], self.run_s[index])
+                self.run_ms[index] += dt_ms
+                self.longest_run_ms[index] = max(self.longest_run_ms[index], self.run_ms[index])
 
     def observe(
         self,
@@ -335,7 +364,7 @@ class _OpenSession:
         self.prev_stage = core.stage
         for index, flag in enumerate(at_speed):
             if not flag:
-                self.run_s[index] = 0.0
+                self.run_ms[index] = 0
         self.prev_at_speed = at_speed
         for event in events:
             if event.kind == "grip_lost":
@@ -371,13 +400,16 @@ class _OpenSession:
             start_utc=self.start_utc,
             end_utc=self.start_utc + timedelta(seconds=duration_s),
             duration_s=duration_s,
-            moving_s=self.moving_s,
+            moving_s=self.moving_ms / 1000.0,
             distance_m=self.distance_m,
             max_kmh=self.max_kmh,
             stage_cap=self.stage_cap,
             highest_stage=self.highest_stage,
-            stage_s=tuple(sorted(self.stage_s.items())),
-            continuous_s_at_kmh=tuple(zip(self.thresholds_kmh, self.longest_run_s, strict=True)),
+            stage_s=tuple((stage, ms / 1000.0) for stage, ms in sorted(self.stage_ms.items())),
+            continuous_s_at_kmh=tuple(
+                (kmh, ms / 1000.0)
+                for kmh, ms in zip(self.thresholds_kmh, self.longest_run_ms, strict=True)
+            ),
             grip_losses=self.grip_losses,
             grip_stops=self.grip_stops,
             grip_warnings=self.grip_warnings,

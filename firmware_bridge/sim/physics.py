@@ -222,7 +222,9 @@ class BeltPhysics:
         if not self._motor_power:
             self._motor_kmh = max(0.0, self._motor_kmh - p.power_cut_decel_kmh_s * dt_s)
         elif self._runaway_accel_kmh_s is not None:
-            self._motor_kmh = min(p.motor_top_kmh, self._motor_kmh + self._runaway_accel_kmh_s * dt_s)
+            self._motor_kmh = min(
+                p.motor_top_kmh, self._motor_kmh + self._runaway_accel_kmh_s * dt_s
+            )
         elif not self._stuck:
             target = min(self._setpoint_kmh, p.motor_top_kmh)
             step = p.motor_ramp_kmh_s * dt_s

@@ -66,7 +66,8 @@ class PtySimulator:
         self._clock_ms = clock_ms
         self._tick_ms = tick_ms
         self._link_path = Path(link_path) if link_path is not None else None
-        self._firmware = SimFirmware(self._config, random.Random(seed), now_ms=clock_ms())
+        rng = random.Random(seed)  # noqa: S311 - a reproducible simulation, not cryptography
+        self._firmware = SimFirmware(self._config, rng, now_ms=clock_ms())
         self._master_fd: int | None = None
         self._slave_fd: int | None = None
         self._slave_path: str | None = None

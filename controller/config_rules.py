@@ -1,0 +1,289 @@
+"""Safety rules for the configuration: refuse a SafetyConfig that would make the core unsafe.
+
+:func:`check_safety_config` is pure and returns every problem at once, each naming the
+key path (``stages[2].max_kmh``, ``lease_ms``; the attribute path in
+:class:`~controller.model.SafetyConfig`, ``stages[i]`` counting from 0) and the allowed
+range or what to do. The loader (controller.config) maps the key path to the file and
+line and refuses to start on any problem (rule SR-CONFIG-1 in docs/safety.md).
+
+Example:
+    >>> from controller.model import GripLossAction, SafetyConfig, StageConfig
+    >>> stage = StageConfig(1, "walk", 2.0, 0.5, 0.2, 0.4, 1, GripLossAction.STOP_LATCH, 300)
+    >>> check_safety_config(SafetyConfig(stages=(stage,), machine_max_kmh=16.0))
+    []
+    >>> [p.key_path for p in check_safety_config(SafetyConfig(stages=(), machine_max_kmh=16.0))]
+    ['stages']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from controller.model import GripLossAction, SafetyConfig, StageConfig
+
+MACHINE_MAX_KMH_BOUND: Final = 25.0
+"""No treadmill this controller drives is rated above this speed."""
+
+STAGE_RATE_BOUND_KMH_S: Final = 3.6
+"""Stage acceleration and deceleration ceiling: 1 m/s^2, the controlled-stop ramp."""
+
+STOP_DECEL_MIN_KMH_S: Final = 1.0
+"""Slowest allowed controlled stop: from 8 km/h it already takes 8 s."""
+
+STOP_DECEL_MAX_KMH_S: Final = 10.8
+"""Firmest allowed controlled stop: 3 m/s^2, the level training studies use to perturb balance."""
+
+LEASE_MIN_MS: Final = 50
+"""A lease must outlast at least two control periods (20 ms at 50 Hz) plus jitter."""
+
+STALE_MAX_MS: Final = 2000
+"""Longest a firmware status may be trusted: the belt must not run blind for longer."""
+
+GRIP_GRACE_BOUND_MS: Final = 5000
+"""Upper bound for max_grip_grace_ms itself."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One refused setting: where it is, and what is allowed or what to do."""
+
+    key_path: str
+    message: str
+
+
+def check_safety_config(config: SafetyConfig) -> list[ConfigProblem]:
+    """Every problem with ``config`` (empty when it is safe to run with). Rule SR-CONFIG-1."""
+    problems: list[ConfigProblem] = []
+    _check_machine(config, problems)
+    _check_stages(config, problems)
+    return problems
+
+
+def _in_range(
+    problems: list[ConfigProblem],
+    key_path: str,
+    value: float,
+    low: float,
+    high: float,
+    *,
+    unit: str,
+    low_open: bool = False,
+) -> None:
+    """Add a problem unless ``low <(=) value <= high``; NaN and infinities never pass."""
+    above_low = value > low if low_open else value >= low
+    if above_low and value <= high:
+        return
+    bracket = "(" if low_open else "["
+    problems.append(
+        ConfigProblem(
+            key_path,
+            f"must be in {bracket}{low:g}, {high:g}] {unit}, got {value!r}",
+        )
+    )
+
+
+def _check_machine(config: SafetyConfig, problems: list[ConfigProblem]) -> None:
+    _in_range(
+        problems,
+        "machine_max_kmh",
+        config.machine_max_kmh,
+        0.0,
+        MACHINE_MAX_KMH_BOUND,
+        unit="km/h",
+        low_open=True,
+    )
+    _in_range(
+        problems,
+        "stop_decel_kmh_s",
+        config.stop_decel_kmh_s,
+        STOP_DECEL_MIN_KMH_S,
+        STOP_DECEL_MAX_KMH_S,
+        unit="km/h/s",
+    )
+    _in_range(problems, "stale_ms", config.stale_ms, 0, STALE_MAX_MS, unit="ms", low_open=True)
+    _in_range(problems, "lease_ms", config.lease_ms, LEASE_MIN_MS, STALE_MAX_MS, unit="ms")
+    if config.lease_ms > config.stale_ms:
+        problems.append(
+            ConfigProblem(
+                "lease_ms",
+                f"{config.lease_ms} ms is longer than stale_ms ({config.stale_ms} ms): the "
+                "firmware must stop on its own before the controller gives up on the link; "
+                "make lease_ms at most stale_ms",
+            )
+        )
+    _in_range(
+        problems, "standstill_kmh", config.standstill_kmh, 0.0, 0.5, unit="km/h", low_open=True
+    )
+    _in_range(
+        problems, "speed_step_kmh", config.speed_step_kmh, 0.0, 1.0, unit="km/h", low_open=True
+    )
+    _in_range(
+        problems,
+        "overspeed_abs_kmh",
+        config.overspeed_abs_kmh,
+        0.0,
+        2.0,
+        unit="km/h",
+        low_open=True,
+    )
+    _in_range(problems, "overspeed_rel", config.overspeed_rel, 0.0, 0.5, unit="(fraction)")
+    _in_range(problems, "overspeed_ms", config.overspeed_ms, 0, 2000, unit="ms", low_open=True)
+    _in_range(
+        problems, "follow_tol_kmh", config.follow_tol_kmh, 0.0, 3.0, unit="km/h", low_open=True
+    )
+    _in_range(problems, "follow_rel", config.follow_rel, 0.0, 0.5, unit="(fraction)")
+    _in_range(problems, "follow_ms", config.follow_ms, 0, 10_000, unit="ms", low_open=True)
+    _in_range(problems, "follow_lag_ms", config.follow_lag_ms, 0, 5000, unit="ms")
+    _in_range(
+        problems,
+        "moving_at_rest_ms",
+        config.moving_at_rest_ms,
+        0,
+        2000,
+        unit="ms",
+        low_open=True,
+    )
+    _in_range(problems, "grip_chatter_edges", config.grip_chatter_edges, 2, 1000, unit="edges")
+    _in_range(
+        problems,
+        "grip_chatter_window_ms",
+        config.grip_chatter_window_ms,
+        0,
+        60_000,
+        unit="ms",
+        low_open=True,
+    )
+    _in_range(
+        problems,
+        "grip_stuck_window_ms",
+        config.grip_stuck_window_ms,
+        0,
+        24 * 3_600_000,
+        unit="ms",
+        low_open=True,
+    )
+    _in_range(
+        problems, "max_grip_grace_ms", config.max_grip_grace_ms, 0, GRIP_GRACE_BOUND_MS, unit="ms"
+    )
+    for code in sorted(config.firmware_emergency_fault_codes):
+        _in_range(problems, "firmware_emergency_fault_codes", code, 1, 255, unit="(fault code)")
+
+
+def _check_stages(config: SafetyConfig, problems: list[ConfigProblem]) -> None:
+    if not config.stages:
+        problems.append(
+            ConfigProblem("stages", "at least one stage is required: configure stage 1")
+        )
+        return
+    seen_names: dict[str, int] = {}
+    previous_max_kmh = 0.0
+    for index, stage in enumerate(config.stages):
+        key = f"stages[{index}]"
+        if stage.number != index + 1:
+            problems.append(
+                ConfigProblem(
+                    f"{key}.number",
+                    f"is {stage.number}, expected {index + 1}: number the stages 1, 2, 3 ... "
+                    "in table order",
+                )
+            )
+        name = stage.name.strip()
+        if not name:
+            problems.append(ConfigProblem(f"{key}.name", "must not be empty"))
+        elif name in seen_names:
+            problems.append(
+                ConfigProblem(
+                    f"{key}.name",
+                    f"{name!r} is already the name of stages[{seen_names[name]}]: "
+                    "give every stage its own name",
+                )
+            )
+        else:
+            seen_names[name] = index
+        _check_stage_speeds(config, stage, key, problems)
+        if stage.max_kmh < previous_max_kmh:
+            problems.append(
+                ConfigProblem(
+                    f"{key}.max_kmh",
+                    f"{stage.max_kmh!r} km/h is below the previous stage's {previous_max_kmh!r} "
+                    "km/h: a higher stage may never allow less speed",
+                )
+            )
+        previous_max_kmh = max(previous_max_kmh, stage.max_kmh)
+        _check_stage_grip(config, stage, key, problems)
+
+
+def _check_stage_speeds(
+    config: SafetyConfig, stage: StageConfig, key: str, problems: list[ConfigProblem]
+) -> None:
+    _in_range(
+        problems,
+        f"{key}.max_kmh",
+        stage.max_kmh,
+        0.0,
+        config.machine_max_kmh,
+        unit="km/h (up to machine_max_kmh)",
+        low_open=True,
+    )
+    _in_range(
+        problems,
+        f"{key}.start_kmh",
+        stage.start_kmh,
+        config.standstill_kmh,
+        stage.max_kmh,
+        unit="km/h (above standstill_kmh, up to the stage's max_kmh)",
+        low_open=True,
+    )
+    for name, value in (("accel_kmh_s", stage.accel_kmh_s), ("decel_kmh_s", stage.decel_kmh_s)):
+        _in_range(
+            problems,
+            f"{key}.{name}",
+            value,
+            0.0,
+            STAGE_RATE_BOUND_KMH_S,
+            unit="km/h/s",
+            low_open=True,
+        )
+
+
+def _check_stage_grip(
+    config: SafetyConfig, stage: StageConfig, key: str, problems: list[ConfigProblem]
+) -> None:
+    if stage.grip_hands_required not in (0, 1, 2):
+        problems.append(
+            ConfigProblem(
+                f"{key}.grip_hands_required",
+                f"is {stage.grip_hands_required!r}: must be 0, 1 or 2 hands",
+            )
+        )
+    _in_range(
+        problems,
+        f"{key}.grip_grace_ms",
+        stage.grip_grace_ms,
+        0,
+        config.max_grip_grace_ms,
+        unit="ms (up to max_grip_grace_ms)",
+    )
+    if stage.on_grip_loss is GripLossAction.SLOW and not (
+        0.0 <= stage.grip_slow_kmh < stage.max_kmh
+    ):
+        problems.append(
+            ConfigProblem(
+                f"{key}.grip_slow_kmh",
+                f"{stage.grip_slow_kmh!r} km/h: with on_grip_loss slow it must be at least 0 "
+                f"and below the stage's max_kmh ({stage.max_kmh!r} km/h)",
+            )
+        )
+    grip_stops_belt = (
+        stage.grip_hands_required > 0 and stage.on_grip_loss is GripLossAction.STOP_LATCH
+    )
+    if not stage.clip_required and not grip_stops_belt:
+        problems.append(
+            ConfigProblem(
+                f"{key}.clip_required",
+                "must be true: this stage lets the belt run without a hand on the rails "
+                f"(grip_hands_required {stage.grip_hands_required}, on_grip_loss "
+                f"{stage.on_grip_loss.value}), so the safety key cord must be clipped on",
+            )
+        )

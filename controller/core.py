@@ -1,0 +1,1096 @@
+"""The safety core: every rule that decides whether, and how fast, the belt moves.
+
+:func:`decide` is a pure function: it takes the previous :class:`CoreState`, the
+:class:`Inputs` gathered in this tick, the :class:`SafetyConfig` and the time
+``now_ms`` (integer milliseconds from a monotonic clock), and returns a
+:class:`Decision`: the next state, exactly one motion command and the events to
+report. It does no I/O, keeps no global state and reads no clock, so every rule
+can be tested by driving it with explicit times.
+
+Rule ids (``SR-...``) refer to ``docs/safety.md``, which also gives the tests that
+prove each rule. Within one tick the checks run in this order (SR-PREC-1):
+
+1. stage caps (a lowered training or remote cap lowers the stage at once),
+2. emergency conditions: e-stop, safety key, overspeed, belt moving at rest,
+3. firmware link and firmware state: stale status, firmware fault, reboot,
+   configuration mismatch, invalid speed reading; then the not-following check,
+4. grip,
+5. commands: remote first, then local, in the order received,
+6. settling (STOPPING -> IDLE at rest), the speed ramp and the motion command.
+
+A fault latched by an earlier step is never undone by a later one.
+
+Example:
+    >>> from controller.model import GripLossAction, Inputs, SafetyConfig, StageConfig
+    >>> stage = StageConfig(1, "walk", 2.0, 0.5, 0.2, 0.4, 1, GripLossAction.STOP_LATCH, 300)
+    >>> config = SafetyConfig(stages=(stage,), machine_max_kmh=16.0)
+    >>> state = initial_state(config)
+    >>> decision = decide(state, Inputs(False, False, False, True, None), config, now_ms=0)
+    >>> decision.state.mode, decision.state.fault.code, decision.motion
+    (<Mode.FAULTED: 'faulted'>, <FaultCode.LINK_STALE: 'link_stale'>, Stop(decel_kmh_s=3.6))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from controller.model import (
+    Button,
+    CoreState,
+    Decision,
+    EStop,
+    Event,
+    Fault,
+    FaultCode,
+    FirmwareState,
+    FirmwareStatus,
+    GripLossAction,
+    Inputs,
+    LocalCommand,
+    Mode,
+    MotionCommand,
+    Press,
+    RemoteCommand,
+    RemoteLowerTarget,
+    RemoteStop,
+    RequestStop,
+    SafetyConfig,
+    SelectStage,
+    SetSpeed,
+    SetTarget,
+    StageConfig,
+    Stop,
+    StopKind,
+)
+
+MAX_TICK_DT_MS: Final = 100
+"""Longest time step one tick may ramp over (SR-SPEED-3): a pause never produces a jump."""
+
+WARNING_GRIP_SUSPECT: Final = "grip_sensor_suspect"
+"""Warning flag: the grip sensors chatter (SR-GRIP-6)."""
+
+WARNING_GRIP_STUCK: Final = "grip_sensor_stuck"
+"""Warning flag: the grip reading has not changed for a long time while running (SR-GRIP-7)."""
+
+FAULT_ADVICE: Final[Mapping[FaultCode, str]] = {
+    FaultCode.GRIP_LOST: "Hold the rails, then press RESET.",
+    FaultCode.GRIP_SENSOR: (
+        "Check the rail grip sensors and their wiring (wet or gloved hands can chatter), "
+        "then press RESET."
+    ),
+    FaultCode.ESTOP: "Release the e-stop, then press RESET with the belt at rest.",
+    FaultCode.SAFETY_KEY: (
+        "Put the safety key back, clip its cord to your clothing, then press RESET."
+    ),
+    FaultCode.LINK_STALE: (
+        "Check the USB cable to the motor controller; press RESET once the link is back."
+    ),
+    FaultCode.OVERSPEED: (
+        "Step off the belt. Have the speed sensor and motor controller checked, "
+        "then press RESET with the belt at rest."
+    ),
+    FaultCode.NOT_FOLLOWING: (
+        "Check the belt for a stall or obstruction and the speed sensor, then press RESET."
+    ),
+    FaultCode.MOVING_AT_REST: (
+        "Step off the belt and have the motor controller checked, then press RESET."
+    ),
+    FaultCode.FIRMWARE_FAULT: (
+        "Read the firmware fault code in the log and fix its cause; press RESET (it clears "
+        "the motor controller's fault), then RESET again."
+    ),
+    FaultCode.FIRMWARE_REBOOT: (
+        "The motor controller restarted unexpectedly (power or watchdog): check its supply, "
+        "then press RESET."
+    ),
+    FaultCode.CONFIG_MISMATCH: (
+        "The motor controller holds other limits than configured: restart the service so it "
+        "sends them again, then press RESET."
+    ),
+    FaultCode.INTERNAL: "Internal controller error: read the log, then restart the service.",
+}
+"""What the user must do to clear each fault (shown in every fault event)."""
+
+
+# --------------------------------------------------------------------------
+# Small pure helpers, public so the service and the tests can use them
+# --------------------------------------------------------------------------
+
+
+def stage_config(state: CoreState, config: SafetyConfig) -> StageConfig:
+    """The configuration of the state's current stage."""
+    return config.stages[state.stage - 1]
+
+
+def stage_limit_kmh(stage: StageConfig, config: SafetyConfig) -> float:
+    """Highest speed allowed at ``stage``: min(stage max, machine max) (SR-SPEED-1)."""
+    return min(stage.max_kmh, config.machine_max_kmh)
+
+
+def hands_on_rails(inputs: Inputs) -> int:
+    """Number of hands the grip sensors report on the rails (0, 1 or 2)."""
+    return int(inputs.grip_left) + int(inputs.grip_right)
+
+
+def grip_ok(stage: StageConfig, inputs: Inputs) -> bool:
+    """True when at least ``grip_hands_required`` hands are on the rails (SR-GRIP-1)."""
+    return hands_on_rails(inputs) >= stage.grip_hands_required
+
+
+def grip_watched(stage: StageConfig) -> bool:
+    """True when losing grip has a consequence at ``stage`` (SR-GRIP-1)."""
+    return stage.grip_hands_required > 0 and stage.on_grip_loss is not GripLossAction.NONE
+
+
+def effective_stage_cap(state: CoreState, inputs: Inputs, config: SafetyConfig) -> int:
+    """Highest stage allowed now: training cap, remote cap and stage count (SR-STAGE-4).
+
+    A training cap below 1 counts as 1: stage 1 is the most restrictive stage there is.
+    """
+    cap = min(max(inputs.stage_cap, 1), len(config.stages))
+    if state.remote_stage_cap is not None:
+        cap = min(cap, state.remote_stage_cap)
+    return cap
+
+
+def speed_cap_kmh(state: CoreState, config: SafetyConfig) -> float:
+    """Highest target now: the stage limit, or the grip-slow speed after grip loss (SR-GRIP-3)."""
+    stage = stage_config(state, config)
+    cap = stage_limit_kmh(stage, config)
+    if state.grip_action_taken and stage.on_grip_loss is GripLossAction.SLOW:
+        cap = min(cap, stage.grip_slow_kmh)
+    return cap
+
+
+def status_problem(
+    firmware: FirmwareStatus | None, config: SafetyConfig, now_ms: int
+) -> str | None:
+    """Why ``firmware`` cannot be trusted for a speed reading now, or None when it can.
+
+    A status is usable when it exists, is at most ``stale_ms`` old and carries a finite,
+    non-negative measured speed (SR-STALE-1, SR-PLAUS-4).
+    """
+    if firmware is None:
+        return "no firmware status has been received"
+    age_ms = now_ms - firmware.received_ms
+    if age_ms > config.stale_ms:
+        return f"the last firmware status is {age_ms} ms old (limit {config.stale_ms} ms)"
+    if not (math.isfinite(firmware.measured_kmh) and firmware.measured_kmh >= 0.0):
+        return f"the measured belt speed {firmware.measured_kmh!r} km/h is not a valid reading"
+    return None
+
+
+def start_blockers(
+    state: CoreState, inputs: Inputs, config: SafetyConfig, now_ms: int
+) -> tuple[str, ...]:
+    """Everything that stops a START from being accepted now, each with what to do (SR-START-2).
+
+    Empty when the belt may start. :func:`decide` also requires mode IDLE, a local press
+    and no stop request in the same tick.
+    """
+    problems: list[str] = []
+    if state.fault is not None:
+        problems.append(
+            f"fault {state.fault.code.value} is latched: {FAULT_ADVICE[state.fault.code]}"
+        )
+    problems.extend(_rest_blockers(inputs, config, now_ms))
+    firmware = inputs.firmware
+    if firmware is not None:
+        if firmware.state is not FirmwareState.IDLE:
+            problems.append(
+                f"the motor controller is in state {firmware.state.value}, not idle: "
+                "wait until it is ready"
+            )
+        if firmware.fault_code != 0:
+            problems.append(
+                f"the motor controller reports fault code {firmware.fault_code}: press RESET"
+            )
+    stage = stage_config(state, config)
+    hands = hands_on_rails(inputs)
+    if hands < stage.grip_hands_required:
+        problems.append(
+            f"stage {stage.number} needs {_hands_text(stage.grip_hands_required)} on the rails "
+            f"({_grip_text(inputs)}): hold the rails"
+        )
+    if grip_watched(stage) and WARNING_GRIP_SUSPECT in state.warnings:
+        problems.append(
+            "the grip sensors are chattering: check the rail sensors and keep the hands still"
+        )
+    return tuple(problems)
+
+
+def reset_blockers(
+    state: CoreState, inputs: Inputs, config: SafetyConfig, now_ms: int
+) -> tuple[str, ...]:
+    """Everything that stops a RESET from being accepted now, each with what to do (SR-RESET-2).
+
+    A firmware fault is not listed: a reset sends CLEAR_FAULT for it (SR-RESET-3).
+    """
+    problems = list(_rest_blockers(inputs, config, now_ms))
+    if grip_watched(stage_config(state, config)) and WARNING_GRIP_SUSPECT in state.warnings:
+        problems.append(
+            "the grip sensors are chattering: check the rail sensors and keep the hands still"
+        )
+    return tuple(problems)
+
+
+def _rest_blockers(inputs: Inputs, config: SafetyConfig, now_ms: int) -> list[str]:
+    """Conditions shared by start and reset: a quiet, safe, at-rest machine."""
+    problems: list[str] = []
+    if inputs.estop_pressed:
+        problems.append("the e-stop is pressed: release it")
+    if not inputs.safety_key_present:
+        problems.append("the safety key is out: put it back and clip the cord to your clothing")
+    firmware = inputs.firmware
+    problem = status_problem(firmware, config, now_ms)
+    if problem is not None or firmware is None:
+        problems.append(f"{problem}: check the USB link to the motor controller")
+        return problems
+    if not firmware.safety_key_closed:
+        problems.append("the motor controller reads the safety key circuit open: put the key back")
+    if firmware.measured_kmh > config.standstill_kmh:
+        problems.append(
+            f"the belt is moving ({firmware.measured_kmh:.2f} km/h): wait until it stands still"
+        )
+    if firmware.config_checksum != firmware.expected_config_checksum:
+        problems.append(
+            f"the motor controller's configuration checksum 0x{firmware.config_checksum:08x} "
+            f"differs from 0x{firmware.expected_config_checksum:08x}: restart the service"
+        )
+    return problems
+
+
+def _hands_text(count: int) -> str:
+    return "one hand" if count == 1 else f"{count} hands"
+
+
+def _grip_text(inputs: Inputs) -> str:
+    left = "held" if inputs.grip_left else "released"
+    right = "held" if inputs.grip_right else "released"
+    return f"left {left}, right {right}"
+
+
+# --------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------
+
+
+def initial_state(config: SafetyConfig) -> CoreState:
+    """IDLE at stage 1, target at stage 1's start speed, nothing commanded (SR-START-1).
+
+    Raises:
+        ValueError: the configuration has no stages (check_safety_config refuses it too).
+    """
+    if not config.stages:
+        raise ValueError("the safety configuration has no stages: configure at least stage 1")
+    first = config.stages[0]
+    return CoreState(
+        mode=Mode.IDLE,
+        stage=1,
+        target_kmh=min(first.start_kmh, stage_limit_kmh(first, config)),
+        commanded_kmh=0.0,
+    )
+
+
+def decide(state: CoreState, inputs: Inputs, config: SafetyConfig, now_ms: int) -> Decision:
+    """One control tick: the next state, exactly one motion command, and the events.
+
+    ``now_ms`` comes from a monotonic clock. The firmware lease is renewed only by the
+    SetSpeed returned while RUNNING; every other mode returns Stop or EStop (SR-MOTION-1),
+    so the belt stops on its own if decisions stop coming.
+    """
+    dt_ms = _tick_dt_ms(state.last_tick_ms, now_ms)
+    step = _Step(
+        state=replace(state, last_tick_ms=now_ms),
+        inputs=inputs,
+        config=config,
+        now_ms=now_ms,
+        fresh=inputs.firmware if status_problem(inputs.firmware, config, now_ms) is None else None,
+    )
+    _apply_stage_caps(step, "stage cap lowered")
+    _track_grip_sensor(step)
+    _check_emergencies(step)
+    _check_link_and_firmware(step)
+    _check_following(step)
+    _check_grip(step)
+    _handle_commands(step)
+    _stop_on_zero_target(step)
+    _settle(step)
+    previous_kmh = step.state.commanded_kmh
+    _ramp(step, dt_ms)
+    return Decision(
+        state=step.state,
+        motion=_motion(step.state, config, previous_kmh),
+        clear_firmware_fault=step.clear_firmware_fault,
+        events=tuple(step.events),
+    )
+
+
+def internal_fault(state: CoreState, config: SafetyConfig, now_ms: int, message: str) -> Decision:
+    """Latch FaultCode.INTERNAL with a controlled stop (SR-FAULT-4).
+
+    For the service's single catch-all: an exception anywhere in a tick ends here.
+    """
+    step = _Step(
+        state=replace(state, last_tick_ms=now_ms),
+        inputs=Inputs(False, False, False, True, None),
+        config=config,
+        now_ms=now_ms,
+        fresh=None,
+    )
+    _latch(step, FaultCode.INTERNAL, StopKind.CONTROLLED, message)
+    previous_kmh = step.state.commanded_kmh
+    _ramp(step, 0)
+    return Decision(
+        state=step.state,
+        motion=_motion(step.state, config, previous_kmh),
+        events=tuple(step.events),
+    )
+
+
+# --------------------------------------------------------------------------
+# The tick, step by step
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class _Step:
+    """Working record of one call to :func:`decide`; lives and dies inside that call."""
+
+    state: CoreState
+    inputs: Inputs
+    config: SafetyConfig
+    now_ms: int
+    fresh: FirmwareStatus | None  # the firmware status when usable for a speed reading
+    events: list[Event] = field(default_factory=list)
+    clear_firmware_fault: bool = False
+    stop_requested: bool = False
+    reset_done: bool = False
+
+    def emit(self, kind: str, message: str, **details: str | int | float | bool | None) -> None:
+        self.events.append(Event(kind=kind, message=message, details=details))
+
+
+def _tick_dt_ms(last_tick_ms: int | None, now_ms: int) -> int:
+    """Milliseconds to ramp over in this tick: clamped to [0, MAX_TICK_DT_MS] (SR-SPEED-3)."""
+    if last_tick_ms is None:
+        return 0
+    return min(max(now_ms - last_tick_ms, 0), MAX_TICK_DT_MS)
+
+
+def _enter(step: _Step, mode: Mode, reason: str) -> None:
+    """Change mode and report it as ``old -> new (reason)`` (SR-MODE-1)."""
+    old = step.state.mode
+    step.state = replace(step.state, mode=mode)
+    step.emit(
+        "transition",
+        f"{old.value} -> {mode.value} ({reason})",
+        **{"from": old.value, "to": mode.value, "reason": reason},
+    )
+
+
+def _latch(step: _Step, code: FaultCode, stop: StopKind, seen: str) -> None:
+    """Latch a fault, or upgrade/record it when already FAULTED (SR-FAULT-1..3)."""
+    state = step.state
+    current = state.fault
+    message = f"{seen}. {FAULT_ADVICE[code]}"
+    fault = Fault(code=code, message=message, since_ms=step.now_ms, stop=stop)
+    if current is None:
+        step.state = replace(
+            step.state,
+            fault=fault,
+            stop_reason=code.value,
+            fault_rest_reached=False,
+            secondary_faults=(),
+            grip_lost_since_ms=None,
+            grip_action_taken=False,
+        )
+        _enter(step, Mode.FAULTED, code.value)
+        step.emit(
+            "fault",
+            message,
+            code=code.value,
+            stop=stop.value,
+            since_ms=step.now_ms,
+            upgraded_from=None,
+        )
+        return
+    if code is current.code or code in state.secondary_faults:
+        return
+    if stop is StopKind.EMERGENCY and current.stop is StopKind.CONTROLLED:
+        step.state = replace(
+            step.state, fault=fault, secondary_faults=(*state.secondary_faults, current.code)
+        )
+        step.emit(
+            "fault",
+            f"{message} (stop upgraded to an emergency stop; first fault: {current.code.value})",
+            code=code.value,
+            stop=stop.value,
+            since_ms=step.now_ms,
+            upgraded_from=current.code.value,
+        )
+        return
+    step.state = replace(step.state, secondary_faults=(*state.secondary_faults, code))
+    step.emit(
+        "fault",
+        f"{message} (also seen while fault {current.code.value} is latched)",
+        code=code.value,
+        stop=stop.value,
+        since_ms=step.now_ms,
+        upgraded_from=None,
+    )
+
+
+def _change_stage(step: _Step, new_stage: int, reason: str) -> None:
+    """Move to ``new_stage``; the target follows the new limits at once (SR-STAGE-1..4)."""
+    state = step.state
+    config = step.config
+    old = stage_config(state, config)
+    stage = config.stages[new_stage - 1]
+    limit = stage_limit_kmh(stage, config)
+    if state.mode is Mode.IDLE:
+        target = min(stage.start_kmh, limit)
+    else:
+        target = min(state.target_kmh, limit)
+    # A new stage brings a new grip policy: its action is due again (the loss time is kept).
+    step.state = replace(step.state, stage=new_stage, target_kmh=target, grip_action_taken=False)
+    step.emit(
+        "stage_changed",
+        f"stage {old.number} ({old.name}) -> stage {stage.number} ({stage.name}) ({reason}): "
+        f"limit {limit:.1f} km/h, target {target:.2f} km/h",
+        from_stage=old.number,
+        to_stage=stage.number,
+        reason=reason,
+        limit_kmh=limit,
+        target_kmh=target,
+    )
+
+
+def _apply_stage_caps(step: _Step, reason: str) -> None:
+    """A training or remote cap below the current stage lowers it at once (SR-STAGE-4)."""
+    cap = effective_stage_cap(step.state, step.inputs, step.config)
+    if step.state.stage > cap:
+        _change_stage(step, cap, reason)
+
+
+def _track_grip_sensor(step: _Step) -> None:
+    """Count grip edges and flag a chattering or stuck sensor (SR-GRIP-6, SR-GRIP-7)."""
+    state = step.state
+    config = step.config
+    now_ms = step.now_ms
+    reading = (step.inputs.grip_left, step.inputs.grip_right)
+    previous = state.last_grip_hands if state.last_grip_hands is not None else reading
+    flips = int(reading[0] != previous[0]) + int(reading[1] != previous[1])
+    changed_ms = state.grip_changed_ms
+    if flips > 0 or changed_ms is None:
+        changed_ms = now_ms
+    window_ms = config.grip_chatter_window_ms
+    edges = (*(t for t in state.grip_edges_ms if now_ms - t < window_ms), *([now_ms] * flips))
+    edges = edges[-config.grip_chatter_edges :]
+    warnings = set(state.warnings)
+    if len(edges) >= config.grip_chatter_edges:
+        if WARNING_GRIP_SUSPECT not in warnings:
+            warnings.add(WARNING_GRIP_SUSPECT)
+            step.emit(
+                "grip_sensor_suspect",
+                f"grip sensors changed {len(edges)} times within {window_ms} ms: the sensor "
+                "is unreliable. Check the rail sensors and their wiring; keep the hands still.",
+                edges=len(edges),
+                window_ms=window_ms,
+            )
+    else:
+        warnings.discard(WARNING_GRIP_SUSPECT)
+    stage = stage_config(state, config)
+    unchanged_ms = now_ms - changed_ms
+    if flips > 0:
+        warnings.discard(WARNING_GRIP_STUCK)
+    elif (
+        state.mode is Mode.RUNNING
+        and grip_watched(stage)
+        and unchanged_ms >= config.grip_stuck_window_ms
+        and WARNING_GRIP_STUCK not in warnings
+    ):
+        warnings.add(WARNING_GRIP_STUCK)
+        step.emit(
+            "grip_sensor_stuck",
+            f"grip reading unchanged for {unchanged_ms // 1000} s while running "
+            f"({_grip_text(step.inputs)}): if the hands moved, check the rail sensors.",
+            unchanged_ms=unchanged_ms,
+        )
+    step.state = replace(
+        step.state,
+        last_grip_hands=reading,
+        grip_changed_ms=changed_ms,
+        grip_edges_ms=edges,
+        warnings=frozenset(warnings),
+        last_grip_ok=grip_ok(stage, step.inputs),
+    )
+
+
+def _check_emergencies(step: _Step) -> None:
+    """E-stop, safety key, overspeed, moving at rest: EStop and latch (SR-ESTOP-*, SR-PLAUS-*)."""
+    inputs = step.inputs
+    if inputs.estop_pressed:
+        _latch(step, FaultCode.ESTOP, StopKind.EMERGENCY, "E-stop pressed")
+    if not inputs.safety_key_present:
+        _latch(
+            step,
+            FaultCode.SAFETY_KEY,
+            StopKind.EMERGENCY,
+            "Safety key pulled out (console input)",
+        )
+    firmware = inputs.firmware
+    if firmware is not None and not firmware.safety_key_closed:
+        _latch(
+            step,
+            FaultCode.SAFETY_KEY,
+            StopKind.EMERGENCY,
+            "The motor controller reads the safety key circuit open",
+        )
+    _check_overspeed(step)
+    _check_moving_at_rest(step)
+
+
+def _check_overspeed(step: _Step) -> None:
+    """Measured above max(limit, commanded) + margin for > overspeed_ms: EStop (SR-PLAUS-1)."""
+    fresh = step.fresh
+    state = step.state
+    config = step.config
+    if fresh is None:
+        step.state = replace(step.state, overspeed_since_ms=None)
+        return
+    reference_kmh = max(stage_limit_kmh(stage_config(state, config), config), state.commanded_kmh)
+    margin_kmh = max(config.overspeed_abs_kmh, config.overspeed_rel * reference_kmh)
+    if fresh.measured_kmh <= reference_kmh + margin_kmh:
+        step.state = replace(step.state, overspeed_since_ms=None)
+        return
+    since_ms = state.overspeed_since_ms if state.overspeed_since_ms is not None else step.now_ms
+    step.state = replace(step.state, overspeed_since_ms=since_ms)
+    lasted_ms = step.now_ms - since_ms
+    if lasted_ms > config.overspeed_ms:
+        _latch(
+            step,
+            FaultCode.OVERSPEED,
+            StopKind.EMERGENCY,
+            f"Belt measured at {fresh.measured_kmh:.2f} km/h for {lasted_ms} ms, above the "
+            f"allowed {reference_kmh:.2f} km/h + {margin_kmh:.2f} km/h margin",
+        )
+
+
+def _check_moving_at_rest(step: _Step) -> None:
+    """Belt moving while it should stand still for > moving_at_rest_ms: EStop (SR-PLAUS-3)."""
+    fresh = step.fresh
+    state = step.state
+    config = step.config
+    should_rest = state.mode is Mode.IDLE or (
+        state.mode is Mode.FAULTED and state.fault_rest_reached
+    )
+    if fresh is None or not should_rest or fresh.measured_kmh <= config.standstill_kmh:
+        step.state = replace(step.state, moving_at_rest_since_ms=None)
+        return
+    since_ms = (
+        state.moving_at_rest_since_ms if state.moving_at_rest_since_ms is not None else step.now_ms
+    )
+    step.state = replace(step.state, moving_at_rest_since_ms=since_ms)
+    lasted_ms = step.now_ms - since_ms
+    if lasted_ms > config.moving_at_rest_ms:
+        _latch(
+            step,
+            FaultCode.MOVING_AT_REST,
+            StopKind.EMERGENCY,
+            f"Belt measured moving at {fresh.measured_kmh:.2f} km/h for {lasted_ms} ms while "
+            f"it should stand still ({state.mode.value})",
+        )
+
+
+def _check_link_and_firmware(step: _Step) -> None:
+    """Stale or invalid status, firmware fault, reboot, config mismatch (SR-STALE-*, SR-FW-*)."""
+    firmware = step.inputs.firmware
+    config = step.config
+    if firmware is None:
+        _latch(
+            step,
+            FaultCode.LINK_STALE,
+            StopKind.CONTROLLED,
+            "Motor controller silent: no firmware status has been received",
+        )
+        return
+    age_ms = step.now_ms - firmware.received_ms
+    if age_ms > config.stale_ms:
+        _latch(
+            step,
+            FaultCode.LINK_STALE,
+            StopKind.CONTROLLED,
+            f"Motor controller silent: the last firmware status is {age_ms} ms old "
+            f"(limit {config.stale_ms} ms)",
+        )
+    elif step.fresh is None:
+        _latch(
+            step,
+            FaultCode.NOT_FOLLOWING,
+            StopKind.CONTROLLED,
+            f"Speed sensor: the measured belt speed {firmware.measured_kmh!r} km/h is not a "
+            "valid reading",
+        )
+    if firmware.fault_code != 0 or firmware.state is FirmwareState.FAULT:
+        stop = (
+            StopKind.EMERGENCY
+            if firmware.fault_code in config.firmware_emergency_fault_codes
+            else StopKind.CONTROLLED
+        )
+        _latch(
+            step,
+            FaultCode.FIRMWARE_FAULT,
+            stop,
+            f"The motor controller reports fault code {firmware.fault_code} "
+            f"(state {firmware.state.value})",
+        )
+    if step.state.boot_id is None:
+        step.state = replace(step.state, boot_id=firmware.boot_id)
+    elif firmware.boot_id != step.state.boot_id:
+        _latch(
+            step,
+            FaultCode.FIRMWARE_REBOOT,
+            StopKind.CONTROLLED,
+            f"The motor controller restarted (boot id {step.state.boot_id} -> {firmware.boot_id})",
+        )
+    if firmware.config_checksum != firmware.expected_config_checksum:
+        _latch(
+            step,
+            FaultCode.CONFIG_MISMATCH,
+            StopKind.CONTROLLED,
+            f"The motor controller's configuration checksum 0x{firmware.config_checksum:08x} "
+            f"differs from the one sent, 0x{firmware.expected_config_checksum:08x}",
+        )
+
+
+def _ramp_rate_kmh_s(state: CoreState, config: SafetyConfig) -> float:
+    """Rate at which the commanded speed is moving now (for the follow lag allowance)."""
+    if state.mode is Mode.RUNNING:
+        stage = stage_config(state, config)
+        goal_kmh = _goal_kmh(state, config)
+        if state.commanded_kmh < goal_kmh:
+            return stage.accel_kmh_s
+        if state.commanded_kmh > goal_kmh:
+            return stage.decel_kmh_s
+        return 0.0
+    return config.stop_decel_kmh_s if state.commanded_kmh > 0.0 else 0.0
+
+
+def _check_following(step: _Step) -> None:
+    """Belt not following the commanded ramp for > follow_ms: stop and latch (SR-PLAUS-2)."""
+    fresh = step.fresh
+    state = step.state
+    config = step.config
+    fault = state.fault
+    watched = state.mode in (Mode.RUNNING, Mode.STOPPING) or (
+        fault is not None and fault.stop is StopKind.CONTROLLED and not state.fault_rest_reached
+    )
+    if fresh is None or not watched:
+        step.state = replace(step.state, follow_since_ms=None)
+        return
+    expected_kmh = state.commanded_kmh
+    lag_kmh = _ramp_rate_kmh_s(state, config) * config.follow_lag_ms / 1000.0
+    tolerance_kmh = max(config.follow_tol_kmh, config.follow_rel * expected_kmh) + lag_kmh
+    if state.mode is not Mode.RUNNING and expected_kmh == 0.0:
+        # The stop ramp is over: the belt must now come to rest, not just stay near it.
+        tolerance_kmh = config.standstill_kmh
+    deviation_kmh = fresh.measured_kmh - expected_kmh
+    too_fast = deviation_kmh > tolerance_kmh
+    too_slow = state.mode is Mode.RUNNING and -deviation_kmh > tolerance_kmh
+    if not (too_fast or too_slow):
+        step.state = replace(step.state, follow_since_ms=None)
+        return
+    since_ms = state.follow_since_ms if state.follow_since_ms is not None else step.now_ms
+    step.state = replace(step.state, follow_since_ms=since_ms)
+    lasted_ms = step.now_ms - since_ms
+    if lasted_ms > config.follow_ms:
+        direction = "above" if too_fast else "below"
+        _latch(
+            step,
+            FaultCode.NOT_FOLLOWING,
+            StopKind.EMERGENCY if too_fast else StopKind.CONTROLLED,
+            f"Belt measured at {fresh.measured_kmh:.2f} km/h for {lasted_ms} ms, {direction} "
+            f"the expected {expected_kmh:.2f} km/h by more than {tolerance_kmh:.2f} km/h",
+        )
+
+
+def _check_grip(step: _Step) -> None:
+    """Grace timer and the stage's action on grip loss, while RUNNING (SR-GRIP-2..6)."""
+    state = step.state
+    stage = stage_config(state, step.config)
+    if state.mode is not Mode.RUNNING or not grip_watched(stage):
+        step.state = replace(step.state, grip_lost_since_ms=None, grip_action_taken=False)
+        return
+    if WARNING_GRIP_SUSPECT in state.warnings and stage.on_grip_loss is GripLossAction.STOP_LATCH:
+        _latch(
+            step,
+            FaultCode.GRIP_SENSOR,
+            StopKind.CONTROLLED,
+            f"Grip sensors chattering at stage {stage.number}, where grip loss stops the belt: "
+            "the grip reading cannot be trusted",
+        )
+        return
+    if grip_ok(stage, step.inputs):
+        if state.grip_action_taken:
+            step.emit(
+                "grip_restored",
+                f"grip back at stage {stage.number} ({_grip_text(step.inputs)}): "
+                "the speed may be raised again.",
+                stage=stage.number,
+            )
+        step.state = replace(step.state, grip_lost_since_ms=None, grip_action_taken=False)
+        return
+    since_ms = state.grip_lost_since_ms if state.grip_lost_since_ms is not None else step.now_ms
+    step.state = replace(step.state, grip_lost_since_ms=since_ms)
+    lost_ms = step.now_ms - since_ms
+    if state.grip_action_taken or lost_ms < stage.grip_grace_ms:
+        return
+    seen = (
+        f"Grip released for {lost_ms} ms at stage {stage.number} ({stage.name}; "
+        f"{_hands_text(stage.grip_hands_required)} required, grace {stage.grip_grace_ms} ms; "
+        f"{_grip_text(step.inputs)})"
+    )
+    details: dict[str, str | int | float | bool | None] = {
+        "stage": stage.number,
+        "lost_ms": lost_ms,
+        "grace_ms": stage.grip_grace_ms,
+        "action": stage.on_grip_loss.value,
+    }
+    if stage.on_grip_loss is GripLossAction.STOP_LATCH:
+        step.emit(
+            "grip_lost", f"{seen}: belt stopping. {FAULT_ADVICE[FaultCode.GRIP_LOST]}", **details
+        )
+        _latch(step, FaultCode.GRIP_LOST, StopKind.CONTROLLED, seen)
+        return
+    step.state = replace(step.state, grip_action_taken=True)
+    if stage.on_grip_loss is GripLossAction.SLOW:
+        target_kmh = min(state.target_kmh, stage.grip_slow_kmh)
+        step.state = replace(step.state, target_kmh=target_kmh)
+        step.emit(
+            "grip_lost",
+            f"{seen}: slowing to {target_kmh:.2f} km/h. Hold the rails; then raise the speed "
+            "again if you wish.",
+            **details,
+        )
+        return
+    step.emit("grip_warning", f"{seen}: hold the rails.", **details)
+
+
+def _handle_commands(step: _Step) -> None:
+    """Remote commands first, then local ones in order (SR-REMOTE-*, SR-START-*, ...)."""
+    commands: tuple[LocalCommand | RemoteCommand, ...] = (*step.inputs.remote, *step.inputs.local)
+    step.stop_requested = any(
+        isinstance(command, RemoteStop | RequestStop) or command == Press(Button.STOP)
+        for command in commands
+    )
+    for remote in step.inputs.remote:
+        _remote_command(step, remote)
+    for local in step.inputs.local:
+        _local_command(step, local)
+
+
+def _reject(step: _Step, command: str, reason: str) -> None:
+    step.emit("command_rejected", f"{command} rejected: {reason}", command=command, reason=reason)
+
+
+def _remote_command(step: _Step, command: RemoteCommand) -> None:
+    """Remote commands can only make things safer (SR-REMOTE-1..4)."""
+    if isinstance(command, RemoteStop):
+        _request_stop(step, "remote_stop")
+        return
+    state = step.state
+    if isinstance(command, RemoteLowerTarget):
+        speed_kmh = command.speed_kmh
+        if not (math.isfinite(speed_kmh) and 0.0 <= speed_kmh < state.target_kmh):
+            _reject(
+                step,
+                "remote target",
+                f"{speed_kmh!r} km/h does not lower the target ({state.target_kmh:.2f} km/h); "
+                "a remote command may only lower it",
+            )
+            return
+        _set_target(step, speed_kmh, "remote")
+        return
+    cap = effective_stage_cap(state, step.inputs, step.config)
+    if not 1 <= command.stage < cap:
+        _reject(
+            step,
+            "remote stage cap",
+            f"stage {command.stage} does not lower the stage cap (now {cap}); a remote "
+            "command may only lower it, to 1 at the least",
+        )
+        return
+    step.state = replace(step.state, remote_stage_cap=command.stage)
+    step.emit(
+        "stage_cap_changed",
+        f"remote stage cap lowered from {cap} to {command.stage}",
+        from_cap=cap,
+        to_cap=command.stage,
+    )
+    _apply_stage_caps(step, "remote stage cap")
+
+
+def _local_command(step: _Step, command: LocalCommand) -> None:
+    """Console buttons, console target and stage selection, service stop requests."""
+    if isinstance(command, RequestStop):
+        _request_stop(step, command.reason)
+    elif isinstance(command, SetTarget):
+        _local_target(step, command.speed_kmh, "console target")
+    elif isinstance(command, SelectStage):
+        _select_stage(step, command.stage)
+    else:
+        _press(step, command.button)
+
+
+def _press(step: _Step, button: Button) -> None:
+    state = step.state
+    if button is Button.START:
+        _start(step)
+    elif button is Button.STOP:
+        _request_stop(step, "stop_button")
+    elif button is Button.FASTER:
+        _local_target(step, state.target_kmh + step.config.speed_step_kmh, "faster")
+    elif button is Button.SLOWER:
+        _local_target(step, max(state.target_kmh - step.config.speed_step_kmh, 0.0), "slower")
+    elif button is Button.STAGE_UP:
+        _select_stage(step, state.stage + 1)
+    elif button is Button.STAGE_DOWN:
+        _select_stage(step, state.stage - 1)
+    else:
+        _reset(step)
+
+
+def _start(step: _Step) -> None:
+    """Start only from IDLE, on a local press, with every condition met (SR-START-1..5)."""
+    state = step.state
+    if state.mode is Mode.RUNNING:
+        return
+    reasons: tuple[str, ...]
+    if state.mode is Mode.STOPPING:
+        reasons = ("the belt is stopping: wait until it stands still, then press START",)
+    elif state.fault is not None:
+        reasons = (f"fault {state.fault.code.value} is latched: {FAULT_ADVICE[state.fault.code]}",)
+    elif step.stop_requested:
+        reasons = ("a stop was requested in the same tick: press START again",)
+    elif step.reset_done:
+        reasons = ("a reset never starts the belt: press START again",)
+    else:
+        reasons = start_blockers(state, step.inputs, step.config, step.now_ms)
+    if reasons:
+        step.emit(
+            "start_refused",
+            "start refused: " + "; ".join(reasons) + ".",
+            reasons=" | ".join(reasons),
+        )
+        return
+    stage = stage_config(state, step.config)
+    target_kmh = min(max(state.target_kmh, stage.start_kmh), speed_cap_kmh(state, step.config))
+    step.state = replace(
+        step.state,
+        target_kmh=target_kmh,
+        stop_reason=None,
+        grip_changed_ms=step.now_ms,
+        grip_lost_since_ms=None,
+        grip_action_taken=False,
+    )
+    _enter(step, Mode.RUNNING, "start_button")
+    step.emit(
+        "started",
+        f"belt started at stage {stage.number} ({stage.name}): ramping to {target_kmh:.2f} km/h "
+        f"at {stage.accel_kmh_s:.2f} km/h/s, limit "
+        f"{stage_limit_kmh(stage, step.config):.1f} km/h",
+        stage=stage.number,
+        target_kmh=target_kmh,
+    )
+
+
+def _request_stop(step: _Step, reason: str) -> None:
+    """STOP button, service stop and remote stop: RUNNING -> STOPPING (SR-STOP-1, SR-STOP-3)."""
+    if step.state.mode is Mode.RUNNING:
+        step.state = replace(step.state, stop_reason=reason)
+        _enter(step, Mode.STOPPING, reason)
+
+
+def _set_target(step: _Step, target_kmh: float, source: str) -> None:
+    old = step.state.target_kmh
+    step.state = replace(step.state, target_kmh=target_kmh)
+    step.emit(
+        "target_changed",
+        f"target {old:.2f} -> {target_kmh:.2f} km/h ({source})",
+        from_kmh=old,
+        to_kmh=target_kmh,
+        source=source,
+    )
+
+
+def _local_target(step: _Step, speed_kmh: float, source: str) -> None:
+    """Local target: clamped to [0, cap]; raising only in IDLE or RUNNING (SR-SPEED-4)."""
+    state = step.state
+    if not (math.isfinite(speed_kmh) and speed_kmh >= 0.0):
+        _reject(step, source, f"{speed_kmh!r} km/h is not a speed (0 or more)")
+        return
+    cap_kmh = speed_cap_kmh(state, step.config)
+    target_kmh = min(round(speed_kmh, 6), cap_kmh)
+    if target_kmh > state.target_kmh and state.mode not in (Mode.IDLE, Mode.RUNNING):
+        _reject(step, source, f"the speed cannot be raised while {state.mode.value}")
+        return
+    if target_kmh == state.target_kmh:
+        if speed_kmh > cap_kmh:
+            _reject(step, source, f"the limit is {cap_kmh:.2f} km/h at stage {state.stage}")
+        return
+    _set_target(step, target_kmh, source)
+
+
+def _select_stage(step: _Step, stage: int) -> None:
+    """Lower in any mode; raise only in IDLE and up to the stage cap (SR-STAGE-1..3)."""
+    state = step.state
+    config = step.config
+    if not 1 <= stage <= len(config.stages):
+        _reject(step, "stage", f"stage {stage} does not exist (1 to {len(config.stages)})")
+        return
+    if stage < state.stage:
+        _change_stage(step, stage, "stage lowered at the console")
+        return
+    if stage == state.stage:
+        return
+    cap = effective_stage_cap(state, step.inputs, config)
+    if state.mode is not Mode.IDLE:
+        _reject(
+            step, "stage", f"the stage can only be raised with the belt idle ({state.mode.value})"
+        )
+    elif stage > cap:
+        _reject(step, "stage", f"stage {stage} is above the allowed stage {cap}")
+    else:
+        _change_stage(step, stage, "stage raised at the console")
+
+
+def _reset(step: _Step) -> None:
+    """Local RESET: FAULTED -> IDLE at rest, never starting the belt (SR-RESET-1..5)."""
+    state = step.state
+    inputs = step.inputs
+    fault = state.fault
+    if fault is None:
+        if state.mode is Mode.IDLE and state.remote_stage_cap is not None:
+            step.state = replace(step.state, remote_stage_cap=None)
+            step.emit(
+                "stage_cap_changed",
+                f"remote stage cap {state.remote_stage_cap} cleared by RESET at the console",
+                from_cap=state.remote_stage_cap,
+                to_cap=None,
+            )
+        return
+    problems = reset_blockers(state, inputs, step.config, step.now_ms)
+    firmware = inputs.firmware
+    if problems or firmware is None:
+        step.emit(
+            "reset_refused",
+            "reset refused: " + "; ".join(problems) + ".",
+            reasons=" | ".join(problems),
+            fault=fault.code.value,
+        )
+        return
+    if firmware.fault_code != 0 or firmware.state is FirmwareState.FAULT:
+        step.clear_firmware_fault = True
+        step.emit(
+            "reset_pending",
+            f"the motor controller reports fault code {firmware.fault_code}: sent CLEAR_FAULT. "
+            "Press RESET again once it has cleared.",
+            firmware_fault=firmware.fault_code,
+        )
+        return
+    stage = stage_config(state, step.config)
+    step.state = replace(
+        step.state,
+        fault=None,
+        secondary_faults=(),
+        fault_rest_reached=False,
+        stop_reason=None,
+        target_kmh=min(stage.start_kmh, stage_limit_kmh(stage, step.config)),
+        commanded_kmh=0.0,
+        boot_id=firmware.boot_id,
+        overspeed_since_ms=None,
+        follow_since_ms=None,
+        moving_at_rest_since_ms=None,
+        grip_lost_since_ms=None,
+        grip_action_taken=False,
+    )
+    step.reset_done = True
+    _enter(step, Mode.IDLE, "reset")
+    step.emit(
+        "fault_cleared",
+        f"fault {fault.code.value} cleared by RESET; the belt stays stopped until START",
+        code=fault.code.value,
+    )
+
+
+def _stop_on_zero_target(step: _Step) -> None:
+    """A target at or below standstill while RUNNING is a controlled stop (SR-SPEED-5)."""
+    if step.state.mode is Mode.RUNNING and step.state.target_kmh <= step.config.standstill_kmh:
+        step.state = replace(step.state, stop_reason="target_zero")
+        _enter(step, Mode.STOPPING, "target_zero")
+
+
+def _settle(step: _Step) -> None:
+    """STOPPING -> IDLE at rest; remember when a FAULTED belt has come to rest (SR-STOP-2)."""
+    fresh = step.fresh
+    state = step.state
+    config = step.config
+    if fresh is None or fresh.measured_kmh > config.standstill_kmh:
+        return
+    if state.mode is Mode.STOPPING:
+        stage = stage_config(state, config)
+        step.state = replace(
+            step.state,
+            commanded_kmh=0.0,
+            target_kmh=min(stage.start_kmh, stage_limit_kmh(stage, config)),
+        )
+        _enter(step, Mode.IDLE, "at_rest")
+        step.emit(
+            "stopped",
+            f"belt at rest ({fresh.measured_kmh:.2f} km/h); stop reason: {state.stop_reason}",
+            reason=state.stop_reason,
+        )
+    elif state.mode is Mode.FAULTED:
+        step.state = replace(step.state, fault_rest_reached=True)
+
+
+def _goal_kmh(state: CoreState, config: SafetyConfig) -> float:
+    return max(0.0, min(state.target_kmh, speed_cap_kmh(state, config)))
+
+
+def _ramp(step: _Step, dt_ms: int) -> None:
+    """Move the commanded speed toward its goal within the rate limits (SR-SPEED-2)."""
+    state = step.state
+    config = step.config
+    dt_s = dt_ms / 1000.0
+    commanded_kmh = state.commanded_kmh
+    if state.mode is Mode.RUNNING:
+        stage = stage_config(state, config)
+        goal_kmh = _goal_kmh(state, config)
+        if commanded_kmh < goal_kmh:
+            commanded_kmh = min(goal_kmh, commanded_kmh + stage.accel_kmh_s * dt_s)
+        else:
+            commanded_kmh = max(goal_kmh, commanded_kmh - stage.decel_kmh_s * dt_s)
+        commanded_kmh = min(commanded_kmh, config.machine_max_kmh)
+    elif state.mode is Mode.STOPPING or (
+        state.fault is not None and state.fault.stop is StopKind.CONTROLLED
+    ):
+        commanded_kmh = max(0.0, commanded_kmh - config.stop_decel_kmh_s * dt_s)
+    else:
+        commanded_kmh = 0.0
+    step.state = replace(step.state, commanded_kmh=commanded_kmh)
+
+
+def _motion(state: CoreState, config: SafetyConfig, previous_kmh: float) -> MotionCommand:
+    """Exactly one motion command per tick, chosen by mode (SR-MOTION-1)."""
+    if state.mode is Mode.RUNNING:
+        stage = stage_config(state, config)
+        rate = stage.decel_kmh_s if state.commanded_kmh < previous_kmh else stage.accel_kmh_s
+        return SetSpeed(speed_kmh=state.commanded_kmh, accel_kmh_s=rate, lease_ms=config.lease_ms)
+    if state.fault is not None and state.fault.stop is StopKind.EMERGENCY:
+        return EStop()
+    return Stop(decel_kmh_s=config.stop_decel_kmh_s)

@@ -1,0 +1,745 @@
+"""MQTT publisher: telemetry out, remote commands in, Home Assistant discovery.
+
+One task (:meth:`MqttPublisher.run`) owns the broker connection. The control loop
+never awaits it: it hands over the latest state, events and session with the
+non-blocking :meth:`~MqttPublisher.publish_state`, :meth:`~MqttPublisher.publish_event`
+and :meth:`~MqttPublisher.publish_session`, and receives remote commands through the
+cheap synchronous ``on_command`` callback. MQTT is never on the safety path
+(docs/architecture.md, house rule 3): if the broker is slow, gone or hostile, the
+controller runs on and only telemetry suffers.
+
+Topics (``<prefix>`` is ``treadmill/<treadmill_id>``; details in docs/mqtt.md):
+
+===========================  ====  ======  ==========================================
+topic                        QoS   retain  what
+===========================  ====  ======  ==========================================
+``<prefix>/availability``    1     yes     ``online``; the will sets ``offline``
+``<prefix>/state``           0     yes     latest state, at most ``state_rate_hz``,
+                                           only when changed (``ts`` ignored), and
+                                           every ``state_heartbeat_s`` while fresh
+``<prefix>/event``           1     no      events, oldest dropped when the queue is full
+``<prefix>/session``         1     yes     the training session
+``<prefix>/cmd/<name>``      in    no      remote commands (they can only make things
+                                           safer; see controller.commands)
+===========================  ====  ======  ==========================================
+
+Example (inside the service's TaskGroup)::
+
+    publisher = MqttPublisher(settings, on_command=remote_queue.append)
+    tg.create_task(publisher.run(), name="mqtt")
+    ...
+    publisher.publish_state(state_payload(...))   # every tick; never blocks
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import re
+import socket
+import stat
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+
+from controller.commands import CommandRejected, ParsedCommand, excerpt, parse_command
+from controller.discovery import discovery_messages
+from controller.model import Event
+from controller.telemetry import event_payload
+
+__all__ = [
+    "INCOMING_QUEUE_SIZE",
+    "CredentialsError",
+    "MqttPublisher",
+    "MqttSettings",
+    "MqttStats",
+    "TlsSettings",
+    "read_credentials_file",
+]
+
+logger = logging.getLogger(__name__)
+
+INCOMING_QUEUE_SIZE: Final[int] = 256
+"""Received messages waiting to be parsed. When full, the oldest message that is not a
+``cmd/stop`` is dropped (and counted in ``commands_dropped``): a flood cannot grow memory
+and cannot push a stop out."""
+
+BROKER_TIMEOUT_S: Final[float] = 5.0
+"""How long a CONNACK, SUBACK or PUBACK may take before the connection counts as broken."""
+
+GOODBYE_TIMEOUT_S: Final[float] = 2.0
+"""On shutdown: time allowed to flush events and publish ``offline`` before disconnecting."""
+
+LOG_INTERVAL_S: Final[float] = 5.0
+"""Repeated command log lines of one kind are folded into one per this interval."""
+
+_ID_RE: Final[re.Pattern[str]] = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_UNSUPPORTED_PROTOCOL_CODES: Final[frozenset[int]] = frozenset({1, 132})
+"""CONNACK codes meaning "unsupported protocol version": 1 in MQTT 3.1.1, 0x84 in MQTT 5."""
+
+
+class CredentialsError(ValueError):
+    """The MQTT credentials file is missing, unreadable or not ``username:password``."""
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS to the broker. ``ca_file`` verifies the broker (hostname checked);
+    ``cert_file``/``key_file`` give a client certificate when the broker asks for one."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            msg = (
+                f"mqtt.tls: cert_file and key_file go together, got cert_file={self.cert_file} "
+                f"and key_file={self.key_file}; give both for a client certificate, or neither"
+            )
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MqttSettings:
+    """Everything the publisher needs. Validated here too; errors name the field.
+
+    ``topic_prefix`` defaults to ``treadmill/<treadmill_id>`` and ``client_id`` to
+    ``treadmill-<treadmill_id>`` when left empty. ``max_stage`` (the number of stages)
+    and ``max_speed_kmh`` (the machine ceiling) bound what the command parser accepts;
+    the core still decides whether a value lowers the current one.
+    ``state_heartbeat_s``: an unchanged but fresh state is re-sent this often, so Home
+    Assistant's ``expire_after`` (3 x heartbeat) only fires when the controller stops
+    producing states.
+    """
+
+    host: str
+    port: int = 1883
+    treadmill_id: str
+    topic_prefix: str = ""
+    client_id: str = ""
+    keepalive_s: int = 30
+    tls: TlsSettings | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    discovery: bool = True
+    discovery_prefix: str = "homeassistant"
+    state_rate_hz: float = 5.0
+    state_heartbeat_s: float = 30.0
+    max_payload_bytes: int = 1024
+    event_queue_size: int = 100
+    device_name: str
+    sw_version: str
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    max_stage: int
+    max_speed_kmh: float
+
+    def __post_init__(self) -> None:
+        def bad(key: str, seen: object, allowed: str) -> ValueError:
+            return ValueError(f"mqtt.{key}: got {seen!r}; allowed: {allowed}")
+
+        if _ID_RE.fullmatch(self.treadmill_id) is None:
+            raise bad("treadmill_id", self.treadmill_id, "1-32 characters of A-Z a-z 0-9 _ -")
+        if not self.topic_prefix:
+            object.__setattr__(self, "topic_prefix", f"treadmill/{self.treadmill_id}")
+        if not self.client_id:
+            object.__setattr__(self, "client_id", f"treadmill-{self.treadmill_id}")
+        for key in ("topic_prefix", "discovery_prefix"):
+            value = getattr(self, key)
+            levels = value.split("/")
+            if any(not level or any(c in level for c in "+#\0") for level in levels):
+                raise bad(key, value, "topic levels separated by '/', none empty, no + # or NUL")
+        if not self.host:
+            raise bad("host", self.host, "a host name or address")
+        if not 1 <= self.port <= 65535:
+            raise bad("port", self.port, "1..65535")
+        if not 1 <= self.keepalive_s <= 65535:
+            raise bad("keepalive_s", self.keepalive_s, "1..65535 seconds")
+        if self.password is not None and self.username is None:
+            raise ValueError("mqtt.password: a password was given without a username")
+        if not (math.isfinite(self.state_rate_hz) and 0 < self.state_rate_hz <= 50):
+            raise bad("state_rate_hz", self.state_rate_hz, "0 < rate <= 50 Hz")
+        if not (math.isfinite(self.state_heartbeat_s) and 1 <= self.state_heartbeat_s <= 3600):
+            raise bad("state_heartbeat_s", self.state_heartbeat_s, "1..3600 seconds")
+        if not 16 <= self.max_payload_bytes <= 65536:
+            raise bad("max_payload_bytes", self.max_payload_bytes, "16..65536 bytes")
+        if not 1 <= self.max_stage <= 100:
+            raise bad("max_stage", self.max_stage, "1..100")
+        if not (math.isfinite(self.max_speed_kmh) and 0 < self.max_speed_kmh <= 100):
+            raise bad("max_speed_kmh", self.max_speed_kmh, "0 < speed <= 100 km/h")
+        if not 1 <= self.event_queue_size <= 10000:
+            raise bad("event_queue_size", self.event_queue_size, "1..10000 events")
+        if not (math.isfinite(self.reconnect_min_s) and 0.01 <= self.reconnect_min_s <= 60):
+            raise bad("reconnect_min_s", self.reconnect_min_s, "0.01..60 seconds")
+        if not (
+            math.isfinite(self.reconnect_max_s)
+            and self.reconnect_min_s <= self.reconnect_max_s <= 3600
+        ):
+            raise bad("reconnect_max_s", self.reconnect_max_s, "reconnect_min_s..3600 seconds")
+
+    @property
+    def availability_topic(self) -> str:
+        return f"{self.topic_prefix}/availability"
+
+    @property
+    def state_topic(self) -> str:
+        return f"{self.topic_prefix}/state"
+
+    @property
+    def event_topic(self) -> str:
+        return f"{self.topic_prefix}/event"
+
+    @property
+    def session_topic(self) -> str:
+        return f"{self.topic_prefix}/session"
+
+    @property
+    def command_prefix(self) -> str:
+        """``<prefix>/cmd/``; the command name is the rest of the topic."""
+        return f"{self.topic_prefix}/cmd/"
+
+    @property
+    def ha_status_topic(self) -> str:
+        return f"{self.discovery_prefix}/status"
+
+
+@dataclass(frozen=True)
+class MqttStats:
+    """Counters since the publisher was created. ``last_error`` is the latest connection
+    problem (kept after a reconnect, for the status page)."""
+
+    connected: bool
+    connects: int
+    state_published: int
+    events_published: int
+    events_dropped: int
+    commands_received: int
+    commands_rejected: int
+    last_error: str | None
+    commands_dropped: int = 0
+
+
+def read_credentials_file(path: Path) -> tuple[str, str]:
+    """Read ``username:password`` from the one line of ``path``.
+
+    The password may contain ``:``; the username may not. Errors name the file and say
+    what is wrong without ever quoting the password. A file readable by group or others
+    is accepted with a warning (``chmod 600`` it).
+    """
+    hint = "it must hold exactly one line 'username:password'"
+    try:
+        text = path.read_text(encoding="utf-8")
+        mode = path.stat().st_mode
+    except OSError as exc:
+        msg = f"{path}: cannot read the MQTT credentials file ({exc.strerror or exc}); {hint}"
+        raise CredentialsError(msg) from exc
+    except UnicodeDecodeError as exc:
+        msg = f"{path}: the MQTT credentials file is not UTF-8 text; {hint}"
+        raise CredentialsError(msg) from exc
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) != 1:
+        msg = f"{path}: found {len(lines)} non-empty lines; {hint}"
+        raise CredentialsError(msg)
+    username, sep, password = lines[0].partition(":")
+    if not sep:
+        msg = f"{path}: line has no ':' between username and password; {hint}"
+        raise CredentialsError(msg)
+    if not username or username != username.strip():
+        msg = f"{path}: the username is empty or has spaces around it; {hint}"
+        raise CredentialsError(msg)
+    if not password:
+        msg = f"{path}: the password after ':' is empty; {hint}"
+        raise CredentialsError(msg)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        logger.warning("%s: credentials file is readable by others; run chmod 600 on it", path)
+    return username, password
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _without_ts(payload: Mapping[str, object]) -> dict[str, object]:
+    return {k: v for k, v in payload.items() if k != "ts"}
+
+
+def _encode(payload: Mapping[str, object]) -> bytes:
+    return json.dumps(payload, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+def _refuses_v5(exc: MqttConnectError) -> bool:
+    code = getattr(exc.rc, "value", exc.rc)
+    return isinstance(code, int) and code in _UNSUPPORTED_PROTOCOL_CODES
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _describe_error(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _LogFolder:
+    """Folds repeated log lines of one kind into one per interval, counting the rest."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float]) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last_s: dict[str, float] = {}
+        self._folded: dict[str, int] = {}
+
+    def allow(self, key: str) -> int | None:
+        """``None`` to stay quiet, else the number of lines folded since the last one."""
+        now_s = self._clock()
+        last_s = self._last_s.get(key)
+        if last_s is not None and now_s - last_s < self._interval_s:
+            self._folded[key] = self._folded.get(key, 0) + 1
+            return None
+        self._last_s[key] = now_s
+        return self._folded.pop(key, 0)
+
+
+def _incoming_queue_type(
+    stop_topic: str, on_drop: Callable[[], None]
+) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """A bounded queue for aiomqtt's incoming messages that never refuses a stop.
+
+    When full, it drops the oldest message that is not on ``stop_topic``; if every queued
+    message is a stop, the new message is dropped instead (a queued stop does the job).
+    """
+
+    class _IncomingQueue(asyncio.Queue[aiomqtt.Message]):
+        def _init(self, maxsize: int) -> None:
+            self._queue: deque[aiomqtt.Message] = deque()
+
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            if self.full():
+                on_drop()
+                for index, queued in enumerate(self._queue):
+                    if queued.topic.value != stop_topic:
+                        del self._queue[index]
+                        break
+                else:
+                    return  # all queued messages are stops: drop the new one
+            super().put_nowait(item)
+
+    return _IncomingQueue
+
+
+class MqttPublisher:
+    """Publishes telemetry and receives remote commands over one broker connection.
+
+    All public methods except :meth:`run` are synchronous, never block and never raise;
+    call them from the event loop's thread. Payloads handed over belong to the publisher
+    from then on (do not change them afterwards).
+
+    ``on_command`` gets every received command, rejected ones included (parser
+    rejections are also counted and published as ``command_rejected`` events by the
+    publisher itself). It must be cheap and must not block. ``max_stage`` and
+    ``max_speed_kmh`` bound what the parser accepts; the core still decides whether a
+    value lowers the current one.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        on_command: Callable[[ParsedCommand], None],
+        clock: Callable[[], datetime] = _utc_now,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings = settings
+        self._on_command = on_command
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311 -- backoff jitter, not crypto
+        self._wake = asyncio.Event()
+        self._log_folder = _LogFolder(LOG_INTERVAL_S, time.monotonic)
+        self._discovery = discovery_messages(settings) if settings.discovery else []
+        # what is waiting to go out
+        self._state: dict[str, object] | None = None
+        self._state_fresh = False
+        self._state_sent: dict[str, object] | None = None  # last published, without ts
+        self._state_sent_s = -math.inf
+        self._events: deque[dict[str, object]] = deque()
+        self._session: dict[str, object] | None = None
+        self._session_dirty = False
+        self._discovery_due = False
+        # counters
+        self._connected = False
+        self._connects = 0
+        self._state_published = 0
+        self._events_published = 0
+        self._events_dropped = 0
+        self._commands_received = 0
+        self._commands_rejected = 0
+        self._commands_dropped = 0
+        self._last_error: str | None = None
+
+    # ------------------------------------------------------------------ control-loop API
+
+    def publish_state(self, payload: dict[str, object]) -> None:
+        """Hand over the latest state (keeps only the latest). Never blocks.
+
+        Published retained at most ``state_rate_hz`` and only when something other than
+        ``ts`` changed; an unchanged state is re-sent every ``state_heartbeat_s``.
+        """
+        self._state = payload
+        self._state_fresh = True
+        self._wake.set()
+
+    def publish_event(self, payload: dict[str, object]) -> None:
+        """Queue an event (QoS 1, not retained). Never blocks.
+
+        When ``event_queue_size`` events are waiting, the oldest is dropped and counted
+        in ``events_dropped``. Events queued while disconnected go out after reconnecting.
+        """
+        if len(self._events) >= self._settings.event_queue_size:
+            self._events.popleft()
+            self._events_dropped += 1
+        self._events.append(payload)
+        self._wake.set()
+
+    def publish_session(self, payload: dict[str, object]) -> None:
+        """Hand over the training session (QoS 1, retained, latest only). Never blocks."""
+        self._session = payload
+        self._session_dirty = True
+        self._wake.set()
+
+    @property
+    def stats(self) -> MqttStats:
+        return MqttStats(
+            connected=self._connected,
+            connects=self._connects,
+            state_published=self._state_published,
+            events_published=self._events_published,
+            events_dropped=self._events_dropped,
+            commands_received=self._commands_received,
+            commands_rejected=self._commands_rejected,
+            last_error=self._last_error,
+            commands_dropped=self._commands_dropped,
+        )
+
+    # ------------------------------------------------------------------ connection
+
+    async def run(self) -> None:
+        """Connect, serve and reconnect forever. Raises only ``CancelledError``.
+
+        After every connect: availability ``online`` (retained; the will is ``offline``),
+        discovery (retained), the current state and session, then subscribe to
+        ``<prefix>/cmd/#`` and ``homeassistant/status``. Broker trouble of any kind leads
+        to a reconnect with jittered exponential backoff (``reconnect_min_s`` ..
+        ``reconnect_max_s``). MQTT 5 is tried first; a broker that refuses it gets
+        MQTT 3.1.1 from then on. On cancellation, pending events and ``offline`` are
+        published (within ``GOODBYE_TIMEOUT_S``) before a clean disconnect.
+        """
+        protocol = aiomqtt.ProtocolVersion.V5
+        failures = 0
+        while True:
+            connects_before = self._connects
+            try:
+                await self._connect_and_serve(protocol)
+                reason = "the connection ended"  # pragma: no cover - serving only ends by raising
+            except MqttConnectError as exc:
+                if protocol is aiomqtt.ProtocolVersion.V5 and _refuses_v5(exc):
+                    logger.warning(
+                        "MQTT broker %s:%d refused MQTT 5 (%s): using MQTT 3.1.1 from now on",
+                        self._settings.host,
+                        self._settings.port,
+                        exc,
+                    )
+                    protocol = aiomqtt.ProtocolVersion.V311
+                    continue
+                reason = f"broker refused the connection: {exc}"
+            except aiomqtt.MqttError as exc:
+                reason = _describe_error(exc)
+            except Exception as exc:  # the publisher must outlive any bug in itself
+                reason = self._unexpected(exc)
+            if self._connects > connects_before:
+                failures = 0
+                logger.warning("MQTT connected -> disconnected (%s)", reason)
+            elif reason != self._last_error:
+                logger.warning(
+                    "MQTT cannot connect to %s:%d (%s); retrying with backoff",
+                    self._settings.host,
+                    self._settings.port,
+                    reason,
+                )
+            self._last_error = reason
+            delay_s = min(
+                self._settings.reconnect_max_s,
+                self._settings.reconnect_min_s * 2 ** min(failures, 30),
+            )
+            delay_s = self._rng.uniform(delay_s / 2, delay_s)
+            failures += 1
+            logger.debug("MQTT reconnecting in %.2f s", delay_s)
+            await asyncio.sleep(delay_s)
+
+    def _unexpected(self, exc: Exception) -> str:
+        leaves = _leaves(exc)
+        bugs = [leaf for leaf in leaves if not isinstance(leaf, aiomqtt.MqttError)]
+        if not bugs:
+            return _describe_error(leaves[0])
+        logger.error("MQTT publisher: unexpected error, reconnecting", exc_info=bugs[0])
+        return f"unexpected error: {_describe_error(bugs[0])}"
+
+    def _make_client(self, protocol: aiomqtt.ProtocolVersion) -> aiomqtt.Client:
+        s = self._settings
+        tls = None
+        if s.tls is not None:
+            tls = aiomqtt.TLSParameters(
+                ca_certs=str(s.tls.ca_file),
+                certfile=str(s.tls.cert_file) if s.tls.cert_file is not None else None,
+                keyfile=str(s.tls.key_file) if s.tls.key_file is not None else None,
+            )
+        # A fresh client per attempt: aiomqtt 2.5 keeps the previous CONNACK future after
+        # an unexpected disconnect, so a reused client can report "connected" early.
+        return aiomqtt.Client(
+            s.host,
+            s.port,
+            username=s.username,
+            password=s.password,
+            identifier=s.client_id,
+            protocol=protocol,
+            will=aiomqtt.Will(s.availability_topic, b"offline", qos=1, retain=True),
+            keepalive=s.keepalive_s,
+            timeout=BROKER_TIMEOUT_S,
+            tls_params=tls,
+            queue_type=_incoming_queue_type(f"{s.command_prefix}stop", self._count_dropped),
+            max_queued_incoming_messages=INCOMING_QUEUE_SIZE,
+            # Small messages at a low rate: send each at once instead of waiting up to
+            # 40 ms for Nagle's algorithm to fill a segment.
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+        )
+
+    def _count_dropped(self) -> None:
+        self._commands_dropped += 1
+
+    async def _connect_and_serve(self, protocol: aiomqtt.ProtocolVersion) -> None:
+        """One connection, from connect to loss; ends only by raising."""
+        client = self._make_client(protocol)
+        async with client:
+            self._connected = True
+            self._connects += 1
+            logger.info(
+                "MQTT disconnected -> connected (%s:%d, MQTT %s, as %s)",
+                self._settings.host,
+                self._settings.port,
+                "5" if protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1",
+                self._settings.client_id,
+            )
+            try:
+                await self._announce(client)
+                topics = [(f"{self._settings.command_prefix}#", 1)]
+                if self._settings.discovery:
+                    topics.append((self._settings.ha_status_topic, 1))
+                await client.subscribe(topics)
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._read_loop(client), name="mqtt-read")
+                    tg.create_task(self._write_loop(client), name="mqtt-write")
+            except asyncio.CancelledError:
+                await self._goodbye(client)
+                raise
+            finally:
+                self._connected = False
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        await client.publish(self._settings.availability_topic, b"online", qos=1, retain=True)
+        for topic, payload in self._discovery:
+            await client.publish(topic, payload.encode("utf-8"), qos=1, retain=True)
+        self._state_sent = None  # republish the current state now
+        self._state_sent_s = -math.inf
+        self._session_dirty = self._session is not None
+        self._discovery_due = False
+
+    async def _goodbye(self, client: aiomqtt.Client) -> None:
+        """Best effort on shutdown: flush events and state, then ``offline``."""
+        try:
+            async with asyncio.timeout(GOODBYE_TIMEOUT_S):
+                await self._flush_events(client)
+                self._state_sent_s = -math.inf
+                await self._maybe_publish_state(client)
+                await client.publish(
+                    self._settings.availability_topic, b"offline", qos=1, retain=True
+                )
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            logger.warning("MQTT: could not publish offline on shutdown (%s)", exc)
+
+    # ------------------------------------------------------------------ incoming
+
+    async def _read_loop(self, client: aiomqtt.Client) -> None:
+        # Each message is one await on the queue: a flood is interleaved with the
+        # control loop's timer instead of starving it.
+        async for message in client.messages:
+            self._handle_message(message.topic.value, message.payload, retain=message.retain)
+
+    def _handle_message(self, topic: str, payload: object, *, retain: bool) -> None:
+        settings = self._settings
+        raw = payload if isinstance(payload, bytes) else str(payload).encode("utf-8")
+        if topic == settings.ha_status_topic:
+            if not retain and raw.strip() == b"online":
+                logger.info("Home Assistant is online: republishing discovery")
+                self._discovery_due = True
+                self._wake.set()
+            return
+        if not topic.startswith(settings.command_prefix):
+            logger.debug("MQTT: ignoring message on %s", excerpt(topic, 80))
+            return
+        name = topic[len(settings.command_prefix) :]
+        self._commands_received += 1
+        command: ParsedCommand
+        if retain:
+            command = CommandRejected(
+                command=excerpt(name, 40),
+                reason=(
+                    "retained command ignored: commands must be published with retain=false "
+                    "(clear it with an empty retained publish)"
+                ),
+                payload_excerpt=excerpt(raw),
+            )
+        else:
+            command = parse_command(
+                name,
+                raw,
+                max_payload_bytes=settings.max_payload_bytes,
+                max_stage=settings.max_stage,
+                max_speed_kmh=settings.max_speed_kmh,
+            )
+        if isinstance(command, CommandRejected):
+            self._reject(command)
+        else:
+            self._log_folded(
+                logging.INFO, f"cmd:{type(command).__name__}", "MQTT remote command %r", command
+            )
+        try:
+            self._on_command(command)
+        except Exception:  # a failing consumer must not stop the publisher
+            logger.exception("MQTT: on_command raised for %r", command)
+
+    def _reject(self, rejected: CommandRejected) -> None:
+        self._commands_rejected += 1
+        self._log_folded(
+            logging.WARNING,
+            f"reject:{rejected.command}",
+            "MQTT command cmd/%s rejected: %s (payload %r)",
+            rejected.command,
+            rejected.reason,
+            rejected.payload_excerpt,
+        )
+        event = Event(
+            kind="command_rejected",
+            message=f"remote command cmd/{rejected.command} rejected: {rejected.reason}",
+            details={
+                "source": "mqtt",
+                "command": rejected.command,
+                "reason": rejected.reason,
+                "payload_excerpt": rejected.payload_excerpt,
+            },
+        )
+        self.publish_event(event_payload(ts=self._clock(), event=event))
+
+    def _log_folded(self, level: int, key: str, fmt: str, *args: object) -> None:
+        folded = self._log_folder.allow(key)
+        if folded is None:
+            return
+        if folded:
+            logger.log(level, fmt + " (and %d more like it)", *args, folded)
+        else:
+            logger.log(level, fmt, *args)
+
+    # ------------------------------------------------------------------ outgoing
+
+    async def _write_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            self._wake.clear()
+            if self._discovery_due:
+                self._discovery_due = False
+                await self._announce(client)
+            await self._flush_events(client)
+            session = self._session
+            if self._session_dirty and session is not None:
+                await self._publish_json(client, self._settings.session_topic, session, retain=True)
+                if self._session is session:
+                    self._session_dirty = False
+            wait_s = await self._maybe_publish_state(client)
+            if self._wake.is_set():
+                continue
+            try:
+                async with asyncio.timeout(wait_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _flush_events(self, client: aiomqtt.Client) -> None:
+        # Take an event off the queue only once the broker has it: a disconnect or a
+        # cancellation mid-publish leaves it queued for the next attempt (QoS 1 is
+        # at-least-once anyway).
+        while self._events:
+            payload = self._events[0]
+            await self._publish_json(client, self._settings.event_topic, payload)
+            if self._events and self._events[0] is payload:
+                self._events.popleft()
+            self._events_published += 1
+
+    async def _maybe_publish_state(self, client: aiomqtt.Client) -> float | None:
+        """Publish the latest state if it is due; else return seconds until it is due
+        (``None``: nothing to do until a new state arrives)."""
+        state = self._state
+        if state is None:
+            return None
+        comparable = _without_ts(state)
+        if comparable != self._state_sent:
+            due_s = self._state_sent_s + 1.0 / self._settings.state_rate_hz
+        elif self._state_fresh:
+            due_s = self._state_sent_s + self._settings.state_heartbeat_s
+        else:
+            return None
+        now_s = time.monotonic()
+        if now_s < due_s:
+            return due_s - now_s
+        self._state_sent = comparable
+        self._state_sent_s = now_s
+        self._state_fresh = False
+        await self._publish_json(
+            client, self._settings.state_topic, state, qos=0, retain=True, what="state"
+        )
+        self._state_published += 1
+        return None
+
+    async def _publish_json(
+        self,
+        client: aiomqtt.Client,
+        topic: str,
+        payload: Mapping[str, object],
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        what: str = "payload",
+    ) -> None:
+        try:
+            data = _encode(payload)
+        except (TypeError, ValueError) as exc:
+            self._log_folded(
+                logging.ERROR,
+                f"encode:{topic}",
+                "MQTT: %s for %s is not JSON, dropped (%s)",
+                what,
+                topic,
+                exc,
+            )
+            return
+        await client.publish(topic, data, qos=qos, retain=retain)

@@ -1,0 +1,859 @@
+"""The training program as the service uses it: sessions, clients, stage caps, the session log.
+
+:meth:`TrainingProgram.on_tick` runs inside the control loop and never blocks: it does the
+pure bookkeeping (:mod:`.sessions`, :mod:`.progression`) and leaves writes in a coalescing
+buffer. :meth:`TrainingProgram.run_writer` (a task the service owns) writes that buffer to
+SQLite on one dedicated thread. When the database cannot be used (corrupt, locked, disk full)
+the program keeps running: sessions are held in memory and retried with backoff, the problem is
+reported as an ``Event(kind="storage_error")``, and nothing already recorded is dropped.
+
+Safety rules this module keeps (see ``docs/training.md``):
+
+* The stage cap is the assigned client's unlocked stage; 1 without a client, without a locally
+  confirmed client, and while the session log has not been read.
+* A cap is lowered at once, but raised only with the belt at rest.
+* A stage is unlocked only by the local trainer action (``trainer_action=True``), with the
+  belt at rest, once every criterion is met. No remote message can unlock a stage or raise a
+  cap: a client assigned remotely (``source="mqtt"``) runs at stage 1 until a trainer confirms
+  the assignment at the machine with the trainer action.
+* The open session is written at least every ``checkpoint_s / 2`` so that, with a write taking
+  less than that, a power cut loses at most ``checkpoint_s`` of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from controller.model import CoreState, Event, Mode, StageConfig
+from controller.training.config import CLIENT_ID_PATTERN, TrainingConfig, check_against_stages
+from controller.training.progression import (
+    UnlockStatus,
+    counted,
+    demotion_due,
+    unlock_status,
+)
+from controller.training.sessions import (
+    EndReason,
+    SessionProgress,
+    SessionRecord,
+    SessionTracker,
+)
+from controller.training.store import (
+    ClientRecord,
+    SessionStore,
+    StoreCorruptError,
+    StoreError,
+    StoreLockedError,
+    StoreSchemaTooNewError,
+    UnlockLogEntry,
+)
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: Assignment sources that count as local (at the machine). Anything else is remote.
+LOCAL_SOURCES = frozenset({"console"})
+
+EventDetails = dict[str, str | int | float | bool | None]
+
+
+@dataclass(frozen=True)
+class TrainingTick:
+    """What the training program asks of the service after one control tick.
+
+    * ``stage_cap``: put into ``Inputs.stage_cap`` for the next core tick.
+    * ``request_stop``: ``"session_complete"`` on the one tick the session length at the
+      current stage is reached while running; the service passes it as ``RequestStop``.
+    * ``events``: publish and log them like the core's events.
+    * ``session``: telemetry for the open session (None when none is open).
+    * ``finished_session``: a JSON-ready finished session for the MQTT ``session`` topic.
+    """
+
+    stage_cap: int
+    request_stop: str | None = None
+    events: tuple[Event, ...] = ()
+    session: dict[str, Any] | None = None
+    finished_session: dict[str, Any] | None = None
+
+
+class TrainingProgram:
+    """Sessions, clients and progression for one treadmill. See the module docstring.
+
+    ``db_path`` None keeps everything in memory (no log); ``new_id`` makes session and log ids.
+    ``busy_timeout_ms``, ``retry_initial_s`` and ``retry_max_s`` tune the writer's patience.
+    """
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        stages: Sequence[StageConfig],
+        *,
+        treadmill_id: str,
+        db_path: Path | None,
+        standstill_kmh: float = 0.1,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        busy_timeout_ms: int = 2000,
+        retry_initial_s: float = 1.0,
+        retry_max_s: float = 60.0,
+    ) -> None:
+        problems = check_against_stages(config, stages)
+        if problems:
+            raise ValueError("training config does not fit the stage table: " + "; ".join(problems))
+        if not stages:
+            raise ValueError("the stage table is empty: the training program needs stage 1")
+        self._config = config
+        self._max_stage = len(stages)
+        self._treadmill_id = treadmill_id
+        self._db_path = db_path
+        self._persist = db_path is not None and config.enabled
+        self._standstill_kmh = standstill_kmh
+        self._new_id = new_id
+        self._busy_timeout_ms = busy_timeout_ms
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        thresholds = {rule.at_kmh for rule in config.unlock} | {s.max_kmh for s in stages}
+        self._tracker = SessionTracker(
+            treadmill_id=treadmill_id,
+            session_end_rest_s=config.session_end_rest_s,
+            standstill_kmh=standstill_kmh,
+            thresholds_kmh=thresholds,
+            at_speed_tolerance_kmh=config.at_speed_tolerance_kmh,
+            new_id=new_id,
+        )
+        self._checkpoint_ms = max(round(config.checkpoint_s * 1000 / 2), 1)
+        self._last_checkpoint_ms = 0
+
+        # clients and history (the store's contents once loaded, plus this run's sessions)
+        self._client_id: str | None = None
+        self._client_confirmed = False
+        self._clients: dict[str, ClientRecord] = {}
+        self._history: dict[str | None, list[SessionRecord]] = {}
+        self._loaded = db_path is None  # in-memory mode has nothing to load
+        self._cap = 1
+
+        # the open session's guidance state
+        self._stop_requested = False
+        self._warned = False
+
+        # last tick, for actions between ticks (assign_client, close)
+        self._last_now_ms: int | None = None
+        self._last_utc: datetime | None = None
+        self._last_measured_kmh: float | None = None
+        self._last_mode: Mode | None = None
+
+        # writes waiting for the writer (coalesced: one entry per session / client)
+        self._pending_sessions: dict[str, SessionRecord] = {}
+        self._pending_clients: dict[str, ClientRecord] = {}
+        self._pending_log: dict[str, UnlockLogEntry] = {}
+        self._outbox: list[Event] = []  # events raised off-tick, delivered with the next tick
+        self._finished_out: deque[dict[str, Any]] = deque()
+        self._wake = asyncio.Event()
+        self._io_lock = asyncio.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._store: SessionStore | None = None
+        self._store_error: str | None = None
+        self._last_error: StoreError | None = None
+        self.failed_writes = 0  # attempts to open or write the log that failed (for telemetry)
+        self._recovered = False  # sessions left open by a previous run have been closed
+        self._closed = False
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def stage_cap(self) -> int:
+        return self._cap
+
+    @property
+    def client_id(self) -> str | None:
+        return self._client_id
+
+    @property
+    def storage_ok(self) -> bool:
+        """True when the log is open and nothing is waiting to be written."""
+        return self._store is not None and not self._has_pending()
+
+    @property
+    def pending_writes(self) -> int:
+        return len(self._pending_sessions) + len(self._pending_clients) + len(self._pending_log)
+
+    def progress(self) -> SessionProgress | None:
+        """The open session's figures as of the last tick (None when no session is open)."""
+        if self._last_now_ms is None:
+            return None
+        return self._tracker.progress(self._last_now_ms)
+
+    def unlocked_stage(self, client_id: str) -> int:
+        record = self._clients.get(client_id)
+        return 1 if record is None else min(record.unlocked_stage, self._max_stage)
+
+    def client_history(self, client_id: str | None) -> list[SessionRecord]:
+        return list(self._history.get(client_id, ()))
+
+    def unlock_status(self, client_id: str) -> UnlockStatus:
+        """Where ``client_id`` stands towards the next stage (includes the open session)."""
+        history = self.client_history(client_id)
+        if self._last_now_ms is not None and self._last_utc is not None:
+            snapshot = self._tracker.snapshot(self._last_now_ms, self._last_utc)
+            if snapshot is not None and snapshot.client_id == client_id:
+                history.append(snapshot)
+        return unlock_status(
+            history, self.unlocked_stage(client_id), self._config, max_stage=self._max_stage
+        )
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def open(self) -> list[Event]:
+        """Open the session log off the loop and load clients and history.
+
+        Returns events (``storage_error``, ``session_interrupted``). A corrupt, locked or
+        unwritable log does not raise: the program runs in memory and the writer keeps trying.
+        Raises :class:`StoreSchemaTooNewError` for a log written by a newer controller: that
+        cannot fix itself, and running on would silently keep every session out of the log.
+        """
+        if not self._persist:
+            self._loaded = True
+            return []
+        async with self._io_lock:
+            if not await self._open_store(refuse_newer=True):
+                self._wake.set()  # the writer keeps trying with backoff
+        return self._take_outbox()
+
+    async def run_writer(self) -> None:
+        """Write pending sessions until cancelled. The service runs this as a named task."""
+        if not self._persist:
+            await asyncio.Event().wait()  # nothing to write, ever; wait to be cancelled
+        delay_s = self._retry_initial_s
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while True:
+                async with self._io_lock:
+                    done = await self._flush_once()
+                if done:
+                    delay_s = self._retry_initial_s
+                    break
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, self._retry_max_s)
+
+    async def close(self, *, timeout_s: float = 5.0) -> None:
+        """Finish the open session (end reason ``shutdown``) and write what is pending.
+
+        Tries for at most ``timeout_s``; what cannot be written then is logged as lost.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._last_now_ms is not None and self._last_utc is not None:
+            record = self._tracker.finish(self._last_now_ms, self._last_utc, EndReason.SHUTDOWN)
+            if record is not None:
+                self._remember(record)
+                self._queue_session(record)
+        if self._persist and self._has_pending():
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout_s
+            delay_s = min(self._retry_initial_s, 0.5)
+            while True:
+                async with self._io_lock:
+                    done = await self._flush_once()
+                # a damaged or newer file will not get better within seconds: do not wait
+                permanent = isinstance(self._last_error, StoreCorruptError | StoreSchemaTooNewError)
+                if done or permanent or loop.time() + delay_s > deadline:
+                    break
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, self._retry_max_s)
+        if self._has_pending():
+            logger.error(
+                "session log %s: %d session(s) and %d stage change(s) could not be written "
+                "before shutdown and are lost (%s)",
+                self._db_path,
+                len(self._pending_sessions),
+                len(self._pending_clients) + len(self._pending_log),
+                self._store_error,
+            )
+        async with self._io_lock:
+            if self._store is not None:
+                await self._call(self._store.close)
+                self._store = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # ------------------------------------------------------------------ control tick
+
+    def on_tick(
+        self,
+        *,
+        now_ms: int,
+        utc: datetime,
+        core: CoreState,
+        measured_kmh: float | None,
+        events: tuple[Event, ...],
+        trainer_action: bool,
+    ) -> TrainingTick:
+        """One control tick: track the session, checkpoint it, guide it, handle the trainer."""
+        self._last_now_ms = now_ms
+        self._last_utc = utc
+        self._last_measured_kmh = measured_kmh
+        self._last_mode = core.mode
+        if not self._config.enabled:
+            return TrainingTick(stage_cap=self._max_stage, events=tuple(self._take_outbox()))
+
+        out = self._take_outbox()
+        request_stop: str | None = None
+        update = self._tracker.update(
+            now_ms=now_ms,
+            utc=utc,
+            core=core,
+            measured_kmh=measured_kmh,
+            events=events,
+            client_id=self._client_id,
+            stage_cap=self._cap,
+        )
+        if update.started is not None:
+            self._stop_requested = False
+            self._warned = False
+            self._last_checkpoint_ms = now_ms
+            self._queue_session(update.started)
+            out.append(
+                Event(
+                    "session_started",
+                    f"session started (client {update.started.client_id or 'none'}, "
+                    f"stage cap {self._cap})",
+                    {
+                        "session_id": update.started.session_id,
+                        "client_id": update.started.client_id,
+                        "stage_cap": self._cap,
+                    },
+                )
+            )
+            logger.info("session %s started", update.started.session_id)
+        if update.finished is not None:
+            out.extend(self._session_finished(update.finished, utc, clear_client=True))
+        elif self._tracker.is_open and now_ms - self._last_checkpoint_ms >= self._checkpoint_ms:
+            snapshot = self._tracker.snapshot(now_ms, utc)
+            if snapshot is not None:
+                self._last_checkpoint_ms = now_ms
+                self._queue_session(snapshot)
+
+        session_json: dict[str, Any] | None = None
+        progress = self._tracker.progress(now_ms)
+        if progress is not None:
+            limit_s = self._config.session_length_s(core.stage)
+            remaining_s = None if limit_s is None else max(limit_s - progress.moving_s, 0.0)
+            if remaining_s is not None and core.mode is Mode.RUNNING:
+                warn_s = self._config.session_warning_s
+                if not self._warned and warn_s > 0 and remaining_s <= warn_s:
+                    self._warned = True
+                    out.append(
+                        Event(
+                            "session_guidance",
+                            f"{remaining_s / 60:.0f} min left of this session at stage "
+                            f"{core.stage}: the belt will slow to a stop when it is complete",
+                            {"session_id": progress.session_id, "remaining_s": remaining_s},
+                        )
+                    )
+                if not self._stop_requested and remaining_s <= 0:
+                    self._stop_requested = True
+                    request_stop = "session_complete"
+                    out.append(
+                        Event(
+                            "session_complete",
+                            f"session complete: {progress.moving_s / 60:.1f} min moving at "
+                            f"stage {core.stage} (limit {limit_s / 60 if limit_s else 0:g} "
+                            "min); stopping the belt",
+                            {"session_id": progress.session_id, "moving_s": progress.moving_s},
+                        )
+                    )
+            session_json = {
+                "session_id": progress.session_id,
+                "client_id": progress.client_id,
+                "elapsed_s": round(progress.elapsed_s, 1),
+                "moving_s": round(progress.moving_s, 1),
+                "distance_m": round(progress.distance_m, 1),
+                "remaining_s": None if remaining_s is None else round(remaining_s, 1),
+                "stage_cap": self._cap,
+            }
+
+        if trainer_action:
+            out.append(self._trainer_action(utc, core, measured_kmh))
+        self._update_cap(core, measured_kmh, out)
+        if session_json is not None:
+            session_json["stage_cap"] = self._cap
+        finished = self._finished_out.popleft() if self._finished_out else None
+        return TrainingTick(
+            stage_cap=self._cap,
+            request_stop=request_stop,
+            events=tuple(out),
+            session=session_json,
+            finished_session=finished,
+        )
+
+    # ------------------------------------------------------------------ clients
+
+    def assign_client(self, client_id: str | None, *, belt_at_rest: bool, source: str) -> Event:
+        """Assign the client for the next session (None clears it). Accepted only at rest.
+
+        From a local source (``"console"``) the cap becomes the client's unlocked stage; from
+        any other source (``"mqtt"``) the client is recorded but runs at stage 1 until a trainer
+        confirms the assignment with the local trainer action. Assigning a different client
+        ends the open session (end reason ``client_changed``).
+        """
+        local = source in LOCAL_SOURCES
+        details: EventDetails = {"client_id": client_id, "source": source}
+        if client_id is not None and not CLIENT_ID_PATTERN.fullmatch(client_id):
+            return Event(
+                "client_refused",
+                f"client id {client_id[:80]!r} refused: use 1 to 64 characters of A-Z a-z 0-9 "
+                "_ . - (an opaque id, never a name)",
+                details,
+            )
+        if not self._config.enabled:
+            return Event(
+                "client_refused", "the training program is disabled (training.enabled)", details
+            )
+        if not belt_at_rest:
+            return Event(
+                "client_refused",
+                f"client {client_id or 'none'} refused: assign clients with the belt at rest",
+                details,
+            )
+        if client_id == self._client_id:
+            if local and client_id is not None and not self._client_confirmed:
+                self._client_confirmed = True
+                self._raise_cap_at_rest()
+            return self._client_event(client_id, source, changed=False)
+
+        if self._tracker.is_open and self._last_now_ms is not None and self._last_utc is not None:
+            record = self._tracker.finish(
+                self._last_now_ms, self._last_utc, EndReason.CLIENT_CHANGED
+            )
+            if record is not None:
+                self._outbox.extend(
+                    self._session_finished(record, self._last_utc, clear_client=False)
+                )
+        self._client_id = client_id
+        self._client_confirmed = local and client_id is not None
+        self._cap = 1
+        self._raise_cap_at_rest()
+        logger.info("client %s assigned from %s (stage cap %d)", client_id, source, self._cap)
+        return self._client_event(client_id, source, changed=True)
+
+    def _client_event(self, client_id: str | None, source: str, *, changed: bool) -> Event:
+        details: EventDetails = {
+            "client_id": client_id,
+            "source": source,
+            "stage_cap": self._cap,
+            "confirmed": self._client_confirmed,
+            "unlocked_stage": None if client_id is None else self.unlocked_stage(client_id),
+        }
+        if client_id is None:
+            return Event("client_assigned", "no client assigned: stage cap 1", details)
+        note = "" if changed else " (already assigned)"
+        if not self._client_confirmed:
+            return Event(
+                "client_assigned",
+                f"client {client_id} assigned from {source}{note}: stage cap 1 until a trainer "
+                "confirms at the machine (trainer action)",
+                details,
+            )
+        return Event(
+            "client_assigned",
+            f"client {client_id} assigned from {source}{note}: stage cap {self._cap}",
+            details,
+        )
+
+    # ------------------------------------------------------------------ progression
+
+    def _trainer_action(self, utc: datetime, core: CoreState, measured_kmh: float | None) -> Event:
+        client_id = self._client_id
+        details: EventDetails = {"client_id": client_id, "source": self._config.trainer.input}
+        if client_id is None:
+            return Event(
+                "unlock_refused",
+                "trainer action: no client is assigned; assign the client first",
+                details,
+            )
+        if not self._at_rest(core.mode, measured_kmh):
+            return Event(
+                "unlock_refused",
+                f"trainer action for client {client_id} ignored: stop the belt first",
+                details,
+            )
+        if not self._client_confirmed:
+            self._client_confirmed = True
+            self._raise_cap_at_rest()
+            details["stage_cap"] = self._cap
+            logger.info("client %s confirmed by the trainer (stage cap %d)", client_id, self._cap)
+            return Event(
+                "client_confirmed",
+                f"trainer confirmed client {client_id}: stage cap {self._cap}",
+                details,
+            )
+        if not self._loaded:
+            return Event(
+                "unlock_refused",
+                f"client {client_id}: the session log has not been read ({self._store_error}); "
+                "the criteria cannot be checked until it is available",
+                details,
+            )
+        status = self.unlock_status(client_id)
+        details["current_stage"] = status.current_stage
+        details["next_stage"] = status.next_stage
+        details["criteria"] = json.dumps([c.to_json() for c in status.criteria])
+        if status.next_stage is None:
+            return Event(
+                "unlock_refused",
+                f"client {client_id} is already at the highest stage ({status.current_stage})",
+                details,
+            )
+        if not status.all_met:
+            unmet = "; ".join(criterion.describe() for criterion in status.unmet)
+            return Event(
+                "unlock_refused",
+                f"client {client_id}: stage {status.next_stage} not unlocked: {unmet}",
+                details,
+            )
+        return self._change_stage(
+            client_id,
+            status.next_stage,
+            utc,
+            action="unlock",
+            source=self._config.trainer.input,
+            detail=details["criteria"],
+        )
+
+    def _change_stage(
+        self,
+        client_id: str,
+        to_stage: int,
+        utc: datetime,
+        *,
+        action: str,
+        source: str,
+        detail: object,
+    ) -> Event:
+        from_stage = self.unlocked_stage(client_id)
+        record = ClientRecord(client_id, to_stage, utc)
+        self._clients[client_id] = record
+        entry = UnlockLogEntry(
+            entry_id=self._new_id(),
+            utc=utc,
+            client_id=client_id,
+            treadmill_id=self._treadmill_id,
+            from_stage=from_stage,
+            to_stage=to_stage,
+            action=action,
+            source=source,
+            detail=detail if isinstance(detail, str) else json.dumps(detail),
+        )
+        if self._persist:
+            self._pending_clients[client_id] = record
+            self._pending_log[entry.entry_id] = entry
+            self._wake.set()
+        logger.info(
+            "client %s: stage %d -> %d (%s, %s)", client_id, from_stage, to_stage, action, source
+        )
+        details: EventDetails = {
+            "client_id": client_id,
+            "from_stage": from_stage,
+            "to_stage": to_stage,
+            "source": source,
+        }
+        if action == "unlock":
+            return Event(
+                "stage_unlocked",
+                f"client {client_id}: stage {to_stage} unlocked ({source})",
+                details,
+            )
+        return Event(
+            "demoted",
+            f"client {client_id}: back to stage {to_stage} ({detail})",
+            details,
+        )
+
+    def _session_finished(
+        self, record: SessionRecord, utc: datetime, *, clear_client: bool
+    ) -> list[Event]:
+        self._remember(record)
+        self._queue_session(record)
+        self._finished_out.append(record.to_json())
+        logger.info(
+            "session %s finished (%s): %.0f s moving, %.0f m",
+            record.session_id,
+            record.end_reason,
+            record.moving_s,
+            record.distance_m,
+        )
+        events = [
+            Event(
+                "session_finished",
+                f"session finished: {record.moving_s / 60:.1f} min moving, "
+                f"{record.distance_m:.0f} m, highest stage {record.highest_stage}",
+                {
+                    "session_id": record.session_id,
+                    "client_id": record.client_id,
+                    "moving_s": round(record.moving_s, 1),
+                    "distance_m": round(record.distance_m, 1),
+                    "end_reason": None if record.end_reason is None else record.end_reason.value,
+                    "counted": counted(record, self._config),
+                },
+            )
+        ]
+        client_id = record.client_id
+        if client_id is not None and self._loaded:
+            unlocked = self.unlocked_stage(client_id)
+            client = self._clients.get(client_id)
+            demotion = demotion_due(
+                self.client_history(client_id),
+                unlocked,
+                self._config,
+                stage_since_utc=None if client is None else client.updated_utc,
+            )
+            if demotion is not None:
+                events.append(
+                    self._change_stage(
+                        client_id,
+                        demotion.to_stage,
+                        utc,
+                        action="demote",
+                        source="rule",
+                        detail=demotion.reason,
+                    )
+                )
+            elif self._config.auto_unlock:
+                status = unlock_status(
+                    self.client_history(client_id),
+                    unlocked,
+                    self._config,
+                    max_stage=self._max_stage,
+                )
+                if status.next_stage is not None and status.all_met and not status.needs_trainer:
+                    events.append(
+                        self._change_stage(
+                            client_id,
+                            status.next_stage,
+                            utc,
+                            action="unlock",
+                            source="auto",
+                            detail=[c.to_json() for c in status.criteria],
+                        )
+                    )
+        if clear_client and self._client_id is not None:
+            cleared = self._client_id
+            self._client_id = None
+            self._client_confirmed = False
+            self._cap = 1
+            events.append(
+                Event(
+                    "client_cleared",
+                    f"client {cleared} cleared at the end of the session: stage cap 1",
+                    {"client_id": cleared},
+                )
+            )
+        return events
+
+    # ------------------------------------------------------------------ caps
+
+    def _at_rest(self, mode: Mode | None, measured_kmh: float | None) -> bool:
+        return (
+            mode in (Mode.IDLE, Mode.FAULTED)
+            and measured_kmh is not None
+            and measured_kmh <= self._standstill_kmh
+        )
+
+    def _wanted_cap(self) -> int:
+        if self._client_id is None or not self._client_confirmed or not self._loaded:
+            return 1
+        return self.unlocked_stage(self._client_id)
+
+    def _raise_cap_at_rest(self) -> None:
+        """Called for actions that are only accepted at rest: apply the wanted cap now."""
+        self._cap = self._wanted_cap()
+
+    def _update_cap(self, core: CoreState, measured_kmh: float | None, out: list[Event]) -> None:
+        wanted = self._wanted_cap()
+        if wanted < self._cap or (wanted > self._cap and self._at_rest(core.mode, measured_kmh)):
+            if wanted != self._cap:
+                out.append(
+                    Event(
+                        "stage_cap_changed",
+                        f"stage cap {self._cap} -> {wanted}",
+                        {"from_stage": self._cap, "to_stage": wanted},
+                    )
+                )
+            self._cap = wanted
+
+    # ------------------------------------------------------------------ storage
+
+    def _remember(self, record: SessionRecord) -> None:
+        sessions = self._history.setdefault(record.client_id, [])
+        for index, existing in enumerate(sessions):
+            if existing.session_id == record.session_id:
+                sessions[index] = record
+                return
+        sessions.append(record)
+
+    def _queue_session(self, record: SessionRecord) -> None:
+        if self._persist:
+            self._pending_sessions[record.session_id] = record
+            self._wake.set()
+
+    def _has_pending(self) -> bool:
+        return bool(self._pending_sessions or self._pending_clients or self._pending_log)
+
+    def _take_outbox(self) -> list[Event]:
+        events, self._outbox = self._outbox, []
+        return events
+
+    async def _call(self, function: Callable[[], _T]) -> _T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="training-db")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
+
+    async def _open_store(self, *, refuse_newer: bool = False) -> bool:
+        """Open the store and load it (caller holds the I/O lock). False on a StoreError.
+
+        With ``refuse_newer`` a newer schema raises :class:`StoreSchemaTooNewError` (at
+        startup); otherwise it is reported like any other storage error (the writer never
+        takes the service down).
+        """
+        assert self._db_path is not None  # noqa: S101 -- only called with a log configured
+        path = self._db_path
+        try:
+            store = await self._call(
+                lambda: SessionStore.open(path, busy_timeout_ms=self._busy_timeout_ms)
+            )
+        except StoreError as exc:
+            if refuse_newer and isinstance(exc, StoreSchemaTooNewError):
+                raise
+            self._report_storage_error(exc)
+            return False
+        try:
+            interrupted: list[SessionRecord] = []
+            if not self._recovered:
+                # only on the first open: later re-opens would close this run's own session
+                interrupted = await self._call(store.close_interrupted)
+            clients = await self._call(store.clients)
+            sessions = await self._call(store.sessions)
+        except StoreError as exc:
+            await self._call(store.close)
+            self._report_storage_error(exc)
+            return False
+        self._store = store
+        self._recovered = True
+        # stage changes not yet written win over what the file says
+        self._clients = {**clients, **self._pending_clients}
+        in_memory = [record for records in self._history.values() for record in records]
+        self._history = {}
+        for record in sessions:
+            self._remember(record)
+        for record in in_memory:
+            self._remember(record)
+        self._loaded = True
+        for record in interrupted:
+            self._outbox.append(
+                Event(
+                    "session_interrupted",
+                    f"session {record.session_id} was cut off (power loss or crash); kept "
+                    f"up to its last checkpoint: {record.moving_s / 60:.1f} min moving, "
+                    f"{record.distance_m:.0f} m",
+                    {
+                        "session_id": record.session_id,
+                        "client_id": record.client_id,
+                        "moving_s": round(record.moving_s, 1),
+                        "distance_m": round(record.distance_m, 1),
+                    },
+                )
+            )
+        self._report_storage_ok()
+        logger.info(
+            "session log %s open: %d session(s), %d client(s), %d interrupted session(s) closed",
+            path,
+            len(sessions),
+            len(clients),
+            len(interrupted),
+        )
+        return True
+
+    async def _flush_once(self) -> bool:
+        """Open the store if needed and write what is pending. True when all is written."""
+        if self._store is None and not await self._open_store():
+            return False
+        store = self._store
+        assert store is not None  # noqa: S101 -- set by _open_store
+        sessions = dict(self._pending_sessions)
+        clients = dict(self._pending_clients)
+        log = dict(self._pending_log)
+        if not (sessions or clients or log):
+            return True
+        try:
+            await self._call(
+                lambda: store.write(
+                    sessions=list(sessions.values()),
+                    clients=list(clients.values()),
+                    log=list(log.values()),
+                )
+            )
+        except StoreError as exc:
+            self._report_storage_error(exc)
+            if not isinstance(exc, StoreLockedError):
+                # the file may have been replaced or the disk remounted: open it afresh next time
+                self._store = None
+                await self._call(store.close)
+            return False
+        # drop what was written, unless it changed while the write ran
+        for key, record in sessions.items():
+            if self._pending_sessions.get(key) is record:
+                del self._pending_sessions[key]
+        for key, client in clients.items():
+            if self._pending_clients.get(key) is client:
+                del self._pending_clients[key]
+        for key in log:
+            self._pending_log.pop(key, None)
+        self._report_storage_ok()
+        return not self._has_pending()
+
+    def _report_storage_error(self, exc: StoreError) -> None:
+        self.failed_writes += 1
+        self._last_error = exc
+        message = str(exc)
+        if message == self._store_error:
+            return  # reported once per distinct problem, not at every retry
+        self._store_error = message
+        logger.warning("%s", message)
+        self._outbox.append(
+            Event(
+                "storage_error",
+                f"{message}; {len(self._pending_sessions)} session record(s) held in memory",
+                {
+                    "error": type(exc).__name__,
+                    "path": str(self._db_path),
+                    "pending": self.pending_writes,
+                },
+            )
+        )
+
+    def _report_storage_ok(self) -> None:
+        if self._store_error is None:
+            return
+        self._store_error = None
+        self._last_error = None
+        logger.info("session log %s is writable again", self._db_path)
+        self._outbox.append(
+            Event(
+                "storage_recovered",
+                f"session log {self._db_path} is available again; held sessions written",
+                {"path": str(self._db_path)},
+            )
+        )

@@ -1,0 +1,293 @@
+"""Rules SR-STOP-*, SR-RESET-* and SR-REMOTE-* of docs/safety.md."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from controller.core import WARNING_GRIP_SUSPECT, reset_blockers
+from controller.model import (
+    Button,
+    FaultCode,
+    FirmwareState,
+    Mode,
+    Press,
+    RemoteCommand,
+    RemoteLowerStageCap,
+    RemoteLowerTarget,
+    RemoteStop,
+    RequestStop,
+    SelectStage,
+    SetTarget,
+    Stop,
+)
+from tests.core.support import (
+    DEFAULT_CONFIG,
+    faulted_rig,
+    idle_rig,
+    running_rig,
+    stopping_rig,
+)
+
+# ---------------------------------------------------------------- stops
+
+
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [
+        (Press(Button.STOP), "stop_button"),
+        (RequestStop("session_complete"), "session_complete"),
+        (None, "remote_stop"),
+    ],
+)
+def test_SR_STOP_1_stop_requests_ramp_down_with_their_reason(
+    command: Press | RequestStop | None, reason: str
+) -> None:
+    rig = running_rig()
+    decision = rig.tick(command) if command is not None else rig.tick(remote=(RemoteStop(),))
+    assert decision.state.mode is Mode.STOPPING
+    assert decision.state.stop_reason == reason
+    assert decision.motion == Stop(DEFAULT_CONFIG.stop_decel_kmh_s)
+    assert decision.events[0].message == f"running -> stopping ({reason})"
+
+
+def test_SR_STOP_2_stopping_becomes_idle_once_at_rest() -> None:
+    rig = running_rig()
+    rig.tick(SetTarget(1.5))
+    rig.run_ms(6000)
+    rig.press(Button.STOP)
+    rig.measured_kmh = 0.2
+    rig.tick()
+    assert rig.core.mode is Mode.STOPPING
+    rig.measured_kmh = 0.1
+    decision = rig.tick()
+    assert decision.state.mode is Mode.IDLE
+    assert decision.state.commanded_kmh == 0.0
+    assert decision.state.target_kmh == 0.5
+    stopped = [e for e in decision.events if e.kind == "stopped"]
+    assert "stop reason: stop_button" in stopped[0].message
+
+
+def test_SR_STOP_2_stopping_waits_for_a_fresh_reading() -> None:
+    rig = stopping_rig()
+    rig.measured_kmh = 0.0
+    rig.link = "stale"
+    decision = rig.tick()
+    assert decision.state.mode is Mode.FAULTED
+    assert decision.state.fault is not None
+    assert decision.state.fault.code is FaultCode.LINK_STALE
+
+
+@pytest.mark.parametrize(
+    "command",
+    [Press(Button.STOP), RequestStop("x")],
+)
+def test_SR_STOP_3_stop_requests_never_change_idle_stopping_or_faulted(
+    command: Press | RequestStop,
+) -> None:
+    for rig in (idle_rig(), stopping_rig(), faulted_rig()):
+        mode = rig.core.mode
+        decision = rig.tick(command)
+        assert decision.state.mode is mode
+        assert decision.events == ()
+
+
+# ---------------------------------------------------------------- reset
+
+
+def test_SR_RESET_1_only_a_local_reset_leaves_faulted() -> None:
+    rig = faulted_rig()
+    remotes: tuple[RemoteCommand, ...] = (
+        RemoteStop(),
+        RemoteLowerTarget(0.1),
+        RemoteLowerStageCap(1),
+    )
+    rig.tick(remote=remotes)
+    assert rig.core.mode is Mode.FAULTED
+    decision = rig.press(Button.RESET)
+    assert decision.state.mode is Mode.IDLE
+    assert [e.kind for e in decision.events] == ["transition", "fault_cleared"]
+    assert decision.events[0].message == "faulted -> idle (reset)"
+
+
+@pytest.mark.parametrize(
+    ("knob", "value", "reason"),
+    [
+        ("estop", True, "the e-stop is pressed"),
+        ("key", False, "the safety key is out"),
+        ("fw_key", False, "reads the safety key circuit open"),
+        ("link", "stale", "501 ms old"),
+        ("link", "none", "no firmware status"),
+        ("measured_kmh", 0.5, "the belt is moving (0.50 km/h)"),
+        ("checksum", 1, "configuration checksum"),
+    ],
+)
+def test_SR_RESET_2_reset_refused_names_what_is_wrong(
+    knob: str, value: object, reason: str
+) -> None:
+    rig = faulted_rig()
+    setattr(rig, knob, value)
+    decision = rig.press(Button.RESET)
+    assert decision.state.mode is Mode.FAULTED
+    assert not decision.clear_firmware_fault
+    refused = [e for e in decision.events if e.kind == "reset_refused"]
+    assert len(refused) == 1
+    assert reason in refused[0].message
+
+
+def test_SR_RESET_2_chattering_grip_sensor_blocks_a_reset_at_a_grip_stage() -> None:
+    rig = faulted_rig()
+    state = rig.core
+    chattering = replace(state, warnings=frozenset({WARNING_GRIP_SUSPECT}))
+    blockers = reset_blockers(chattering, rig.inputs(), DEFAULT_CONFIG, rig.now_ms)
+    assert blockers == (
+        "the grip sensors are chattering: check the rail sensors and keep the hands still",
+    )
+    at_stage_4 = replace(chattering, stage=4)
+    assert reset_blockers(at_stage_4, rig.inputs(), DEFAULT_CONFIG, rig.now_ms) == ()
+
+
+def test_SR_RESET_3_firmware_fault_is_cleared_first_then_a_second_reset() -> None:
+    rig = faulted_rig(running=False)  # our EStop latched the firmware's own ESTOP fault
+    rig.fw_state = FirmwareState.FAULT
+    rig.fw_fault = 6
+    rig.tick()
+    first = rig.press(Button.RESET)
+    assert first.clear_firmware_fault
+    assert first.state.mode is Mode.FAULTED
+    pending = [e for e in first.events if e.kind == "reset_pending"]
+    assert "Press RESET again" in pending[0].message
+    follow_up = rig.tick()
+    assert not follow_up.clear_firmware_fault
+    rig.fw_state = FirmwareState.IDLE
+    rig.fw_fault = 0
+    second = rig.press(Button.RESET)
+    assert second.state.mode is Mode.IDLE
+    assert not second.clear_firmware_fault
+
+
+def test_SR_RESET_4_reset_never_starts_the_belt() -> None:
+    rig = running_rig()
+    rig.tick(SetTarget(1.8))
+    rig.run_ms(8000)
+    rig.grip = (False, False)
+    rig.run_ms(400)
+    rig.grip = (True, True)
+    rig.run_ms(2000)
+    decision = rig.press(Button.RESET)
+    assert decision.state.mode is Mode.IDLE
+    assert decision.state.commanded_kmh == 0.0
+    assert decision.state.target_kmh == 0.5
+    assert decision.motion == Stop(DEFAULT_CONFIG.stop_decel_kmh_s)
+    later = rig.run_ms(2000)
+    assert all(d.state.mode is Mode.IDLE for d in later)
+
+
+def test_SR_RESET_4_reset_adopts_the_new_boot_id() -> None:
+    rig = idle_rig()
+    rig.boot_id = 99
+    rig.tick()
+    assert rig.core.fault is not None
+    assert rig.core.fault.code is FaultCode.FIRMWARE_REBOOT
+    assert rig.press(Button.RESET).state.mode is Mode.IDLE
+    assert rig.core.boot_id == 99
+    rig.run_ms(200)
+    assert rig.core.mode is Mode.IDLE
+
+
+def test_SR_RESET_4_reset_clears_the_fault_record() -> None:
+    rig = faulted_rig()
+    rig.link = "stale"
+    rig.tick()
+    rig.link = "fresh"
+    rig.press(Button.RESET)
+    assert rig.core.fault is None
+    assert rig.core.secondary_faults == ()
+    assert rig.core.fault_rest_reached is False
+
+
+def test_SR_RESET_5_reset_in_idle_clears_the_remote_stage_cap() -> None:
+    rig = idle_rig(stage_number=3)
+    rig.tick(remote=(RemoteLowerStageCap(2),))
+    assert rig.core.remote_stage_cap == 2
+    assert rig.tick(SelectStage(3)).events[0].kind == "command_rejected"
+    decision = rig.press(Button.RESET)
+    assert decision.state.remote_stage_cap is None
+    assert "remote stage cap 2 cleared" in decision.events[0].message
+    assert rig.tick(SelectStage(3)).state.stage == 3
+    assert rig.press(Button.RESET).events == ()
+
+
+def test_SR_RESET_5_reset_while_running_does_nothing() -> None:
+    rig = running_rig()
+    rig.tick(remote=(RemoteLowerStageCap(1),))
+    assert rig.core.remote_stage_cap == 1
+    decision = rig.press(Button.RESET)
+    assert decision.events == ()
+    assert decision.state.mode is Mode.RUNNING
+    assert decision.state.remote_stage_cap == 1
+
+
+# ---------------------------------------------------------------- remote
+
+
+def test_SR_REMOTE_1_remote_stop_is_always_honoured_and_never_downgrades() -> None:
+    rig = running_rig()
+    assert rig.tick(remote=(RemoteStop(),)).state.mode is Mode.STOPPING
+    faulted = faulted_rig()
+    decision = faulted.tick(remote=(RemoteStop(),))
+    assert decision.state.mode is Mode.FAULTED
+    assert decision.state.fault == faulted.history[-2].state.fault
+
+
+def test_SR_REMOTE_2_remote_target_only_lowers() -> None:
+    rig = running_rig()
+    rig.tick(SetTarget(1.5))
+    accepted = rig.tick(remote=(RemoteLowerTarget(1.0),))
+    assert accepted.state.target_kmh == 1.0
+    assert accepted.events[0].message == "target 1.50 -> 1.00 km/h (remote)"
+    for value in (1.0, 1.2, -0.1, float("nan")):
+        decision = rig.tick(remote=(RemoteLowerTarget(value),))
+        assert decision.state.target_kmh == 1.0
+        assert decision.events[0].kind == "command_rejected"
+        assert "may only lower it" in decision.events[0].message
+
+
+def test_SR_REMOTE_3_remote_stage_cap_only_lowers_and_applies_at_once() -> None:
+    rig = running_rig(stage_number=3)
+    decision = rig.tick(remote=(RemoteLowerStageCap(2),))
+    assert decision.state.remote_stage_cap == 2
+    assert decision.state.stage == 2
+    assert [e.kind for e in decision.events] == ["stage_cap_changed", "stage_changed"]
+    for value in (2, 3, 0):
+        rejected = rig.tick(remote=(RemoteLowerStageCap(value),))
+        assert rejected.state.remote_stage_cap == 2
+        assert rejected.events[0].kind == "command_rejected"
+
+
+def test_SR_REMOTE_3_remote_cap_above_the_stage_keeps_the_stage() -> None:
+    rig = idle_rig()
+    rig.stage_cap = 4
+    decision = rig.tick(remote=(RemoteLowerStageCap(3),))
+    assert decision.state.remote_stage_cap == 3
+    assert decision.state.stage == 1
+    assert rig.tick(SelectStage(4)).events[0].kind == "command_rejected"
+
+
+def test_SR_REMOTE_4_no_remote_sequence_raises_anything() -> None:
+    rig = idle_rig(stage_number=2)
+    before = rig.core
+    remotes: tuple[RemoteCommand, ...] = (
+        RemoteLowerTarget(5.0),
+        RemoteLowerStageCap(4),
+        RemoteStop(),
+        RemoteLowerTarget(0.2),
+        RemoteLowerStageCap(1),
+    )
+    for remote in remotes:
+        decision = rig.tick(remote=(remote,))
+        assert decision.state.mode is Mode.IDLE
+        assert decision.state.target_kmh <= before.target_kmh
+        assert decision.state.stage <= before.stage
+    assert rig.core.stage == 1

@@ -1,0 +1,242 @@
+"""Helpers for tests that talk to a real broker: observers, a publisher runner, a ticker.
+
+Nothing here sleeps for correctness: :func:`wait_until` polls a condition with a
+timeout, and :class:`Ticker` only measures how late a 50 Hz loop wakes up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import socket
+import statistics
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import aiomqtt
+
+from controller.commands import ParsedCommand
+from controller.mqtt import MqttPublisher, MqttSettings
+from tests.broker import MosquittoBroker
+
+_observer_ids = itertools.count(1)
+
+
+async def wait_until(
+    predicate: Callable[[], bool], *, what: str, timeout_s: float = 5.0, poll_s: float = 0.005
+) -> float:
+    """Poll ``predicate`` until true; return the seconds it took. Fails naming ``what``."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not predicate():
+        if loop.time() - start > timeout_s:
+            msg = f"timed out after {timeout_s} s waiting for {what}"
+            raise AssertionError(msg)
+        await asyncio.sleep(poll_s)
+    return loop.time() - start
+
+
+def make_settings(
+    broker: MosquittoBroker, treadmill_id: str, *, user: str | None = "controller", **overrides: Any
+) -> MqttSettings:
+    """Settings for a publisher on ``broker`` as ``user``; fast reconnects for tests."""
+    username, password = broker.credentials(user) if user is not None else (None, None)
+    values: dict[str, Any] = {
+        "host": broker.host,
+        "port": broker.port,
+        "treadmill_id": treadmill_id,
+        "client_id": f"controller-{treadmill_id}",
+        "keepalive_s": 5,
+        "username": username,
+        "password": password,
+        "device_name": f"Treadmill {treadmill_id}",
+        "sw_version": "0.1.0-test",
+        "reconnect_min_s": 0.05,
+        "reconnect_max_s": 0.4,
+        "max_stage": 4,
+        "max_speed_kmh": 8.0,
+    }
+    values.update(overrides)
+    return MqttSettings(**values)
+
+
+@dataclass
+class CommandLog:
+    """Collects what ``on_command`` receives."""
+
+    commands: list[ParsedCommand] = field(default_factory=list)
+
+    def __call__(self, command: ParsedCommand) -> None:
+        self.commands.append(command)
+
+    def of_type(self, kind: type[Any]) -> list[Any]:
+        return [c for c in self.commands if isinstance(c, kind)]
+
+
+@contextlib.asynccontextmanager
+async def running(publisher: MqttPublisher) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``publisher.run()`` for the duration of the block, then cancel it cleanly."""
+    task = asyncio.create_task(publisher.run(), name="mqtt-publisher")
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    at_s: float  # loop time when it arrived
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+    @property
+    def text(self) -> str:
+        return self.payload.decode("utf-8", "replace")
+
+
+class Observer:
+    """An MQTT client logged in as one of the broker's users, recording what it receives.
+
+    ``async with Observer(broker, "homeassistant", ["homeassistant/#"]) as obs:``
+    """
+
+    def __init__(
+        self,
+        broker: MosquittoBroker,
+        user: str,
+        topics: Iterable[str] = (),
+        *,
+        protocol: aiomqtt.ProtocolVersion = aiomqtt.ProtocolVersion.V5,
+    ) -> None:
+        username, password = broker.credentials(user)
+        self.messages: list[Received] = []
+        self._topics = list(topics)
+        self._client = aiomqtt.Client(
+            broker.host,
+            broker.port,
+            username=username,
+            password=password,
+            identifier=f"observer-{user}-{next(_observer_ids)}",
+            protocol=protocol,
+            timeout=5,
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        await self._client.__aenter__()
+        for topic in self._topics:
+            await self._client.subscribe(topic, qos=1)
+        self._task = asyncio.create_task(self._read(), name="observer-read")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await self._task
+        with contextlib.suppress(aiomqtt.MqttError):
+            await self._client.__aexit__(exc_type, exc, tb)
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(aiomqtt.MqttError):
+            async for message in self._client.messages:
+                payload = message.payload
+                assert isinstance(payload, bytes)
+                self.messages.append(
+                    Received(message.topic.value, payload, bool(message.retain), loop.time())
+                )
+
+    async def publish(
+        self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        await self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def on(self, topic: str) -> list[Received]:
+        return [m for m in self.messages if m.topic == topic]
+
+    async def next_on(
+        self,
+        topic: str,
+        predicate: Callable[[Received], bool] = lambda _m: True,
+        *,
+        after: int = 0,
+        timeout_s: float = 5.0,
+    ) -> Received:
+        """The first message on ``topic`` (from index ``after`` on) matching ``predicate``."""
+        found: list[Received] = []
+
+        def match() -> bool:
+            found[:] = [m for m in self.messages[after:] if m.topic == topic and predicate(m)][:1]
+            return bool(found)
+
+        await wait_until(match, what=f"a matching message on {topic}", timeout_s=timeout_s)
+        return found[0]
+
+
+@dataclass
+class Ticker:
+    """A stand-in for the control loop: wakes at absolute 50 Hz deadlines and records how
+    late each wake-up was (deadline = t0 + k * period; missed ticks are skipped)."""
+
+    period_s: float = 0.02
+    lateness_s: list[float] = field(default_factory=list)
+    overruns: int = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        tick = 0
+        while True:
+            tick += 1
+            deadline = start + tick * self.period_s
+            future: asyncio.Future[None] = loop.create_future()
+            handle = loop.call_at(deadline, future.set_result, None)
+            try:
+                await future
+            finally:
+                handle.cancel()
+            late = loop.time() - deadline
+            self.lateness_s.append(late)
+            if late > self.period_s:
+                self.overruns += 1
+                tick += int(late // self.period_s)
+
+    def percentile_ms(self, pct: float) -> float:
+        ordered = sorted(self.lateness_s)
+        index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
+        return ordered[index] * 1000
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.lateness_s)} ticks, lateness p50 {self.percentile_ms(50):.2f} ms, "
+            f"p99 {self.percentile_ms(99):.2f} ms, max {max(self.lateness_s) * 1000:.2f} ms, "
+            f"mean {statistics.fmean(self.lateness_s) * 1000:.2f} ms, overruns {self.overruns}"
+        )
+
+
+@contextlib.asynccontextmanager
+async def ticking(ticker: Ticker) -> AsyncIterator[Ticker]:
+    task = asyncio.create_task(ticker.run(), name="ticker")
+    try:
+        yield ticker
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,372 @@
+"""Pure tests of the telemetry payloads and Home Assistant discovery configs."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from controller.discovery import discovery_messages, node_id
+from controller.model import (
+    CoreState,
+    Event,
+    Fault,
+    FaultCode,
+    FirmwareState,
+    FirmwareStatus,
+    GripLossAction,
+    Inputs,
+    Mode,
+    SafetyConfig,
+    StageConfig,
+    StopKind,
+)
+from controller.mqtt import MqttSettings
+from controller.telemetry import event_payload, grip_reading, iso_utc, state_payload
+
+TS = datetime(2025, 3, 1, 12, 30, 5, 123456, tzinfo=UTC)
+NOW_MS = 1_000_000
+
+SAFETY = SafetyConfig(
+    stages=(
+        StageConfig(
+            1, "assisted backward walk", 2.0, 0.5, 0.2, 3.6, 1, GripLossAction.STOP_LATCH, 300
+        ),
+        StageConfig(
+            2, "supported backward walk", 3.5, 0.5, 0.3, 3.6, 1, GripLossAction.STOP_LATCH, 800
+        ),
+    ),
+    machine_max_kmh=8.0,
+)
+
+
+def firmware(received_ms: int = NOW_MS - 20, measured_kmh: float = 1.23456) -> FirmwareStatus:
+    return FirmwareStatus(
+        received_ms=received_ms,
+        measured_kmh=measured_kmh,
+        commanded_kmh=1.25,
+        state=FirmwareState.RUNNING,
+        fault_code=0,
+        safety_key_closed=True,
+        config_checksum=7,
+        expected_config_checksum=7,
+        boot_id=3,
+    )
+
+
+def inputs(**kw: object) -> Inputs:
+    values: dict[str, object] = {
+        "grip_left": True,
+        "grip_right": False,
+        "estop_pressed": False,
+        "safety_key_present": True,
+        "firmware": firmware(),
+        "stage_cap": 2,
+    }
+    values.update(kw)
+    return Inputs(**values)  # type: ignore[arg-type]  # test data built from a dict
+
+
+CORE = CoreState(mode=Mode.RUNNING, stage=2, target_kmh=1.5, commanded_kmh=1.333333)
+
+
+def state(**kw: object) -> dict[str, object]:
+    values: dict[str, object] = {
+        "ts": TS,
+        "now_ms": NOW_MS,
+        "core": CORE,
+        "inputs": inputs(),
+        "safety": SAFETY,
+        "belt_kmh": 1.2049,
+        "link": {"crc_errors": 2, "rtt_ms": 3.14159},
+        "session": {
+            "elapsed_s": 61.006,
+            "distance_m": 20.555,
+            "remaining_s": 539.0,
+            "client_id": "p-1",
+        },
+    }
+    values.update(kw)
+    return state_payload(**values)  # type: ignore[arg-type]  # test data built from a dict
+
+
+def test_state_payload_has_the_documented_fields() -> None:
+    payload = state()
+    assert payload == {
+        "ts": "2025-03-01T12:30:05.123Z",
+        "state": "running",
+        "stage": 2,
+        "stage_name": "supported backward walk",
+        "stage_max_kmh": 3.5,
+        "stage_cap": 2,
+        "remote_stage_cap": None,
+        "speed_kmh": 1.23,
+        "belt_kmh": 1.2,
+        "target_kmh": 1.5,
+        "commanded_kmh": 1.33,
+        "grip": "left",
+        "safety_key": True,
+        "estop": False,
+        "fault": None,
+        "stop_reason": None,
+        "firmware": {
+            "link": True,
+            "age_ms": 20,
+            "state": "running",
+            "fault_code": 0,
+            "commanded_kmh": 1.25,
+        },
+        "session": {
+            "elapsed_s": 61.01,
+            "distance_m": 20.55,
+            "remaining_s": 539.0,
+            "client_id": "p-1",
+        },
+        "link": {"crc_errors": 2, "rtt_ms": 3.14},
+        "warnings": [],
+    }
+    json.dumps(payload, allow_nan=False)  # JSON-safe
+
+
+def test_fault_since_is_wall_clock_utc() -> None:
+    fault = Fault(
+        FaultCode.GRIP_LOST,
+        "both hands off the rails for 300 ms: reset at the console",
+        NOW_MS - 2500,
+        StopKind.CONTROLLED,
+    )
+    payload = state(
+        core=CoreState(mode=Mode.FAULTED, stage=1, target_kmh=0.0, commanded_kmh=0.0, fault=fault)
+    )
+    assert payload["fault"] == {
+        "code": "grip_lost",
+        "message": fault.message,
+        "since": "2025-03-01T12:30:02.623Z",
+        "stop": "controlled",
+    }
+    assert payload["state"] == "faulted"
+
+
+def test_no_firmware_yet_and_stale_firmware() -> None:
+    none_yet = state(inputs=inputs(firmware=None))
+    assert none_yet["speed_kmh"] is None
+    assert none_yet["firmware"] == {
+        "link": False,
+        "age_ms": None,
+        "state": None,
+        "fault_code": None,
+        "commanded_kmh": None,
+    }
+    stale = state(inputs=inputs(firmware=firmware(received_ms=NOW_MS - SAFETY.stale_ms - 1)))
+    assert stale["firmware"]["link"] is False  # type: ignore[index]  # nested dict from JSON-like payload
+    fresh_edge = state(inputs=inputs(firmware=firmware(received_ms=NOW_MS - SAFETY.stale_ms)))
+    assert fresh_edge["firmware"]["link"] is True  # type: ignore[index]  # as above
+
+
+def test_non_finite_values_become_null() -> None:
+    payload = state(
+        inputs=inputs(firmware=firmware(measured_kmh=float("nan"))),
+        belt_kmh=float("inf"),
+        link={
+            "x": float("-inf"),
+            "nested": {"y": [1.005, float("nan")]},
+            "when": TS,
+            "obj": object,
+        },
+        session=None,
+    )
+    assert payload["speed_kmh"] is None
+    assert payload["belt_kmh"] is None
+    assert payload["session"] is None
+    link = payload["link"]
+    assert isinstance(link, dict)
+    assert link["x"] is None
+    assert link["nested"] == {"y": [1.0, None]}
+    assert link["when"] == "2025-03-01T12:30:05.123Z"
+    assert isinstance(link["obj"], str)
+    json.dumps(payload, allow_nan=False)
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "expected"),
+    [(True, True, "both"), (True, False, "left"), (False, True, "right"), (False, False, "none")],
+)
+def test_grip_reading(left: bool, right: bool, expected: str) -> None:
+    assert grip_reading(inputs(grip_left=left, grip_right=right)) == expected
+
+
+def test_unknown_stage_and_warnings_merge() -> None:
+    core = CoreState(
+        mode=Mode.IDLE,
+        stage=9,
+        target_kmh=0,
+        commanded_kmh=0,
+        warnings=frozenset({"grip_sensor_suspect"}),
+    )
+    payload = state(core=core, warnings=["config_pending", "grip_sensor_suspect"])
+    assert payload["stage_name"] is None
+    assert payload["stage_max_kmh"] is None
+    assert payload["warnings"] == ["config_pending", "grip_sensor_suspect"]
+
+
+def test_iso_utc_converts_other_zones_and_refuses_naive() -> None:
+    plus2 = timezone(timedelta(hours=2))
+    assert iso_utc(datetime(2025, 1, 1, 2, 0, tzinfo=plus2)) == "2025-01-01T00:00:00.000Z"
+    with pytest.raises(ValueError, match="timezone-aware"):
+        iso_utc(datetime(2025, 1, 1))  # noqa: DTZ001 -- the naive value is the point of the test
+
+
+def test_event_payload_flattens_details_and_keeps_fixed_fields() -> None:
+    event = Event(
+        "grip_lost",
+        "both hands off",
+        {"grace_ms": 300, "speed_kmh": 1.23456, "kind": "x", "ts": None},
+    )
+    assert event_payload(ts=TS, event=event) == {
+        "ts": "2025-03-01T12:30:05.123Z",
+        "kind": "grip_lost",
+        "message": "both hands off",
+        "grace_ms": 300,
+        "speed_kmh": 1.23,
+        "detail_kind": "x",
+        "detail_ts": None,
+    }
+
+
+@given(
+    speed=st.floats(allow_nan=True, allow_infinity=True),
+    details=st.dictionaries(
+        st.text(max_size=8), st.none() | st.booleans() | st.integers() | st.floats() | st.text()
+    ),
+)
+def test_payloads_are_always_json(speed: float, details: dict[str, object]) -> None:
+    json.dumps(state(belt_kmh=speed, link=details), allow_nan=False)
+    json.dumps(event_payload(ts=TS, event=Event("x", "y", details)), allow_nan=False)  # type: ignore[arg-type]  # hypothesis dict
+
+
+# ---------------------------------------------------------------- discovery
+
+SETTINGS = MqttSettings(
+    host="broker.lan",
+    treadmill_id="lab1",
+    device_name="Lab treadmill 1",
+    sw_version="1.2.3",
+    max_stage=4,
+    max_speed_kmh=8.0,
+)
+
+
+def configs() -> dict[str, dict[str, object]]:
+    return {topic: json.loads(payload) for topic, payload in discovery_messages(SETTINGS)}
+
+
+def test_discovery_topics_and_ids() -> None:
+    found = configs()
+    topic_re = re.compile(
+        r"homeassistant/(sensor|binary_sensor|button)/treadmill_lab1/[a-z_]+/config"
+    )
+    assert all(topic_re.fullmatch(t) for t in found), list(found)
+    unique_ids = [c["unique_id"] for c in found.values()]
+    assert len(set(unique_ids)) == len(unique_ids)
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", str(u)) for u in unique_ids)
+    assert node_id(SETTINGS) == "treadmill_lab1"
+    objects = {t.split("/")[1] + "/" + t.split("/")[3] for t in found}
+    assert objects >= {
+        "sensor/speed",
+        "sensor/target",
+        "sensor/commanded",
+        "sensor/stage",
+        "sensor/state",
+        "sensor/session_time",
+        "sensor/session_distance",
+        "binary_sensor/grip",
+        "binary_sensor/safety_key",
+        "binary_sensor/estop",
+        "binary_sensor/fault",
+        "binary_sensor/firmware_link",
+        "button/stop",
+    }
+
+
+def test_every_entity_has_device_availability_and_reads_the_state() -> None:
+    for topic, config in configs().items():
+        assert config["availability_topic"] == "treadmill/lab1/availability", topic
+        assert config["payload_available"] == "online"
+        assert config["payload_not_available"] == "offline"
+        assert config["device"] == {
+            "identifiers": ["treadmill_lab1"],
+            "name": "Lab treadmill 1",
+            "manufacturer": "treadmill-controller",
+            "model": "Backward-walking treadmill controller",
+            "sw_version": "1.2.3",
+        }
+        if "/button/" in topic:
+            assert config["command_topic"] == "treadmill/lab1/cmd/stop"
+            assert config["payload_press"] == "PRESS"
+            assert "state_topic" not in config
+        else:
+            assert config["state_topic"] == "treadmill/lab1/state"
+            assert config["expire_after"] == 90  # 3 x the 30 s heartbeat
+            assert "value_template" in config
+
+
+def test_templates_only_read_fields_that_the_state_has() -> None:
+    sample = state()
+    for topic, config in configs().items():
+        for key in ("value_template", "json_attributes_template"):
+            template = config.get(key)
+            if not isinstance(template, str):
+                continue
+            for path in re.findall(r"value_json((?:\.\w+)+)", template):
+                node: object = sample
+                for part in path.strip(".").split("."):
+                    assert isinstance(node, dict), (topic, key, path)
+                    assert part in node, (topic, key, path)
+                    node = node[part]
+                    if node is None:
+                        break
+
+
+def test_device_classes_and_units() -> None:
+    found = configs()
+
+    def get(component: str, object_id: str) -> dict[str, object]:
+        return found[f"homeassistant/{component}/treadmill_lab1/{object_id}/config"]
+
+    assert get("sensor", "speed")["device_class"] == "speed"
+    assert get("sensor", "speed")["unit_of_measurement"] == "km/h"
+    assert get("sensor", "session_time")["device_class"] == "duration"
+    assert get("sensor", "session_time")["unit_of_measurement"] == "s"
+    assert get("sensor", "session_distance")["device_class"] == "distance"
+    assert get("sensor", "session_distance")["unit_of_measurement"] == "m"
+    assert get("sensor", "state")["options"] == ["idle", "running", "stopping", "faulted"]
+    assert get("binary_sensor", "safety_key")["device_class"] == "safety"
+    assert "not value_json.safety_key" in str(get("binary_sensor", "safety_key")["value_template"])
+    assert get("binary_sensor", "estop")["device_class"] == "safety"
+    assert get("binary_sensor", "fault")["device_class"] == "problem"
+    assert get("binary_sensor", "firmware_link")["device_class"] == "connectivity"
+
+
+def test_discovery_prefix_and_topic_prefix_follow_the_settings() -> None:
+    custom = MqttSettings(
+        host="h",
+        treadmill_id="b2",
+        topic_prefix="gym/treadmills/b2",
+        discovery_prefix="ha",
+        state_heartbeat_s=10,
+        device_name="B2",
+        sw_version="x",
+        max_stage=4,
+        max_speed_kmh=8.0,
+    )
+    messages = discovery_messages(custom)
+    assert all(topic.startswith("ha/") for topic, _ in messages)
+    for _topic, payload in messages:
+        config = json.loads(payload)
+        assert config["availability_topic"] == "gym/treadmills/b2/availability"
+        if "expire_after" in config:
+            assert config["expire_after"] == 30

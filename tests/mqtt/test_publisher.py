@@ -1,0 +1,450 @@
+"""The publisher against a real mosquitto with passwords and the documented ACL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+
+import aiomqtt
+import pytest
+
+from controller.commands import AssignClient, CommandRejected, ParsedCommand
+from controller.discovery import discovery_messages
+from controller.model import (
+    CoreState,
+    GripLossAction,
+    Inputs,
+    Mode,
+    RemoteLowerStageCap,
+    RemoteLowerTarget,
+    RemoteStop,
+    SafetyConfig,
+    StageConfig,
+)
+from controller.mqtt import MqttPublisher, TlsSettings
+from controller.telemetry import state_payload
+from tests.broker import MosquittoBroker, start_or_fail
+from tests.mqtt.helpers import CommandLog, Observer, Received, make_settings, running, wait_until
+
+SAFETY = SafetyConfig(
+    stages=(
+        StageConfig(
+            1, "assisted backward walk", 2.0, 0.5, 0.2, 3.6, 1, GripLossAction.STOP_LATCH, 300
+        ),
+    ),
+    machine_max_kmh=8.0,
+)
+
+
+def sample_state(target_kmh: float = 0.0, *, second: int = 0) -> dict[str, object]:
+    return state_payload(
+        ts=datetime(2025, 3, 1, 12, 0, second, tzinfo=UTC),
+        now_ms=10_000,
+        core=CoreState(mode=Mode.IDLE, stage=1, target_kmh=target_kmh, commanded_kmh=0.0),
+        inputs=Inputs(
+            grip_left=False,
+            grip_right=False,
+            estop_pressed=False,
+            safety_key_present=True,
+            firmware=None,
+        ),
+        safety=SAFETY,
+        belt_kmh=None,
+        link={"frames_ok": 0},
+        session=None,
+    )
+
+
+STATE_FIELDS = {
+    "ts",
+    "state",
+    "stage",
+    "stage_name",
+    "stage_max_kmh",
+    "speed_kmh",
+    "target_kmh",
+    "commanded_kmh",
+    "grip",
+    "safety_key",
+    "estop",
+    "fault",
+    "session",
+    "link",
+    "warnings",
+    "firmware",
+}
+
+
+async def test_connect_publishes_availability_discovery_and_state(
+    mosquitto: MosquittoBroker, treadmill_id: str
+) -> None:
+    settings = make_settings(mosquitto, treadmill_id)
+    publisher = MqttPublisher(settings, on_command=CommandLog())
+    publisher.publish_state(sample_state())
+    expected_discovery = dict(discovery_messages(settings))
+    async with running(publisher):
+        await wait_until(lambda: publisher.stats.state_published == 1, what="the first state")
+        # A client that arrives later sees everything retained, as Home Assistant would.
+        topics = [f"treadmill/{treadmill_id}/#", f"homeassistant/+/treadmill_{treadmill_id}/#"]
+        async with Observer(mosquitto, "homeassistant", topics) as late:
+            availability = await late.next_on(settings.availability_topic)
+            state = await late.next_on(settings.state_topic)
+            await wait_until(
+                lambda: (
+                    len({m.topic for m in late.messages} & set(expected_discovery))
+                    == len(expected_discovery)
+                ),
+                what="every discovery config",
+            )
+    assert (availability.text, availability.retain) == ("online", True)
+    assert state.retain
+    assert STATE_FIELDS <= set(state.json())
+    assert state.json() == json.loads(json.dumps(sample_state()))
+    for message in late.messages:
+        if message.topic in expected_discovery:
+            assert message.retain
+            assert message.json() == json.loads(expected_discovery[message.topic])
+    stats = publisher.stats
+    assert stats.connects == 1
+    assert stats.last_error is None
+
+
+async def test_cancel_publishes_offline_and_disconnects(
+    mosquitto: MosquittoBroker, treadmill_id: str
+) -> None:
+    settings = make_settings(mosquitto, treadmill_id)
+    publisher = MqttPublisher(settings, on_command=CommandLog())
+    async with running(publisher):
+        await wait_until(lambda: publisher.stats.connected, what="connected")
+        publisher.publish_event({"kind": "stopped", "message": "service stopping"})
+    assert not publisher.stats.connected
+    async with Observer(mosquitto, "dashboard", [f"treadmill/{treadmill_id}/availability"]) as obs:
+        message = await obs.next_on(settings.availability_topic)
+    assert (message.text, message.retain) == ("offline", True)
+    assert publisher.stats.events_published == 1  # flushed before saying goodbye
+    assert "Client controller-" + treadmill_id + " disconnected." in mosquitto.log_text()
+
+
+async def test_state_is_sent_only_when_changed_and_at_most_at_the_rate(
+    mosquitto: MosquittoBroker, treadmill_id: str
+) -> None:
+    settings = make_settings(mosquitto, treadmill_id, state_rate_hz=5.0)
+    publisher = MqttPublisher(settings, on_command=CommandLog())
+    async with (
+        Observer(mosquitto, "dashboard", [settings.state_topic]) as obs,
+        running(publisher),
+    ):
+        await wait_until(lambda: publisher.stats.connected, what="connected")
+        # Only ts changes: nothing new goes out after the first.
+        for second in range(30):
+            publisher.publish_state(sample_state(0.0, second=second))
+            await asyncio.sleep(0)
+        await obs.next_on(settings.state_topic)
+        # Many changes in a burst: only the latest is sent, after the rate interval.
+        for step in range(1, 101):
+            publisher.publish_state(sample_state(step / 100))
+        last = await obs.next_on(settings.state_topic, lambda m: m.json()["target_kmh"] == 1.0)
+        # A steady 50 Hz producer of changing states: at most 5 states per second go out.
+        before = len(obs.on(settings.state_topic))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for step in range(50):
+            publisher.publish_state(sample_state(2 + step / 100))
+            await asyncio.sleep(0.02)  # paces the producer at about 50 Hz
+        final = await obs.next_on(settings.state_topic, lambda m: m.json()["target_kmh"] == 2.49)
+        elapsed_s = loop.time() - start
+    states = obs.on(settings.state_topic)
+    assert [m.json()["target_kmh"] for m in states[:2]] == [0.0, 1.0]
+    assert last.at_s - states[0].at_s >= 0.2 - 0.01  # rate interval respected
+    sent_during_stream = len(states) - before
+    assert sent_during_stream <= elapsed_s * 5 + 2, (sent_during_stream, elapsed_s)
+    intervals = [b.at_s - a.at_s for a, b in zip(states, states[1:], strict=False)]
+    assert min(intervals) >= 0.2 - 0.03, intervals  # broker delivery jitter allowed
+    assert final.json()["target_kmh"] == 2.49  # the latest state always gets out
+
+
+async def test_unchanged_fresh_state_is_repeated_every_heartbeat(
+    mosquitto: MosquittoBroker, treadmill_id: str
+) -> None:
+    settings = make_settings(mosquitto, treadmill_id, state_heartbeat_s=1.0)
+    publisher = MqttPublisher(settings, on_command=CommandLog())
+    async with (
+        Observer(mosquitto, "dashboard", [settings.state_topic]) as obs,
+        running(publisher),
+    ):
+        second = 0
+
+        def feed() -> bool:
+            nonlocal second
+            second = (second + 1) % 60
+            publisher.publish_state(sample_state(0.0, second=second))
+            return len(obs.on(settings.state_topic)) >= 2
+
+        await wait_until(feed, what="a heartbeat state", timeout_s=5.0, poll_s=0.05)
+    first, again = obs.on(settings.state_topic)[:2]
+    assert 0.9 <= again.at_s - first.at_s <= 1.5
+    assert first.json()["ts"] != again.json()["ts"]  # the heartbeat carries the newest ts
+
+
+async def test_session_is_published_retained(mosquitto: MosquittoBroker, treadmill_id: str) -> None:
+    settings = make_settings(mosquitto, treadmill_id)
+    publisher = MqttPublisher(settings, on_command=CommandLog())
+    session = {"session_id": 12, "client_id": "p-017", "elapsed_s": 0, "stage": 1}
+    async with (
+        Observer(mosquitto, "dashboard", [settings.session_topic]) as live,
+        running(publisher),
+    ):
+        publisher.publish_session(session)
+        await live.next_on(settings.session_topic)
+        async with Observer(mosquitto, "dashboard", [settings.session_topic]) as late:
+            message = await late.next_on(settings.session_topic)
+    assert message.json() == session
+    assert message.retain
+
+
+async def test_events_keep_order_and_drop_the_oldest_when_full(
+    mosquitto: MosquittoBroker, treadmill_id: str
+) -> None:
+    settings = make_settings(mosquitto, treadmill_id, event_queue_size=100)
+    publisher = MqttPublisher(settings, on_command=CommandLog())
+    for number in range(150):  # queued while not connected
+        publisher.publish_event({"kind": "test", "message": "m", "n": number})
+    assert publisher.stats.events_dropped == 50
+    async with (
+        Observer(mosquitto, "dashboard", [settings.event_topic]) as obs,
+        running(publisher),
+    ):
+        await wait_until(lambda: len(obs.on(settings.event_topic)) == 100, what="100 events")
+        publisher.publish_event({"kind": "test", "message": "m", "n": 150})
+        await obs.next_on(settings.event_topic, lambda m: m.json()["n"] == 150)
+    numbers = [m.json()["n"] for m in obs.on(settings.event_topic)]
+    assert numbers == list(range(50, 151))
+    assert all(not m.retain for m in obs.on(settings.event_topic))
+    stats = publisher.stats
+    assert (stats.events_published, stats.events_dropped) == (101, 50)
+
+
+async def test_remote_stop_from_a_dashboard_arrives_as_remote_stop(
+    mosquitto: MosquittoBroker, treadmill_id: str
+) -> None:
+    settings = make_settings(mosquitto, treadmill_id)
+    log = CommandLog()
+    publisher = MqttPublisher(settings, on_command=log)
+    async with Observer(mosquitto, "dashboard") as dashboard, running(publisher):
+        await wait_until(lambda: publisher.stats.connected, what="connected")
+        for payload in ("PRESS", "", "STOP", "{}"):
+            await dashboard.publish(f"{settings.command_prefix}stop", payload)
+        await wait_until(lambda: len(log.commands) == 4, what="four stops")
+    assert log.commands == [RemoteStop()] * 4
+    assert publisher.stats.commands_received == 4
+    assert publisher.stats.commands_rejected == 0
+
+
+async def test_dashboard_cannot_send_anything_but_stop(
+    mosquitto: MosquittoBroker, treadmill_id: str
+) -> None:
+    settings = make_settings(mosquitto, treadmill_id)
+    log = CommandLog()
+    publisher = MqttPublisher(settings, on_command=log)
+    async with Observer(mosquitto, "dashboard") as dashboard, running(publisher):
+        await wait_until(lambda: publisher.stats.connected, what="connected")
+        await dashboard.publish(f"{settings.command_prefix}target_kmh", "0.5")
+        await dashboard.publish(f"{settings.command_prefix}stage_cap", "1")
+        await dashboard.publish(f"{settings.command_prefix}client", '{"client_id": null}')
+        await dashboard.publish(f"{settings.availability_topic}", "offline", retain=True)
+        await dashboard.publish(f"{settings.command_prefix}stop", "PRESS")  # sentinel
+        await wait_until(lambda: RemoteStop() in log.commands, what="the stop")
+        async with Observer(mosquitto, "trainer", [settings.availability_topic]) as late:
+            availability = await late.next_on(settings.availability_topic)
+    # Same connection, same order: had the broker let the others through, they would
+    # have arrived before the stop.
+    assert log.commands == [RemoteStop()]
+    assert publisher.stats.commands_received == 1
+    assert availability.text == "online"  # the dashboard could not overwrite it
+
+
+async def test_trainer_commands_arrive_parsed(
+    mosquitto: MosquittoBroker, treadmill_id: str
+) -> None:
+    settings = make_settings(mosquitto, treadmill_id)
+    log = CommandLog()
+    publisher = MqttPublisher(settings, on_command=log)
+    async with Observer(mosquitto, "trainer") as trainer, running(publisher):
+        await wait_until(lambda: publisher.stats.connected, what="connected")
+        await trainer.publish(f"{settings.command_prefix}target_kmh", '{"speed_kmh": 1.5}')
+        await trainer.publish(f"{settings.command_prefix}stage_cap", "2")
+        await trainer.publish(f"{settings.command_prefix}client", '{"client_id": "p-017"}')
+        await wait_until(lambda: len(log.commands) == 3, what="three commands")
+    assert log.commands == [RemoteLowerTarget(1.5), RemoteLowerStageCap(2), AssignClient("p-017")]
+
+
+async def test_anonymous_and_wrong_password_are_refused(
+    mosquitto: MosquittoBroker, treadmill_id: str
+) -> None:
+    anonymous = aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"anon-{treadmill_id}")
+    with pytest.raises(aiomqtt.MqttError, match="[Nn]ot authori[sz]ed"):
+        async with anonymous:
+            pass
+    for settings in (
+        make_settings(mosquitto, treadmill_id, user=None),
+        make_settings(mosquitto, treadmill_id, password="wrong"),
+    ):
+        publisher = MqttPublisher(settings, on_command=CommandLog())
+        async with running(publisher) as task:
+            await wait_until(lambda: publisher.stats.last_error is not None, what="an error")
+            await wait_until(lambda: "refused" in str(publisher.stats.last_error), what="refusal")
+            assert not task.done()  # it keeps retrying, it never raises
+        stats = publisher.stats
+        assert not stats.connected
+        assert stats.connects == 0
+        assert "Not authorized" in str(stats.last_error) or "Bad user name" in str(stats.last_error)
+
+
+# (topic suffix, payload, word the reason must contain)
+MALFORMED: list[tuple[str, bytes, str]] = [
+    ("target_kmh", b"x" * 2000, "over the limit"),
+    ("target_kmh", b"\xff\xfe", "not UTF-8"),
+    ("target_kmh", b"fast please", "not valid JSON"),
+    ("target_kmh", b'"1.0"', "the string"),
+    ("target_kmh", b"true", "boolean"),
+    ("target_kmh", b"NaN", "NaN"),
+    ("target_kmh", b"Infinity", "Infinity"),
+    ("target_kmh", b"-1", "out of range"),
+    ("target_kmh", b"99", "out of range"),
+    ("target_kmh", b'{"speed": 1}', "keys [speed]"),
+    ("stage_cap", b"0", "out of range"),
+    ("stage_cap", b"1.5", "the number 1.5"),
+    ("stage_cap", b"false", "boolean"),
+    ("client", b'{"client_id": "no spaces allowed"}', "client_id"),
+    ("client", b"17", "the integer 17"),
+    ("start", b"", "at the console"),
+    ("speed_up", b"", "unknown command"),
+    ("stop/now", b"", "unknown command cmd/stop/now"),
+]
+
+
+async def test_malformed_commands_are_rejected_with_an_event_and_nothing_else(
+    mosquitto: MosquittoBroker, treadmill_id: str
+) -> None:
+    settings = make_settings(mosquitto, treadmill_id)
+    log = CommandLog()
+    publisher = MqttPublisher(settings, on_command=log)
+    async with (
+        Observer(mosquitto, "trainer", [settings.event_topic]) as trainer,
+        running(publisher),
+    ):
+        await wait_until(lambda: publisher.stats.connected, what="connected")
+        for name, payload, _word in MALFORMED:
+            await trainer.publish(f"{settings.command_prefix}{name}", payload)
+        await trainer.publish(f"{settings.command_prefix}stop", b"PRESS")  # sentinel
+        await wait_until(lambda: RemoteStop() in log.commands, what="the stop")
+        await wait_until(
+            lambda: len(trainer.on(settings.event_topic)) == len(MALFORMED),
+            what="one event per rejection",
+        )
+    rejected = log.commands[:-1]
+    assert log.commands[-1] == RemoteStop()
+    assert len(rejected) == len(MALFORMED)
+    events = [m.json() for m in trainer.on(settings.event_topic)]
+    for (name, _payload, word), command, event in zip(MALFORMED, rejected, events, strict=True):
+        assert isinstance(command, CommandRejected), command
+        assert command.command == name
+        assert word in command.reason, (word, command.reason)
+        assert event["kind"] == "command_rejected"
+        assert event["command"] == name
+        assert event["reason"] == command.reason
+        assert event["source"] == "mqtt"
+        assert event["ts"].endswith("Z")
+    stats = publisher.stats
+    assert (stats.commands_received, stats.commands_rejected) == (
+        len(MALFORMED) + 1,
+        len(MALFORMED),
+    )
+
+
+async def test_a_retained_command_is_not_acted_on(
+    mosquitto: MosquittoBroker, treadmill_id: str
+) -> None:
+    settings = make_settings(mosquitto, treadmill_id)
+    topic = f"{settings.command_prefix}target_kmh"
+    log = CommandLog()
+    async with Observer(mosquitto, "trainer") as trainer:
+        await trainer.publish(topic, "1.0", retain=True)
+        publisher = MqttPublisher(settings, on_command=log)
+        async with running(publisher):
+            await wait_until(lambda: bool(log.commands), what="the retained command")
+        await trainer.publish(topic, b"", retain=True)  # clear it
+    [command] = log.commands
+    assert isinstance(command, CommandRejected)
+    assert "retained command ignored" in command.reason
+    assert publisher.stats.commands_rejected == 1
+
+
+async def test_home_assistant_online_triggers_discovery_again(
+    mosquitto: MosquittoBroker, treadmill_id: str
+) -> None:
+    settings = make_settings(mosquitto, treadmill_id)
+    count = len(discovery_messages(settings))
+    publisher = MqttPublisher(settings, on_command=CommandLog())
+    topics = [f"homeassistant/+/treadmill_{treadmill_id}/+/config"]
+    async with Observer(mosquitto, "homeassistant", topics) as ha, running(publisher):
+
+        def configs() -> list[Received]:
+            return [m for m in ha.messages if m.topic.endswith("/config")]
+
+        await wait_until(lambda: len(configs()) == count, what="discovery")
+        await ha.publish("homeassistant/status", "online")
+        await wait_until(lambda: len(configs()) == 2 * count, what="discovery again")
+        # A retained "online" (seen on subscribing) is not a restart: no third round.
+        await ha.publish("homeassistant/status", "offline")
+    assert len({m.topic for m in configs()}) == count
+    assert publisher.stats.connects == 1
+
+
+async def test_a_failing_on_command_does_not_stop_the_publisher(
+    mosquitto: MosquittoBroker, treadmill_id: str
+) -> None:
+    settings = make_settings(mosquitto, treadmill_id)
+    seen: list[ParsedCommand] = []
+
+    def explode(command: ParsedCommand) -> None:
+        seen.append(command)
+        raise RuntimeError("consumer bug")
+
+    publisher = MqttPublisher(settings, on_command=explode)
+    async with Observer(mosquitto, "dashboard") as dashboard, running(publisher) as task:
+        await wait_until(lambda: publisher.stats.connected, what="connected")
+        await dashboard.publish(f"{settings.command_prefix}stop", "PRESS")
+        await dashboard.publish(f"{settings.command_prefix}stop", "PRESS")
+        await wait_until(lambda: len(seen) == 2, what="both stops")
+        assert not task.done()
+        assert publisher.stats.connects == 1
+
+
+async def test_tls_with_a_client_certificate(tmp_path: object, treadmill_id: str) -> None:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    broker = start_or_fail(MosquittoBroker(tmp_path / "tls", tls=True, require_client_cert=True))
+    try:
+        assert broker.ca_file is not None
+        cert_file, key_file = broker.client_certificate("controller")
+        good = make_settings(
+            broker, treadmill_id, tls=TlsSettings(broker.ca_file, cert_file, key_file)
+        )
+        publisher = MqttPublisher(good, on_command=CommandLog())
+        async with running(publisher):
+            await wait_until(lambda: publisher.stats.connected, what="a TLS connection")
+        no_cert = make_settings(broker, treadmill_id, tls=TlsSettings(broker.ca_file))
+        refused = MqttPublisher(no_cert, on_command=CommandLog())
+        async with running(refused):
+            await wait_until(lambda: refused.stats.last_error is not None, what="an error")
+        assert refused.stats.connects == 0
+        plain = make_settings(broker, treadmill_id)  # no TLS at all against a TLS port
+        confused = MqttPublisher(plain, on_command=CommandLog())
+        async with running(confused):
+            await wait_until(lambda: confused.stats.last_error is not None, what="an error")
+        assert confused.stats.connects == 0
+    finally:
+        broker.close()

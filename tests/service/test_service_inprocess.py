@@ -1,0 +1,128 @@
+"""The real service, in-process, against the simulated firmware on a pseudo-terminal.
+
+Inputs go through gpiozero's mock pins (controller.mockpanel), frames through the real bridge
+and a real pty; the belt speed asserted is the simulator's true belt speed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from controller.commands import CommandRejected
+from controller.model import FaultCode, Mode, RemoteLowerTarget, RemoteStop, SetSpeed
+from controller.service import Service
+from firmware_bridge.messages import EStop, Stop
+from firmware_bridge.messages import SetSpeed as WireSetSpeed
+from tests.service.harness import running_service
+from tests.waiting import wait_until
+
+STAGE1_MAX_KMH = 2.0
+STAGE1_ACCEL_KMH_S = 0.2
+
+
+def mode(service: Service) -> Mode:
+    """The service's mode now (a call, so the type checker does not pin it)."""
+    return service.state.mode
+
+
+def true_kmh(service: object) -> float:
+    return float(service.simulator.firmware.true_speed_kmh)  # type: ignore[attr-defined]
+
+
+async def test_start_ramp_then_grip_release_stops_belt_and_latches(tmp_path: Path) -> None:
+    async with running_service(tmp_path) as service:
+        panel = service.mock_panel
+        assert panel is not None
+        commanded: list[tuple[int, float]] = []
+        service.observers.append(lambda r: commanded.append((r.now_ms, r.state.commanded_kmh)))
+
+        panel.grip("both")
+        await wait_until(
+            lambda: service.last_inputs is not None and service.last_inputs.grip_left,
+            timeout_s=2,
+            what="grip seen (debounced)",
+        )
+        panel.press("start")
+        panel.target(0.8)
+        await wait_until(lambda: true_kmh(service) >= 0.75, timeout_s=10, what="belt at 0.8 km/h")
+        assert service.state.mode is Mode.RUNNING
+        # The commanded ramp never exceeds the stage 1 acceleration limit.
+        for (t0, v0), (t1, v1) in itertools.pairwise(commanded):
+            if t1 > t0:
+                assert (v1 - v0) / ((t1 - t0) / 1000) <= STAGE1_ACCEL_KMH_S + 1e-6
+        assert max(v for _, v in commanded) <= STAGE1_MAX_KMH
+
+        panel.grip("none")
+        await wait_until(
+            lambda: service.state.mode is Mode.FAULTED, timeout_s=2, what="grip-loss fault"
+        )
+        assert service.state.fault is not None
+        assert service.state.fault.code is FaultCode.GRIP_LOST
+        await wait_until(lambda: true_kmh(service) <= 0.1, timeout_s=3, what="belt at rest")
+        frames = [h.frame.message for h in service.simulator.firmware.host_frames]  # type: ignore[union-attr]
+        assert any(isinstance(m, Stop) for m in frames), "no STOP frame reached the firmware"
+
+        # The latch holds: no motion command is sent while faulted, even with grip back.
+        panel.grip("both")
+        panel.press("start")
+        ticks_then = len(commanded)
+        await wait_until(lambda: len(commanded) >= ticks_then + 25, timeout_s=2, what="25 ticks")
+        assert mode(service) is Mode.FAULTED
+        assert not isinstance(service.last_motion, SetSpeed)
+
+
+async def test_estop_sends_ESTOP_frame_and_latches(tmp_path: Path) -> None:
+    async with running_service(tmp_path) as service:
+        panel = service.mock_panel
+        assert panel is not None
+        panel.grip("both")
+        await wait_until(
+            lambda: service.last_inputs is not None and service.last_inputs.grip_left,
+            timeout_s=2,
+            what="grip seen",
+        )
+        panel.press("start")
+        await wait_until(lambda: true_kmh(service) >= 0.3, timeout_s=10, what="belt moving")
+        panel.estop(True)
+        firmware = service.simulator.firmware  # type: ignore[union-attr]
+        await wait_until(
+            lambda: any(isinstance(h.frame.message, EStop) for h in firmware.host_frames),
+            timeout_s=1,
+            what="ESTOP frame at the simulator",
+        )
+        assert service.state.mode is Mode.FAULTED
+        assert service.state.fault is not None
+        assert service.state.fault.code is FaultCode.ESTOP
+        await wait_until(lambda: true_kmh(service) <= 0.1, timeout_s=3, what="belt at rest")
+
+
+async def test_remote_stop_stops_belt_and_remote_speed_up_is_rejected(tmp_path: Path) -> None:
+    async with running_service(tmp_path) as service:
+        panel = service.mock_panel
+        assert panel is not None
+        panel.grip("both")
+        await wait_until(
+            lambda: service.last_inputs is not None and service.last_inputs.grip_left,
+            timeout_s=2,
+            what="grip seen",
+        )
+        panel.press("start")
+        panel.target(1.0)
+        await wait_until(lambda: true_kmh(service) >= 0.3, timeout_s=10, what="belt moving")
+        before = service.state.target_kmh
+        service.on_remote_command(RemoteLowerTarget(1.5))  # higher than the target: refused
+        await wait_until(
+            lambda: any(e.kind == "command_rejected" for _, e in service.event_log),
+            timeout_s=1,
+            what="command_rejected event",
+        )
+        assert service.state.target_kmh == before
+        service.on_remote_command(CommandRejected("start", "unknown command", "{}"))
+        service.on_remote_command(RemoteStop())
+        await wait_until(lambda: true_kmh(service) <= 0.1, timeout_s=3, what="belt at rest")
+        assert service.state.mode is Mode.IDLE
+        # A stop is never followed by motion on its own.
+        sent = [h.frame.message for h in service.simulator.firmware.host_frames]  # type: ignore[union-attr]
+        last_stop = max(i for i, m in enumerate(sent) if isinstance(m, Stop))
+        assert not any(isinstance(m, WireSetSpeed) and m.speed_kmh > 0 for m in sent[last_stop:])
