@@ -236,7 +236,9 @@ class FirmwareSection(_Section):
         description="Firmware ceiling for controlled stops; stage and stop decelerations <= it",
     )
     lease_ms: Annotated[int, Range(LEASE_MIN_MS, STALE_MAX_MS, "ms")] = Field(
-        default=300, description="Motion lease: the firmware stops unless SET_SPEED renews it"
+        default=300,
+        description="Motion lease: the firmware stops unless SET_SPEED renews it; at most "
+        "stale_ms and at least 3 control ticks",
     )
     stale_ms: Annotated[int, Range(50, STALE_MAX_MS, "ms")] = Field(
         default=500, description="Firmware STATUS older than this: stop and latch link_stale"
@@ -293,7 +295,11 @@ class ControlSection(_Section):
     )
     stop_decel_kmh_s: Annotated[
         float, Range(STOP_DECEL_MIN_KMH_S, STOP_DECEL_MAX_KMH_S, "km/h/s")
-    ] = Field(default=3.6, description="Deceleration of controller-initiated (Cat 1) stops")
+    ] = Field(
+        default=3.6,
+        description="Deceleration of controller-initiated (Cat 1) stops (at most "
+        "firmware.max_decel_kmh_s)",
+    )
     standstill_kmh: Annotated[float, Range(0.0, 0.5, "km/h", low_open=True)] = Field(
         default=0.1, description="At or below this the belt counts as at rest"
     )
@@ -306,7 +312,9 @@ class ControlSection(_Section):
         default=500, description="Belt measured moving while it should be at rest this long: fault"
     )
     shutdown_timeout_s: Annotated[float, Range(1.0, 120.0, "s")] = Field(
-        default=15.0, description="On SIGTERM, wait this long for the belt to stand still"
+        default=15.0,
+        description="On SIGTERM, wait this long for the belt to stand still; at least a "
+        "stop from max_speed_kmh plus 1 s",
     )
 
     @field_validator("rate_hz")
@@ -448,7 +456,9 @@ class StageGrip(_Section):
         description="Once the grace time has passed: stop_latch, slow, warn or none"
     )
     grace_ms: Annotated[int, Range(0, GRIP_GRACE_BOUND_MS, "ms")] = Field(
-        default=0, description="Grip may be missing this long before on_loss acts"
+        default=0,
+        description="Grip may be missing this long before on_loss acts (at most "
+        "grip_sensor.max_grace_ms)",
     )
     slow_to_kmh: Annotated[float, Range(0.0, MACHINE_MAX_KMH_BOUND, "km/h")] = Field(
         default=0.0, description="Only with on_loss: slow: ramp down to this speed"
@@ -460,16 +470,17 @@ class StageSection(_Section):
 
     name: str = Field(min_length=1, max_length=40, description="Display name")
     max_kmh: Annotated[float, Range(0.0, MACHINE_MAX_KMH_BOUND, "km/h", low_open=True)] = Field(
-        description="Highest speed at this stage"
+        description="Highest speed at this stage (at most firmware.max_speed_kmh)"
     )
     start_kmh: Annotated[float, Range(0.0, MACHINE_MAX_KMH_BOUND, "km/h", low_open=True)] = Field(
-        description="The belt starts (from standstill) at this speed"
+        description="The belt starts (from standstill) at this speed: above "
+        "control.standstill_kmh, at most max_kmh"
     )
     accel_kmh_s: Annotated[float, Range(0.0, STAGE_RATE_BOUND_KMH_S, "km/h/s", low_open=True)] = (
-        Field(description="Acceleration towards a higher target")
+        Field(description="Acceleration towards a higher target (at most firmware.max_accel_kmh_s)")
     )
     decel_kmh_s: Annotated[float, Range(0.0, STAGE_RATE_BOUND_KMH_S, "km/h/s", low_open=True)] = (
-        Field(description="Deceleration towards a lower target")
+        Field(description="Deceleration towards a lower target (at most firmware.max_decel_kmh_s)")
     )
     grip: StageGrip
     clip_required: bool = Field(
@@ -505,7 +516,7 @@ class MqttSection(_Section):
     tls: TlsSection | None = Field(default=None, description="TLS settings; null = plain TCP")
     credentials_file: str | None = Field(
         default=None,
-        description="File holding one line 'username:password'; not world-readable",
+        description="File holding one line 'username:password'; mode 600, owner treadmill",
     )
     topic_prefix: str = Field(
         default="treadmill/{id}", description="Topic prefix; {id} is replaced by treadmill.id"
@@ -930,13 +941,16 @@ def _mqtt_problems(config: AppConfig) -> tuple[list[Problem], list[Problem]]:
                 read_mqtt_credentials(path)
             except ValueError as exc:
                 errors.append((where, str(exc)))
-            mode = path.stat().st_mode
-            if mode & stat.S_IROTH:
+            try:
+                mode = path.stat().st_mode
+            except OSError:  # removed since it was read: the read above already passed
+                mode = 0
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
                 warnings.append(
                     (
                         where,
-                        f"{path} is readable by every user (mode {stat.S_IMODE(mode):04o}): "
-                        f"run 'chmod 640 {path}' and 'chown root:treadmill {path}'",
+                        f"{path} is open to other users (mode {stat.S_IMODE(mode):04o}): run "
+                        f"'chown treadmill:treadmill {path}' and 'chmod 600 {path}'",
                     )
                 )
     return errors, warnings
@@ -965,19 +979,26 @@ class MqttCredentials:
 def read_mqtt_credentials(path: Path) -> MqttCredentials:
     """Read ``username:password`` (one line; the password may contain ':') from ``path``.
 
-    Raises :class:`ValueError` naming the file and what is wrong (never the password), or
-    :class:`OSError` when it cannot be read.
+    The same rules as the MQTT client's reader (:func:`controller.mqtt.read_credentials_file`),
+    so a file that passes check-config also works at run time. Raises :class:`ValueError`
+    naming the file and what is wrong (never quoting the password), or :class:`OSError` when
+    it cannot be read.
     """
-    text = path.read_text(encoding="utf-8")
+    hint = "it must hold exactly one line 'username:password'"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text; {hint}") from None
     lines = [line for line in text.splitlines() if line.strip()]
-    if len(lines) != 1 or ":" not in lines[0]:
-        raise ValueError(
-            f"{path} must hold exactly one line 'username:password'; it has {len(lines)} "
-            "non-empty line(s)" + ("" if len(lines) != 1 else " and no ':'")
-        )
-    username, _, password = lines[0].strip().partition(":")
-    if not username:
-        raise ValueError(f"{path}: the user name before ':' is empty")
+    if len(lines) != 1:
+        raise ValueError(f"{path} has {len(lines)} non-empty lines; {hint}")
+    username, sep, password = lines[0].partition(":")
+    if not sep:
+        raise ValueError(f"{path}: the line has no ':' between user name and password; {hint}")
+    if not username or username != username.strip():
+        raise ValueError(f"{path}: the user name is empty or has spaces around it; {hint}")
+    if not password:
+        raise ValueError(f"{path}: the password after ':' is empty; {hint}")
     return MqttCredentials(username=username, password=password)
 
 
@@ -1054,6 +1075,44 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _field_info(loc: Sequence[KeyPart]) -> Any:
+    """The pydantic FieldInfo of the key at ``loc``, or None when it cannot be found."""
+    model: Any = AppConfig
+    info: Any = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not isinstance(fields, dict) or part not in fields:
+            return None
+        info = fields[part]
+        model = _model_of(info.annotation)
+    return info
+
+
+_BOUND_WORDS = {"ge": "at least", "gt": "more than", "le": "at most", "lt": "less than"}
+
+
+def _bounds_text(loc: Sequence[KeyPart], ctx: dict[str, Any]) -> str:
+    """'must be from 1000 to 10000' from the field's own constraints (both ends), or from the
+    one bound pydantic reports."""
+    bounds: dict[str, Any] = {}
+    info = _field_info(loc)
+    for item in getattr(info, "metadata", ()):
+        for name in _BOUND_WORDS:
+            value = getattr(item, name, None)
+            if isinstance(value, int | float):
+                bounds[name] = value
+    for name in _BOUND_WORDS:
+        if name in ctx and isinstance(ctx[name], int | float):
+            bounds.setdefault(name, ctx[name])
+    if "ge" in bounds and "le" in bounds:
+        return f"must be from {_number(bounds['ge'])} to {_number(bounds['le'])}"
+    return "must be " + " and ".join(
+        f"{_BOUND_WORDS[name]} {_number(value)}" for name, value in bounds.items()
+    )
+
+
 def _allowed_keys(loc: Sequence[KeyPart]) -> list[str]:
     """Names allowed in the mapping at ``loc`` (empty when it is not a known section)."""
     model: Any = AppConfig
@@ -1102,6 +1161,13 @@ def _schema_issue(document: YamlDocument, error: Any) -> ConfigIssue:
     if kind == "value_error":
         text = str(error["msg"]).removeprefix("Value error, ")
         return document.issue(loc, text)
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        ctx = error.get("ctx") or {}
+        return document.issue(loc, f"{_bounds_text(loc, ctx)}; got {_shown(value)}")
+    if loc and loc[-1] == "[key]":
+        # A key of a table keyed by number (training.session_length_min) that is not one.
+        loc = loc[:-1]
+        return document.issue(loc, f"{_shown(loc[-1])} is not a valid key here: use a number")
     message = str(error["msg"])
     message = message[0].lower() + message[1:] if message else kind
     if kind in ("model_type", "model_attributes_type", "dict_type"):
@@ -1184,11 +1250,7 @@ def _advice(config: AppConfig) -> list[Problem]:
     """Things that work but are unwise."""
     advice: list[Problem] = []
     port = config.serial.port
-    if (
-        not config.serial.is_simulator
-        and port.startswith("/dev/tty")
-        and port.startswith(("/dev/ttyUSB", "/dev/ttyACM"))
-    ):
+    if port.startswith(("/dev/ttyUSB", "/dev/ttyACM")):
         advice.append(
             (
                 ("serial", "port"),
@@ -1196,7 +1258,7 @@ def _advice(config: AppConfig) -> list[Problem]:
                 "name under /dev/serial/by-id/ (ls -l /dev/serial/by-id/)",
             )
         )
-    if not config.serial.is_simulator and not Path(port).exists():
+    if not config.serial.is_simulator and not _exists(Path(port)):
         advice.append(
             (
                 ("serial", "port"),
@@ -1204,7 +1266,8 @@ def _advice(config: AppConfig) -> list[Problem]:
                 "in? (ls -l /dev/serial/by-id/)",
             )
         )
-    if config.gpio.pin_factory == "mock" and not config.serial.is_simulator:
+    pseudo_terminal = port.startswith("/dev/pts/")  # a simulator on a pty, as in the tests
+    if config.gpio.pin_factory == "mock" and not (config.serial.is_simulator or pseudo_terminal):
         advice.append(
             (
                 ("gpio", "pin_factory"),
@@ -1213,6 +1276,13 @@ def _advice(config: AppConfig) -> list[Problem]:
             )
         )
     return advice
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. ENAMETOOLONG: not a device that exists
+        return False
 
 
 def load_config_text(text: str, source: str = "<text>") -> AppConfig:
@@ -1240,3 +1310,144 @@ def load_config(path: Path) -> AppConfig:
     for warning in report.warnings:
         logger.warning("%s", warning.text())
     return report.config
+
+
+# --------------------------------------------------------------------------
+# Key reference (docs/configuration.md is checked against it)
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyReference:
+    """One row of the key table in docs/configuration.md."""
+
+    key: str
+    kind: str
+    default: str
+    allowed: str
+    description: str
+
+
+def key_reference() -> list[KeyReference]:
+    """Every key of the schema with its type, default, allowed values and description.
+
+    ``training`` is one row: its keys are documented with the training program.
+    """
+    rows: list[KeyReference] = []
+    _reference_rows(AppConfig, "", rows)
+    return rows
+
+
+def _reference_rows(model: type[BaseModel], prefix: str, rows: list[KeyReference]) -> None:
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = info.annotation
+        nested = _model_of(annotation)
+        description = info.description or (model.__doc__ or "").strip().split("\n")[0]
+        if nested is TrainingConfig:
+            rows.append(
+                KeyReference(
+                    key, "section", "defaults", "", "The training program: see docs/training.md"
+                )
+            )
+            continue
+        if nested is InputPin:
+            optional = type(None) in get_args(annotation)
+            rows.append(
+                KeyReference(
+                    key,
+                    "input",
+                    "absent" if optional else "required",
+                    "{pin, active, pull}",
+                    _INPUT_MEANING[name][0].capitalize() + (" (optional)" if optional else ""),
+                )
+            )
+            continue
+        if nested is not None:
+            is_list = get_args(annotation)[1:2] == (Ellipsis,)
+            kind = "list" if is_list else "section"
+            if info.is_required():
+                default = "required"
+            elif type(None) in get_args(annotation):
+                default = "null"
+            else:
+                default = "defaults"
+            doc = info.description or (nested.__doc__ or "").strip().split("\n")[0]
+            rows.append(KeyReference(key, kind, default, "", doc))
+            _reference_rows(nested, f"{key}[]." if is_list else f"{key}.", rows)
+            continue
+        rows.append(
+            KeyReference(
+                key,
+                _kind(annotation),
+                "required" if info.is_required() else _default_text(info.default),
+                _allowed(annotation, info.metadata),
+                description,
+            )
+        )
+    if model is GpioInputs:
+        for name, info in InputPin.model_fields.items():
+            rows.append(
+                KeyReference(
+                    f"{prefix}<input>.{name}",
+                    _kind(info.annotation),
+                    "required",
+                    _allowed(info.annotation, info.metadata),
+                    info.description or "",
+                )
+            )
+
+
+def _kind(annotation: Any) -> str:
+    args = get_args(annotation)
+    if type(None) in args:
+        inner = [arg for arg in args if arg is not type(None)]
+        return f"{_kind(inner[0])} or null" if len(inner) == 1 else "value or null"
+    if args and all(isinstance(arg, str) for arg in args):
+        return "text"
+    if args and not isinstance(args[0], type):
+        return _kind(args[0])
+    return {int: "integer", float: "number", str: "text", bool: "true/false"}.get(
+        annotation, str(annotation)
+    )
+
+
+def _allowed(annotation: Any, metadata: Sequence[Any]) -> str:
+    for item in metadata:
+        if isinstance(item, Range):
+            return item.describe()
+    args = get_args(annotation)
+    literal = [arg for arg in args if isinstance(arg, str)]
+    if literal:
+        return ", ".join(literal)
+    inner = [arg for arg in args if arg is not type(None)]
+    for arg in inner:
+        for item in get_args(arg)[1:]:
+            if isinstance(item, Range):
+                return item.describe()
+    return ""
+
+
+def _default_text(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return _number(value)
+    if isinstance(value, str):
+        return f'"{value}"' if value else '""'
+    return str(value)
+
+
+def key_reference_markdown() -> str:
+    """The key table of docs/configuration.md, as Markdown."""
+    lines = [
+        "| key | type | default | allowed | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in key_reference():
+        description = row.description.replace("``", "`")
+        cells = (f"`{row.key}`", row.kind, row.default, row.allowed, description)
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -289,6 +289,20 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+def _raise_if_cancel_was_swallowed() -> None:
+    """Re-raise a cancellation that ``asyncio.wait_for`` lost.
+
+    On Python 3.11, ``wait_for`` (used inside aiomqtt for every acknowledged call)
+    returns the result instead of raising when the cancellation and the result arrive
+    together; the task then runs on with ``cancelling() > 0`` and a TaskGroup waiting
+    for it never finishes. Called after every awaited broker call outside the shutdown
+    path.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _describe_error(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -379,6 +393,7 @@ class MqttPublisher:
         self._session: dict[str, object] | None = None
         self._session_dirty = False
         self._discovery_due = False
+        self._saying_goodbye = False
         # counters
         self._connected = False
         self._connects = 0
@@ -439,9 +454,10 @@ class MqttPublisher:
     async def run(self) -> None:
         """Connect, serve and reconnect forever. Raises only ``CancelledError``.
 
-        After every connect: availability ``online`` (retained; the will is ``offline``),
-        discovery (retained), the current state and session, then subscribe to
-        ``<prefix>/cmd/#`` and ``homeassistant/status``. Broker trouble of any kind leads
+        After every connect: subscribe to ``<prefix>/cmd/#`` and ``homeassistant/status``,
+        then availability ``online`` (retained; the will is ``offline``), discovery
+        (retained), the current state and session; ``stats.connected`` turns true once
+        ``online`` is out. Broker trouble of any kind leads
         to a reconnect with jittered exponential backoff (``reconnect_min_s`` ..
         ``reconnect_max_s``). MQTT 5 is tried first; a broker that refuses it gets
         MQTT 3.1.1 from then on. On cancellation, pending events and ``offline`` are
@@ -533,21 +549,24 @@ class MqttPublisher:
         """One connection, from connect to loss; ends only by raising."""
         client = self._make_client(protocol)
         async with client:
-            self._connected = True
+            _raise_if_cancel_was_swallowed()
             self._connects += 1
-            logger.info(
-                "MQTT disconnected -> connected (%s:%d, MQTT %s, as %s)",
-                self._settings.host,
-                self._settings.port,
-                "5" if protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1",
-                self._settings.client_id,
-            )
             try:
-                await self._announce(client)
+                # Subscribe before saying "online": whoever sees "online" can be heard.
                 topics = [(f"{self._settings.command_prefix}#", 1)]
                 if self._settings.discovery:
                     topics.append((self._settings.ha_status_topic, 1))
                 await client.subscribe(topics)
+                _raise_if_cancel_was_swallowed()
+                await self._announce(client)
+                self._connected = True
+                logger.info(
+                    "MQTT disconnected -> connected (%s:%d, MQTT %s, as %s)",
+                    self._settings.host,
+                    self._settings.port,
+                    "5" if protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1",
+                    self._settings.client_id,
+                )
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._read_loop(client), name="mqtt-read")
                     tg.create_task(self._write_loop(client), name="mqtt-write")
@@ -559,8 +578,10 @@ class MqttPublisher:
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         await client.publish(self._settings.availability_topic, b"online", qos=1, retain=True)
+        _raise_if_cancel_was_swallowed()
         for topic, payload in self._discovery:
             await client.publish(topic, payload.encode("utf-8"), qos=1, retain=True)
+            _raise_if_cancel_was_swallowed()
         self._state_sent = None  # republish the current state now
         self._state_sent_s = -math.inf
         self._session_dirty = self._session is not None
@@ -568,6 +589,7 @@ class MqttPublisher:
 
     async def _goodbye(self, client: aiomqtt.Client) -> None:
         """Best effort on shutdown: flush events and state, then ``offline``."""
+        self._saying_goodbye = True  # this task is being cancelled on purpose now
         try:
             async with asyncio.timeout(GOODBYE_TIMEOUT_S):
                 await self._flush_events(client)
@@ -578,6 +600,8 @@ class MqttPublisher:
                 )
         except (aiomqtt.MqttError, TimeoutError) as exc:
             logger.warning("MQTT: could not publish offline on shutdown (%s)", exc)
+        finally:
+            self._saying_goodbye = False
 
     # ------------------------------------------------------------------ incoming
 
@@ -743,3 +767,5 @@ class MqttPublisher:
             )
             return
         await client.publish(topic, data, qos=qos, retain=retain)
+        if not self._saying_goodbye:
+            _raise_if_cancel_was_swallowed()

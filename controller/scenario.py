@@ -83,6 +83,7 @@ __all__ = [
     "load_scenario_config",
     "load_scenario_text",
     "run_scenario",
+    "run_scenarios",
     "scenario_main",
     "write_plot",
     "write_timeline",
@@ -363,6 +364,17 @@ class ExpectSpec(_Spec):
         raise AssertionError("validated ExpectSpec without a kind")
 
 
+class SimulatorSpec(_Spec):
+    """Settings of the simulated firmware and belt for one scenario."""
+
+    self_checks: bool = Field(
+        default=True,
+        description="the firmware's own plausibility checks (FW-12); off shows the "
+        "controller's checks alone",
+    )
+    walker_on_belt: bool = Field(default=True, description="foot strikes slow the belt")
+
+
 class ScenarioSpec(_Spec):
     """A whole scenario file."""
 
@@ -372,6 +384,7 @@ class ScenarioSpec(_Spec):
     duration_s: Annotated[float, Field(gt=0.0, le=MAX_DURATION_S, allow_inf_nan=False)]
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
     training: bool = False
+    simulator: SimulatorSpec = Field(default_factory=SimulatorSpec)
     steps: tuple[StepSpec, ...] = Field(default=(), strict=False)
     expect: tuple[ExpectSpec, ...] = Field(default=(), strict=False)
 
@@ -447,7 +460,9 @@ def _schema_issue(document: YamlDocument, error: Mapping[str, Any]) -> ConfigIss
 def _allowed_keys(loc: Sequence[KeyPart]) -> list[str]:
     names = [part for part in loc if isinstance(part, str)]
     model: type[BaseModel] = ScenarioSpec
-    if names[:1] == ["steps"]:
+    if names[:1] == ["simulator"]:
+        model = SimulatorSpec
+    elif names[:1] == ["steps"]:
         model = MqttStepSpec if names[1:2] == ["mqtt"] else StepSpec
     elif names[:1] == ["expect"]:
         model = ExpectSpec
@@ -846,14 +861,6 @@ class _Driver:
         self.service = service
         self.panel = MockPanel(service)
 
-    def safety_key(self, inserted: bool) -> None:
-        # The key is one physical part: pulling it opens the console input AND the motor
-        # power circuit the firmware reads (hardware cut, docs/safety.md).
-        self.panel.safety_key(inserted)
-        simulator = self.service.simulator
-        if simulator is not None:
-            simulator.set_safety_key(inserted)
-
     async def do(self, step: StepSpec) -> None:
         from controller.model import SelectStage, SetTarget  # noqa: PLC0415
 
@@ -866,10 +873,10 @@ class _Driver:
         elif step.stage is not None:
             self.service.submit_local(SelectStage(step.stage))
         elif step.safety_key is not None:
-            self.safety_key(step.safety_key == "inserted")
+            # The key and the e-stop are in series in the motor power path: the mock panel
+            # opens the simulator's power circuit as well as the console input.
+            self.panel.safety_key(step.safety_key == "inserted")
         elif step.estop is not None:
-            # The console input only: the controller's own reaction is what is measured (if
-            # the hardware stop chain also cuts the motor, the belt only stops sooner).
             self.panel.estop(step.estop == "pressed")
         elif step.sim_fault is not None:
             await _sim_inject(self.service.simulator, step.sim_fault, step.value)
@@ -905,6 +912,16 @@ async def _sim_clear(simulator: Any, name: str) -> None:
     await simulator.clear(SimFault.parse(name))
 
 
+def _sim_config(spec: SimulatorSpec) -> Any:
+    from firmware_bridge.sim.firmware import SimConfig  # noqa: PLC0415
+    from firmware_bridge.sim.physics import PhysicsParams  # noqa: PLC0415
+
+    return SimConfig(
+        self_checks=spec.self_checks,
+        physics=PhysicsParams(walker_on_belt=spec.walker_on_belt),
+    )
+
+
 async def run_scenario(
     scenario: Scenario,
     config: AppConfig,
@@ -931,7 +948,11 @@ async def run_scenario(
         run_config = scenario_config(config, state_dir=state_dir, training=spec.training)
         # A stable link that disappears while "unplugged", like /dev/serial/by-id/...: a
         # reconnecting bridge must never open a recycled /dev/pts/N of another program.
-        simulator = PtySimulator(seed=spec.seed, link_path=Path(state_dir) / "firmware.tty")
+        simulator = PtySimulator(
+            _sim_config(spec.simulator),
+            seed=spec.seed,
+            link_path=Path(state_dir) / "firmware.tty",
+        )
         service = Service(
             run_config,
             pin_factory=MockFactory(),
@@ -952,9 +973,7 @@ async def run_scenario(
             )
             driver = _Driver(service)
             # Inputs at rest before the first tick: key in, e-stop released, no grip.
-            driver.panel.safety_key(True)
-            driver.panel.estop(False)
-            driver.panel.grip("none")
+            driver.panel.reset_inputs()
             await _wait_for(
                 service.ready.is_set,
                 STARTUP_TIMEOUT_S,
@@ -1017,6 +1036,33 @@ async def run_scenario(
     if timeline_path is not None:
         write_timeline(result, timeline_path)
     return result
+
+
+async def run_scenarios(
+    items: Sequence[tuple[Scenario, AppConfig]],
+    *,
+    jobs: int = 1,
+    config_sources: Sequence[str] | None = None,
+) -> list[ScenarioResult | ScenarioRunError]:
+    """Run several scenarios in this event loop, at most ``jobs`` at a time.
+
+    Each has its own service, simulator and mock pins. Results come back in the order of
+    ``items``; a scenario that could not be run gives its :class:`ScenarioRunError`.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    gate = asyncio.Semaphore(jobs)
+
+    async def one(index: int) -> ScenarioResult | ScenarioRunError:
+        scenario, config = items[index]
+        source = config_sources[index] if config_sources is not None else ""
+        async with gate:
+            try:
+                return await run_scenario(scenario, config, config_source=source)
+            except ScenarioRunError as exc:
+                return exc
+
+    return list(await asyncio.gather(*(one(i) for i in range(len(items)))))
 
 
 def _exit_text(task: asyncio.Task[int]) -> str:
@@ -1429,6 +1475,13 @@ def _parser() -> argparse.ArgumentParser:
         help="write a speed/time plot (needs matplotlib; one FILE only)",
     )
     parser.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=1,
+        help="run up to this many scenarios at once (each has its own simulator; default 1)",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="only validate the files (and their configs), do not run them",
@@ -1477,22 +1530,29 @@ def scenario_main(argv: list[str], out: TextIO | None = None, err: TextIO | None
         for scenario, _config, _source in loaded:
             out.write(f"{scenario.source}: ok\n")
         return EXIT_OK
+    if args.jobs < 1:
+        err.write(f"--jobs must be at least 1, got {args.jobs}\n")
+        return EXIT_INVALID
+    results = asyncio.run(
+        run_scenarios(
+            [(scenario, config) for scenario, config, _source in loaded],
+            jobs=args.jobs,
+            config_sources=[source for _scenario, _config, source in loaded],
+        )
+    )
     failed = 0
-    for scenario, config, source in loaded:
-        try:
-            result = asyncio.run(
-                run_scenario(scenario, config, timeline_path=args.timeline, config_source=source)
-            )
-        except ScenarioRunError as exc:
-            err.write(f"{scenario.source}: could not run: {exc}\n")
+    for (scenario, _config, _source), result in zip(loaded, results, strict=True):
+        if isinstance(result, ScenarioRunError):
+            err.write(f"{scenario.source}: could not run: {result}\n")
             failed += 1
             continue
         out.write(format_report(result) + "\n")
+        if args.timeline is not None:
+            write_timeline(result, args.timeline)
+            out.write(f"timeline written to {args.timeline}\n")
         if args.plot is not None:
             write_plot(result, args.plot)
             out.write(f"plot written to {args.plot}\n")
-        if args.timeline is not None:
-            out.write(f"timeline written to {args.timeline}\n")
         if not result.passed:
             failed += 1
     if len(loaded) > 1:

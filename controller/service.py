@@ -862,6 +862,7 @@ class Service:
                 self._safety.stages,
                 treadmill_id=config.treadmill.id,
                 db_path=Path(config.state_dir) / config.training.db_file,
+                standstill_kmh=self._safety.standstill_kmh,
             )
             for event in await self.training.open():
                 self._emit(event)

@@ -30,7 +30,9 @@ No I/O, no clock.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
+from enum import Enum
 from typing import Final
 
 from firmware_bridge.crc import crc16
@@ -49,6 +51,7 @@ CRC_BYTES: Final = 2
 MAX_PAYLOAD_BYTES: Final = 48
 MAX_FRAME_BYTES: Final = HEADER_BYTES + MAX_PAYLOAD_BYTES + CRC_BYTES  # 54
 SEQ_MODULO: Final = 256
+MAX_REJECTS_KEPT: Final = 16
 
 _SYNC_BYTE: Final = bytes([SYNC])
 
@@ -79,6 +82,27 @@ def encode_frame(seq: int, msg: Message) -> bytes:
     body = bytes((len(payload), seq, msg_id)) + payload
     crc = crc16(body)
     return _SYNC_BYTE + body + bytes((crc & 0xFF, crc >> 8))
+
+
+class RejectKind(Enum):
+    """Why a frame with a valid CRC was not returned (maps onto a NAK reason)."""
+
+    UNKNOWN_ID = "unknown_id"  # NAK UNKNOWN_MESSAGE
+    BAD_LENGTH = "bad_length"  # NAK BAD_PAYLOAD
+    BAD_FIELD = "bad_field"  # NAK OUT_OF_RANGE
+
+
+@dataclass(frozen=True)
+class RejectedFrame:
+    """A frame with a valid CRC whose content was refused: the receiver may NAK ``seq``.
+
+    ``msg_id`` is the raw id byte; ``reason`` says what was wrong in words.
+    """
+
+    seq: int
+    msg_id: int
+    kind: RejectKind
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -113,7 +137,9 @@ class FrameDecoder:
     """Turns a byte stream into :class:`Frame` objects; never raises on any input.
 
     Holds at most MAX_FRAME_BYTES - 1 bytes between calls. ``last_error`` describes the most
-    recent rejected frame (for the caller to log); the decoder itself does no I/O.
+    recent rejected candidate (for the caller to log); :meth:`take_rejects` hands over the
+    CRC-valid frames whose content was refused (the newest MAX_REJECTS_KEPT), so a firmware
+    can NAK them. The decoder itself does no I/O.
     """
 
     def __init__(self) -> None:
@@ -127,6 +153,7 @@ class FrameDecoder:
         self._unknown_ids = 0
         self._bad_payloads = 0
         self._last_error: str | None = None
+        self._rejects: deque[RejectedFrame] = deque(maxlen=MAX_REJECTS_KEPT)
 
     @property
     def stats(self) -> DecoderStats:
@@ -149,6 +176,12 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes held waiting for the rest of a frame."""
         return len(self._buf)
+
+    def take_rejects(self) -> list[RejectedFrame]:
+        """CRC-valid frames refused since the last call (oldest first), then forget them."""
+        out = list(self._rejects)
+        self._rejects.clear()
+        return out
 
     def reset(self) -> None:
         """Drop any partial frame (e.g. after the port was reopened). Counters are kept."""
@@ -211,12 +244,17 @@ class FrameDecoder:
             if msg_id not in MESSAGE_TYPES:
                 self._unknown_ids += 1
                 self._last_error = f"unknown message id 0x{msg_id:02X} (seq {seq})"
+                self._rejects.append(
+                    RejectedFrame(seq, msg_id, RejectKind.UNKNOWN_ID, self._last_error)
+                )
                 continue
             try:
                 message = decode_message(msg_id, payload)
             except MessageError as exc:
                 self._bad_payloads += 1
                 self._last_error = f"seq {seq}: {exc}"
+                kind = RejectKind.BAD_LENGTH if exc.field == "length" else RejectKind.BAD_FIELD
+                self._rejects.append(RejectedFrame(seq, msg_id, kind, str(exc)))
                 continue
             self._frames += 1
             out.append(Frame(seq=seq, message=message))

@@ -39,8 +39,9 @@ class TrainerActionConfig(BaseModel):
     """How a trainer confirms an unlock at the machine (local only).
 
     ``input: trainer_key``: a key switch wired to the GPIO input ``gpio.inputs.trainer_key``;
-    turning it on is one action. ``input: buttons``: every button in ``buttons`` held together
-    for ``hold_ms``.
+    a STAGE UP press while the key is on is one action. ``input: buttons``: every button in
+    ``buttons`` held together for ``hold_ms`` is one action. The service detects the action and
+    passes it to the training program; no remote message is ever one.
     """
 
     model_config = _STRICT

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import sys
@@ -115,9 +116,17 @@ def local_day(moment: datetime) -> date:
 
 
 def weekly_rows(
-    sessions: Sequence[SessionRecord], *, today: date, weeks: int, goal: WeeklyGoalConfig
+    sessions: Sequence[SessionRecord],
+    *,
+    today: date,
+    weeks: int,
+    goal: WeeklyGoalConfig,
+    in_progress: bool = False,
 ) -> tuple[WeekRow, ...]:
-    """One row per ISO week, oldest first, for the ``weeks`` weeks ending with ``today``'s."""
+    """One row per ISO week, oldest first, for the ``weeks`` weeks ending with ``today``'s.
+
+    ``in_progress``: ``today`` is the real today, so its week is noted as not over yet.
+    """
     _, this_monday = iso_week(today)
     mondays = [this_monday - timedelta(weeks=back) for back in range(weeks - 1, -1, -1)]
     by_monday: dict[date, list[SessionRecord]] = {monday: [] for monday in mondays}
@@ -145,6 +154,8 @@ def weekly_rows(
         faults = sum(len(r.faults) for r in week_sessions)
         if faults:
             notes.append(f"{faults} fault stop{'s' if faults > 1 else ''}")
+        if in_progress and monday == this_monday and today.weekday() < 6:
+            notes.append(f"week in progress (to {today.strftime('%a')})")
         rows.append(
             WeekRow(
                 week=iso_week(monday)[0],
@@ -170,6 +181,7 @@ def build_reports(
     today: date,
     weeks: int,
     client_id: str | None,
+    in_progress: bool = False,
 ) -> list[ClientReport]:
     """Reports for one client (``client_id``) or every client, plus sessions without one."""
     by_client: dict[str | None, list[SessionRecord]] = {}
@@ -183,7 +195,9 @@ def build_reports(
     reports = []
     for wanted_id in wanted:
         history = by_client.get(wanted_id, [])
-        rows = weekly_rows(history, today=today, weeks=weeks, goal=config.goal)
+        rows = weekly_rows(
+            history, today=today, weeks=weeks, goal=config.goal, in_progress=in_progress
+        )
         if wanted_id is None:
             reports.append(ClientReport(None, 1, None, rows, None))
             continue
@@ -211,7 +225,7 @@ def render_table(
     lines: list[str] = []
     stage_columns = list(range(1, max_stage + 1))
     header = (
-        f"{'week':<9} {'sessions':>8} {f'>={goal.session_min_min:g} min':>9} {'minutes':>7} "
+        f"{'week':<9} {'sessions':>8} {f'≥{goal.session_min_min:g} min':>9} {'minutes':>7} "
         + " ".join(f"{f'S{s} min':>6}" for s in stage_columns)
         + "  goal"
     )
@@ -266,8 +280,10 @@ def render_table(
     lines.append(
         f"Goal: {goal.sessions_min}-{goal.sessions_max} sessions a week of "
         f"{goal.session_min_min:g}-{goal.session_max_min:g} min; a week meets it with at least "
-        f"{goal.sessions_min} sessions of {goal.session_min_min:g} min or more. Minutes are "
-        f"moving minutes. Log: {source}"
+        f"{goal.sessions_min} sessions"
+    )
+    lines.append(
+        f"of {goal.session_min_min:g} min or more. Minutes are moving minutes. Log: {source}"
     )
     return "\n".join(lines) + "\n"
 
@@ -312,18 +328,26 @@ def write_plot(
         for stage in range(1, max_stage + 1):
             values = [row.stage_minutes.get(stage, 0.0) for row in report.weeks]
             if any(values):
-                axis.bar(labels, values, bottom=bottoms, label=f"stage {stage}")
+                axis.bar(
+                    labels, values, bottom=bottoms, label=f"stage {stage}", color=f"C{stage - 1}"
+                )
                 bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
         axis.axhline(goal_minutes, linestyle="--", linewidth=1, color="grey")
         axis.text(
-            len(labels) - 0.5, goal_minutes, f" goal {goal_minutes:g} min", va="bottom", ha="right"
+            len(labels) - 0.5,
+            goal_minutes,
+            f"goal {goal.sessions_min} x {goal.session_min_min:g} min",
+            va="bottom",
+            ha="right",
+            fontsize="small",
         )
+        axis.set_ylim(0, max([goal_minutes, *bottoms]) * 1.18)
         for index, row in enumerate(report.weeks):
             axis.text(index, bottoms[index], "✓" if row.goal_met else "", ha="center", va="bottom")
         name = report.client_id or NO_CLIENT
         axis.set_title(f"{name}: moving minutes per week (unlocked stage {report.unlocked_stage})")
         axis.set_ylabel("min")
-        axis.legend(loc="upper left", fontsize="small")
+        axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -352,11 +376,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--weeks", type=int, default=8, help="how many ISO weeks, ending with this one (8)"
     )
+    parser.add_argument(
+        "--until",
+        type=_iso_date,
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="the last week shown is the one holding this day (default today)",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
         "--plot", type=Path, default=None, metavar="FILE.png", help="also draw a bar chart"
     )
     return parser
+
+
+def _iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date: use YYYY-MM-DD") from None
 
 
 @dataclass(frozen=True)
@@ -370,11 +408,14 @@ def _resolve_source(args: argparse.Namespace, err: TextIO) -> _Source | int:
     if args.db is not None:
         config = TrainingConfig()
         return _Source(args.db, config, len(config.unlock) + 1)
-    from controller.config import ConfigError, load_config  # noqa: PLC0415 -- only with --config
+    from controller.config import (  # noqa: PLC0415 -- only needed with --config
+        ConfigError,
+        load_config_report,
+    )
 
     path = args.config if args.config is not None else Path("/etc/treadmill/treadmill.yaml")
     try:
-        app = load_config(path)
+        app = load_config_report(path).config  # its warnings are about running, not reports
     except ConfigError as exc:
         for line in exc.lines():
             err.write(line + "\n")
@@ -392,12 +433,13 @@ def history_main(
     today: date | None = None,
 ) -> int:
     """``treadmill history``. Returns the exit status (0 ok, 1 log unreadable, 2 usage,
-    78 config refused). ``today`` fixes the report's last week (tests, documentation)."""
+    78 config refused). ``today`` stands in for the clock (``--until`` overrides both)."""
     err = sys.stderr if err is None else err
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse has printed the usage message
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = parser.parse_args(argv)  # --help to out, usage errors to err
+    except SystemExit as exc:  # argparse has printed the usage or help message
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     if not 1 <= args.weeks <= 520:
         err.write(f"--weeks {args.weeks}: use 1 to 520\n")
@@ -418,7 +460,10 @@ def history_main(
         return EXIT_FAILED
     finally:
         store.close()
-    day = today if today is not None else datetime.now().astimezone().date()
+    if args.until is not None:
+        day = args.until
+    else:
+        day = today if today is not None else datetime.now().astimezone().date()
     reports = build_reports(
         sessions,
         clients,
@@ -427,6 +472,7 @@ def history_main(
         today=day,
         weeks=args.weeks,
         client_id=args.client,
+        in_progress=args.until is None,
     )
     if args.client is not None and not any(r.client_id == args.client for r in reports):
         err.write(f"no client {args.client!r} in {resolved.db_path}\n")
@@ -605,13 +651,15 @@ def _plans(rng: random.Random, first_day: date, days: int) -> dict[str, list[_Pl
                     pause_at_min=4.0 if rng.random() < 0.3 else None,
                 )
             )
-        # c103: stage 2, four times a week, 10-15 min at 3.0-3.5 km/h
+        # c103: stage 2, four times a week, 10-15 min at 3.0-3.5 km/h; tries stage 3 at
+        # 4.0-4.5 km/h in the last week (the cap keeps it at stage 2 until a trainer unlocks 3)
         if weekday in (0, 1, 3, 4) and rng.random() < 0.9:
+            last_week = offset >= days - 7
             plans["c103"].append(
                 _Plan(
                     start=at(day, 12),
-                    stage=2,
-                    speed_kmh=rng.choice((3.0, 3.3, 3.5, 3.5)),
+                    stage=3 if last_week else 2,
+                    speed_kmh=rng.choice((4.0, 4.5)) if last_week else rng.choice((3.0, 3.5)),
                     minutes=rng.uniform(10.0, 15.5),
                     trainer_checks=True,
                 )

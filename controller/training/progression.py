@@ -1,4 +1,4 @@
-"""Stage progression (pure): unlock criteria, demotion, and the local trainer action.
+"""Stage progression (pure): unlock criteria and demotion.
 
 A client's *unlocked stage* is the highest stage the program lets them use; it is the stage
 cap of their sessions. It rises by one stage at a time, only by the local trainer action once
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from controller.training.config import TrainerActionConfig, TrainingConfig
+from controller.training.config import TrainingConfig
 from controller.training.sessions import SessionRecord
 
 
@@ -204,42 +204,3 @@ def demotion_due(
             "grip-loss stop"
         ),
     )
-
-
-class TrainerActionDetector:
-    """Turns the trainer's local input into single actions (pure: time comes in as ``now_ms``).
-
-    * ``input: trainer_key``: one action per off -> on turn of the key. A key already on when
-      the controller starts does nothing until it has been turned off once.
-    * ``input: buttons``: one action when every configured button has been held together for
-      ``hold_ms``; all of them must be released before the next action.
-
-    Call :meth:`update` every control tick with the current levels (not edges).
-    """
-
-    def __init__(self, config: TrainerActionConfig) -> None:
-        self._config = config
-        self._key_was_on: bool | None = None
-        self._held_since_ms: int | None = None
-        self._fired = False
-
-    def update(self, now_ms: int, *, trainer_key_on: bool, buttons_held: frozenset[str]) -> bool:
-        """True on exactly the tick the trainer action happens."""
-        if self._config.input == "trainer_key":
-            was_on = self._key_was_on
-            self._key_was_on = trainer_key_on
-            return was_on is False and trainer_key_on
-
-        if not set(self._config.buttons) <= buttons_held:
-            self._held_since_ms = None
-            if not buttons_held & set(self._config.buttons):
-                self._fired = False
-            return False
-        if self._fired:
-            return False
-        if self._held_since_ms is None:
-            self._held_since_ms = now_ms
-        if now_ms - self._held_since_ms >= self._config.hold_ms:
-            self._fired = True
-            return True
-        return False

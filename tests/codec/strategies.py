@@ -6,6 +6,7 @@ wire grid and covers each field's whole range, including both ends.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from hypothesis import strategies as st
@@ -42,13 +43,21 @@ def field_values(spec: FieldSpec) -> st.SearchStrategy[Any]:
 
 
 def messages_of(cls: type[Message]) -> st.SearchStrategy[Message]:
-    return st.builds(cls, **{spec.name: field_values(spec) for spec in cls.FIELDS})
+    return _BY_TYPE[cls]
 
 
+_BY_TYPE: dict[type[Message], st.SearchStrategy[Message]] = {
+    cls: st.builds(cls, **{spec.name: field_values(spec) for spec in cls.FIELDS})
+    for cls in MESSAGE_TYPES.values()
+}
+
+
+@cache
 def messages() -> st.SearchStrategy[Message]:
-    return st.one_of([messages_of(cls) for cls in MESSAGE_TYPES.values()])
+    return st.one_of(list(_BY_TYPE.values()))
 
 
+@cache
 def frames() -> st.SearchStrategy[bytes]:
     """A complete valid frame of any message with any sequence number."""
     return st.builds(encode_frame, st.integers(0, 255), messages())
@@ -64,6 +73,7 @@ def raw_frame(seq: int, msg_id: int, payload: bytes) -> bytes:
 UNKNOWN_IDS = [i for i in range(256) if i not in MESSAGE_TYPES]
 
 
+@cache
 def unknown_id_frames() -> st.SearchStrategy[bytes]:
     """CRC-valid frames whose message id the protocol does not define."""
     return st.builds(
@@ -74,6 +84,7 @@ def unknown_id_frames() -> st.SearchStrategy[bytes]:
     )
 
 
+@cache
 def bad_payload_frames() -> st.SearchStrategy[bytes]:
     """CRC-valid frames of a known id whose payload length is wrong."""
 

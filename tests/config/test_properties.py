@@ -39,20 +39,23 @@ PROFILE = settings(
 
 def check(text: str) -> None:
     """Load ``text``: it may pass or raise ConfigError with well-formed problems."""
+    error: ConfigError | None = None
     try:
         config = load_config_text(text, SOURCE)
     except ConfigError as exc:
-        assert exc.problems, "a ConfigError must name at least one problem"
-        for issue, line in zip(exc.problems, exc.lines(), strict=True):
-            assert issue.path == SOURCE
-            assert issue.message
-            assert line.startswith(f"{SOURCE}:")
-            assert issue.line >= 1
-            assert issue.col >= 1
-            assert issue.key_path
-    else:
+        error = exc
+    if error is None:
         assert isinstance(config, AppConfig)
         config.safety()
+        return
+    assert error.problems, "a ConfigError must name at least one problem"
+    for issue, line in zip(error.problems, error.lines(), strict=True):
+        assert issue.path == SOURCE
+        assert issue.message
+        assert line.startswith(f"{SOURCE}:")
+        assert issue.line >= 1
+        assert issue.col >= 1
+        assert issue.key_path
 
 
 @PROFILE
@@ -88,9 +91,9 @@ mutation = st.tuples(
 @given(st.lists(mutation, min_size=1, max_size=4))
 def test_mutated_demo_file(mutations: list[tuple[str, int, int, str]]) -> None:
     lines = list(DEMO_LINES)
-    for kind, first, second, text in mutations:
-        first %= len(lines)
-        second %= len(lines)
+    for kind, raw_first, raw_second, text in mutations:
+        first = raw_first % len(lines)
+        second = raw_second % len(lines)
         if kind == "delete" and len(lines) > 1:
             del lines[first]
         elif kind == "duplicate":

@@ -282,7 +282,7 @@ def mqtt_text(lines: str) -> str:
 def test_credentials_file_is_read_and_checked(tmp_path: Path) -> None:
     secret = tmp_path / "mqtt-credentials"
     secret.write_text("treadmill:pa:ss\n")
-    secret.chmod(0o640)
+    secret.chmod(0o600)
     report = load_config_text_report(mqtt_text(f"  credentials_file: {secret}\n"))
     assert report.warnings == ()
     credentials = read_mqtt_credentials(secret)
@@ -290,24 +290,28 @@ def test_credentials_file_is_read_and_checked(tmp_path: Path) -> None:
     assert "pa:ss" not in repr(credentials)
 
 
-def test_world_readable_credentials_give_a_warning(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_credentials_open_to_other_users_give_a_warning(tmp_path: Path, mode: int) -> None:
     secret = tmp_path / "mqtt-credentials"
     secret.write_text("treadmill:secret\n")
-    secret.chmod(0o644)
+    secret.chmod(mode)
     report = load_config_text_report(mqtt_text(f"  credentials_file: {secret}\n"), "t.yaml")
     (warning,) = report.warnings
     assert warning.key_path == "mqtt.credentials_file"
     assert warning.line == 37
-    assert "chmod 640" in warning.message
+    assert "chmod 600" in warning.message
 
 
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
-        ("", "exactly one line"),
+        ("", "has 0 non-empty lines"),
         ("justaname\n", "no ':'"),
-        ("a:b\nc:d\n", "exactly one line"),
-        (":password\n", "user name before ':' is empty"),
+        ("a:b\nc:d\n", "has 2 non-empty lines"),
+        (":s3cret\n", "user name is empty"),
+        (" user:s3cret\n", "spaces around it"),
+        ("a:s3cret\nb:s3cret\n", "has 2 non-empty lines"),
+        ("user:\n", "password after ':' is empty"),
     ],
 )
 def test_malformed_credentials_are_refused(tmp_path: Path, content: str, fragment: str) -> None:
@@ -317,7 +321,16 @@ def test_malformed_credentials_are_refused(tmp_path: Path, content: str, fragmen
     ((key_path, message),) = problems(mqtt_text(f"  credentials_file: {secret}\n"))
     assert key_path == "mqtt.credentials_file"
     assert fragment in message
-    assert "password" not in content or "password" not in message.replace("username:password", "")
+    assert "s3cret" not in message  # never quote the password
+
+
+def test_non_utf8_credentials_are_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "mqtt-credentials"
+    secret.write_bytes(b"us\xe9r:pw\n")
+    secret.chmod(0o600)
+    ((key_path, message),) = problems(mqtt_text(f"  credentials_file: {secret}\n"))
+    assert key_path == "mqtt.credentials_file"
+    assert "is not UTF-8 text" in message
 
 
 def test_missing_files_are_refused_only_when_mqtt_is_enabled(tmp_path: Path) -> None:
@@ -385,3 +398,54 @@ def test_unreadable_credentials_are_refused(tmp_path: Path) -> None:
     ((key_path, message),) = problems(mqtt_text(f"  credentials_file: {secret}\n"))
     assert key_path == "mqtt.credentials_file"
     assert "Permission denied" in message
+
+
+# -------------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize(
+    ("section", "key_path", "message"),
+    [
+        (
+            "  trainer: {hold_ms: 50}\n",
+            "training.trainer.hold_ms",
+            "must be from 1000 to 10000; got 50",
+        ),
+        (
+            "  session_length_min: {x: 5}\n",
+            "training.session_length_min.x",
+            "'x' is not a valid key here: use a number",
+        ),
+        (
+            "  unknown_thing: 1\n",
+            "training.unknown_thing",
+            "unknown key 'unknown_thing'",
+        ),
+    ],
+)
+def test_training_section_errors_are_placed(section: str, key_path: str, message: str) -> None:
+    text = MINIMAL.replace(
+        "training:\n  enabled: false\n", "training:\n  enabled: false\n" + section
+    )
+    ((found_path, found_message),) = problems(text)
+    assert found_path == key_path
+    assert found_message.startswith(message)
+
+
+def test_commented_training_example_in_the_shipped_file_is_valid() -> None:
+    """Uncommenting the documented ``training:`` example must give a valid file."""
+    shipped = (Path(__file__).resolve().parents[2] / "config" / "treadmill.yaml").read_text()
+    head, _, example = shipped.partition("\n# training:\n")
+    assert example, "the commented training example is missing"
+    block = "training:\n" + "".join(
+        line[2:] + "\n" for line in example.splitlines() if line.startswith("# ")
+    )
+    config = load_config_text(head + "\n" + block, "treadmill.yaml")
+    assert config.training.trainer.input == "trainer_key"
+    assert [rule.stage for rule in config.training.unlock] == [2, 3, 4]
+
+
+def test_an_absurdly_long_port_path_is_a_warning_not_a_crash() -> None:
+    text = MINIMAL.replace('"sim://"', "/" + "a" * 5000)
+    report = load_config_text_report(text, "t.yaml")
+    assert any("does not exist" in w.message for w in report.warnings)

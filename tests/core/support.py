@@ -270,7 +270,11 @@ def faulted_rig(
     """
     rig = running_rig(config, stage_number) if running else idle_rig(config, stage_number)
     stage_config = config.stages[stage_number - 1]
-    if running and stage_config.grip_hands_required and stage_config.on_grip_loss is GripLossAction.STOP_LATCH:
+    if (
+        running
+        and stage_config.grip_hands_required
+        and stage_config.on_grip_loss is GripLossAction.STOP_LATCH
+    ):
         rig.grip = (False, False)
         rig.run_ms(stage_config.grip_grace_ms + 40)
         rig.grip = (True, True)

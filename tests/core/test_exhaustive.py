@@ -109,7 +109,7 @@ def _start_state(mode: str, action: GripLossAction, hands: int) -> tuple[CoreSta
     return rig.core, rig.now_ms
 
 
-def _inputs(
+def _inputs(  # noqa: PLR0917  # one positional per dimension of the product, in order
     state: CoreState,
     now_ms: int,
     grip: tuple[bool, bool],
@@ -141,7 +141,7 @@ def _inputs(
     )
 
 
-@pytest.mark.parametrize(("action", "hands"), POLICIES, ids=lambda v: str(v))
+@pytest.mark.parametrize(("action", "hands"), POLICIES, ids=str)
 @pytest.mark.parametrize("start_mode", START_MODES)
 def test_SR_EXHAUSTIVE_every_input_combination_keeps_every_invariant(
     start_mode: str, action: GripLossAction, hands: int
@@ -165,7 +165,7 @@ def test_SR_EXHAUSTIVE_every_input_combination_keeps_every_invariant(
     assert count == 4 * 3 * 2 * 3 * 2 * 8
 
 
-def _check_invariants(
+def _check_invariants(  # noqa: PLR0917  # the tick's before/after and what drove it
     config: SafetyConfig,
     before: CoreState,
     after: CoreState,
@@ -213,7 +213,9 @@ def _check_invariants(
     if after.mode is Mode.RUNNING and before.mode is not Mode.RUNNING:
         assert before.mode is Mode.IDLE, case
         assert button is Button.START, case
-        assert fresh and not key_out and not inputs.estop_pressed, case
+        assert fresh, case
+        assert not key_out, case
+        assert not inputs.estop_pressed, case
         hands = int(inputs.grip_left) + int(inputs.grip_right)
         assert hands >= stage.grip_hands_required, case
     # SR-RESET-4: a reset never starts the belt.
@@ -223,8 +225,11 @@ def _check_invariants(
     if before.mode is Mode.FAULTED and after.mode is not Mode.FAULTED:
         assert after.mode is Mode.IDLE, case
         assert button is Button.RESET, case
-        assert fresh and not key_out and not inputs.estop_pressed, case
-        assert firmware is not None and firmware.fault_code == 0, case
+        assert fresh, case
+        assert not key_out, case
+        assert not inputs.estop_pressed, case
+        assert firmware is not None, case
+        assert firmware.fault_code == 0, case
     # SR-GRIP-2: grip lost past grace at a stop-latch stage never leaves the belt running.
     grip_ok = int(inputs.grip_left) + int(inputs.grip_right) >= stage.grip_hands_required
     if (

@@ -244,10 +244,11 @@ def test_SR_PLAUS_2_controlled_fault_upgrades_when_the_belt_does_not_slow() -> N
     assert rig.core.fault is not None
     assert rig.core.fault.stop is StopKind.CONTROLLED
     rig.measured_kmh = 2.0
-    rig.run_ms(3000)
-    assert rig.core.fault.code is FaultCode.NOT_FOLLOWING
-    assert rig.core.fault.stop is StopKind.EMERGENCY
-    assert rig.core.secondary_faults == (FaultCode.LINK_STALE,)
+    upgraded = rig.run_ms(3000)[-1].state
+    assert upgraded.fault is not None
+    assert upgraded.fault.code is FaultCode.NOT_FOLLOWING
+    assert upgraded.fault.stop is StopKind.EMERGENCY
+    assert upgraded.secondary_faults == (FaultCode.LINK_STALE,)
     assert rig.history[-1].motion == EStop()
 
 
@@ -367,9 +368,7 @@ def test_SR_FAULT_2_emergency_fault_after_a_controlled_one_upgrades_the_stop() -
     assert decision.motion == EStop()
     fault_events = [e for e in decision.events if e.kind == "fault"]
     assert fault_events[0].details["upgraded_from"] == "grip_lost"
-    assert "stop upgraded to an emergency stop; first fault: grip_lost" in (
-        fault_events[0].message
-    )
+    assert "stop upgraded to an emergency stop; first fault: grip_lost" in (fault_events[0].message)
 
 
 def test_SR_FAULT_2_controlled_fault_never_downgrades_an_emergency() -> None:

@@ -214,7 +214,7 @@ class CoreMachine(RuleBasedStateMachine):
         remote=st.lists(remote_commands, max_size=2),
         stage_cap=st.sampled_from([4, 4, 4, 3, 2, 1, 0]),
     )
-    def tick(
+    def tick(  # noqa: PLR0917  # Hypothesis passes each drawn input by keyword; one per knob
         self,
         dt_ms: int,
         grip: tuple[bool, bool],
@@ -310,16 +310,16 @@ class CoreMachine(RuleBasedStateMachine):
             firmware = inputs.firmware
             assert after.mode is Mode.IDLE
             assert Press(Button.RESET) in inputs.local
-            assert not inputs.estop_pressed and inputs.safety_key_present
+            assert not inputs.estop_pressed
+            assert inputs.safety_key_present
             assert firmware is not None
             assert self.now_ms - firmware.received_ms <= config.stale_ms
-            assert firmware.fault_code == 0 and firmware.state is not FirmwareState.FAULT
+            assert firmware.fault_code == 0
+            assert firmware.state is not FirmwareState.FAULT
             assert firmware.measured_kmh <= config.standstill_kmh
             assert firmware.safety_key_closed
         # Grip loss past grace at a stop-latch stage always stops the belt (SR-GRIP-2).
-        grip_ok = (
-            int(inputs.grip_left) + int(inputs.grip_right) >= stage_cfg.grip_hands_required
-        )
+        grip_ok = int(inputs.grip_left) + int(inputs.grip_right) >= stage_cfg.grip_hands_required
         watched_stop = (
             stage_cfg.on_grip_loss is GripLossAction.STOP_LATCH
             and stage_cfg.grip_hands_required > 0

@@ -17,7 +17,6 @@ from controller.core import (
 from controller.model import (
     Button,
     EStop,
-    FaultCode,
     FirmwareState,
     Inputs,
     Mode,
@@ -31,7 +30,6 @@ from controller.model import (
 )
 from tests.core.support import (
     DEFAULT_CONFIG,
-    Rig,
     faulted_rig,
     idle_rig,
     make_config,
@@ -433,4 +431,3 @@ def test_SR_SPEED_1_not_faulted_by_the_ideal_belt_over_a_long_run() -> None:
         assert rig.core.commanded_kmh == target
     assert rig.core.mode is Mode.RUNNING
     assert rig.events("fault") == []
-

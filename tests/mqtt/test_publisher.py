@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiomqtt
 import pytest
+import trustme
 
 from controller.commands import AssignClient, CommandRejected, ParsedCommand
 from controller.discovery import discovery_messages
@@ -99,7 +102,7 @@ async def test_connect_publishes_availability_discovery_and_state(
             )
     assert (availability.text, availability.retain) == ("online", True)
     assert state.retain
-    assert STATE_FIELDS <= set(state.json())
+    assert set(state.json()) >= STATE_FIELDS
     assert state.json() == json.loads(json.dumps(sample_state()))
     for message in late.messages:
         if message.topic in expected_discovery:
@@ -159,7 +162,7 @@ async def test_state_is_sent_only_when_changed_and_at_most_at_the_rate(
     assert last.at_s - states[0].at_s >= 0.2 - 0.01  # rate interval respected
     sent_during_stream = len(states) - before
     assert sent_during_stream <= elapsed_s * 5 + 2, (sent_during_stream, elapsed_s)
-    intervals = [b.at_s - a.at_s for a, b in zip(states, states[1:], strict=False)]
+    intervals = [b.at_s - a.at_s for a, b in itertools.pairwise(states)]
     assert min(intervals) >= 0.2 - 0.03, intervals  # broker delivery jitter allowed
     assert final.json()["target_kmh"] == 2.49  # the latest state always gets out
 
@@ -283,19 +286,22 @@ async def test_anonymous_and_wrong_password_are_refused(
     mosquitto: MosquittoBroker, treadmill_id: str
 ) -> None:
     anonymous = aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"anon-{treadmill_id}")
-    with pytest.raises(aiomqtt.MqttError, match="[Nn]ot authori[sz]ed"):
+    with pytest.raises(aiomqtt.MqttError, match=r"[Nn]ot authori[sz]ed"):
         async with anonymous:
             pass
     for settings in (
         make_settings(mosquitto, treadmill_id, user=None),
-        make_settings(mosquitto, treadmill_id, password="wrong"),
+        make_settings(mosquitto, treadmill_id, password="wrong"),  # noqa: S106 -- a wrong password is the test
     ):
-        publisher = MqttPublisher(settings, on_command=CommandLog())
-        async with running(publisher) as task:
-            await wait_until(lambda: publisher.stats.last_error is not None, what="an error")
-            await wait_until(lambda: "refused" in str(publisher.stats.last_error), what="refusal")
+        refused = MqttPublisher(settings, on_command=CommandLog())
+
+        def refusal(publisher: MqttPublisher = refused) -> bool:
+            return "refused" in str(publisher.stats.last_error)
+
+        async with running(refused) as task:
+            await wait_until(refusal, what="the refusal")
             assert not task.done()  # it keeps retrying, it never raises
-        stats = publisher.stats
+        stats = refused.stats
         assert not stats.connected
         assert stats.connects == 0
         assert "Not authorized" in str(stats.last_error) or "Bad user name" in str(stats.last_error)
@@ -422,10 +428,7 @@ async def test_a_failing_on_command_does_not_stop_the_publisher(
         assert publisher.stats.connects == 1
 
 
-async def test_tls_with_a_client_certificate(tmp_path: object, treadmill_id: str) -> None:
-    from pathlib import Path
-
-    assert isinstance(tmp_path, Path)
+async def test_tls_with_a_client_certificate(tmp_path: Path, treadmill_id: str) -> None:
     broker = start_or_fail(MosquittoBroker(tmp_path / "tls", tls=True, require_client_cert=True))
     try:
         assert broker.ca_file is not None
@@ -439,12 +442,19 @@ async def test_tls_with_a_client_certificate(tmp_path: object, treadmill_id: str
         no_cert = make_settings(broker, treadmill_id, tls=TlsSettings(broker.ca_file))
         refused = MqttPublisher(no_cert, on_command=CommandLog())
         async with running(refused):
-            await wait_until(lambda: refused.stats.last_error is not None, what="an error")
+            await wait_until(
+                lambda: refused.stats.last_error is not None, what="an error", timeout_s=15
+            )
         assert refused.stats.connects == 0
-        plain = make_settings(broker, treadmill_id)  # no TLS at all against a TLS port
-        confused = MqttPublisher(plain, on_command=CommandLog())
-        async with running(confused):
-            await wait_until(lambda: confused.stats.last_error is not None, what="an error")
-        assert confused.stats.connects == 0
+        other_ca = tmp_path / "other-ca.crt"
+        trustme.CA().cert_pem.write_to_path(str(other_ca))
+        untrusted = make_settings(
+            broker, treadmill_id, tls=TlsSettings(other_ca, cert_file, key_file)
+        )
+        wary = MqttPublisher(untrusted, on_command=CommandLog())
+        async with running(wary):
+            await wait_until(lambda: wary.stats.last_error is not None, what="an error")
+        assert "CERTIFICATE_VERIFY_FAILED" in str(wary.stats.last_error)
+        assert wary.stats.connects == 0
     finally:
         broker.close()

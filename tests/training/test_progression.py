@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
-
-from controller.training.config import TrainerActionConfig, TrainingConfig
-from controller.training.progression import TrainerActionDetector, demotion_due, unlock_status
+from controller.training.config import TrainingConfig
+from controller.training.progression import demotion_due, unlock_status
 from controller.training.sessions import SessionRecord
 from tests.training.helpers import T0, days, record
 
@@ -156,47 +154,3 @@ def test_no_demotion_below_stage_1_and_only_sessions_since_the_last_change_count
     history = grip_sessions([True, True, True])
     since = T0 + days(1.5)  # only the third session is after the stage changed
     assert demotion_due(history, 2, config, stage_since_utc=since) is None
-
-
-# --------------------------------------------------------------------------- trainer action
-
-
-def test_trainer_key_fires_once_per_off_on_turn() -> None:
-    detector = TrainerActionDetector(TrainerActionConfig(input="trainer_key"))
-    assert not detector.update(0, trainer_key_on=True, buttons_held=frozenset())  # on at boot
-    assert not detector.update(10, trainer_key_on=True, buttons_held=frozenset())
-    assert not detector.update(20, trainer_key_on=False, buttons_held=frozenset())
-    assert detector.update(30, trainer_key_on=True, buttons_held=frozenset())
-    assert not detector.update(40, trainer_key_on=True, buttons_held=frozenset())
-
-
-def test_button_combination_must_be_held_for_hold_ms_and_released_between_actions() -> None:
-    detector = TrainerActionDetector(TrainerActionConfig(input="buttons", hold_ms=3000))
-    both = frozenset({"stage_up", "reset"})
-    assert not detector.update(0, trainer_key_on=False, buttons_held=both)
-    assert not detector.update(2999, trainer_key_on=False, buttons_held=both)
-    assert detector.update(3000, trainer_key_on=False, buttons_held=both)
-    assert not detector.update(9000, trainer_key_on=False, buttons_held=both)
-    # letting go of one and pressing it again is not a release of the combination
-    assert not detector.update(9100, trainer_key_on=False, buttons_held=frozenset({"reset"}))
-    assert not detector.update(12200, trainer_key_on=False, buttons_held=both)
-    assert not detector.update(12300, trainer_key_on=False, buttons_held=frozenset())
-    assert not detector.update(12400, trainer_key_on=False, buttons_held=both)
-    assert detector.update(15400, trainer_key_on=False, buttons_held=both)
-
-
-def test_an_interrupted_hold_starts_over() -> None:
-    detector = TrainerActionDetector(TrainerActionConfig(input="buttons", hold_ms=3000))
-    both = frozenset({"stage_up", "reset"})
-    assert not detector.update(0, trainer_key_on=False, buttons_held=both)
-    assert not detector.update(2000, trainer_key_on=False, buttons_held=frozenset({"stage_up"}))
-    assert not detector.update(2100, trainer_key_on=False, buttons_held=both)
-    assert not detector.update(5000, trainer_key_on=False, buttons_held=both)
-    assert detector.update(5100, trainer_key_on=False, buttons_held=both)
-
-
-@pytest.mark.parametrize("key_on", [True, False])
-def test_buttons_mode_ignores_the_key(key_on: bool) -> None:
-    detector = TrainerActionDetector(TrainerActionConfig(input="buttons"))
-    assert not detector.update(0, trainer_key_on=key_on, buttons_held=frozenset())
-    assert not detector.update(5000, trainer_key_on=not key_on, buttons_held=frozenset())

@@ -1,0 +1,449 @@
+"""Run every benchmark, print the table, write the figures as JSON.
+
+    python -m bench                 # full run (about 1.5 h on a 2-core x86 box)
+    python -m bench --quick         # smoke run: a few trials of everything (about a minute)
+    python -m bench --only loop --conditions healthy --loop-s 60
+
+Each benchmark runs the real ``treadmill run`` process against the simulated firmware on a
+pseudo-terminal (see bench/rig.py) and measures at the firmware's end of the wire. The method
+and the figures of the last full run are in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.conditions import CONDITIONS, broker_condition
+from bench.loop import LoopRun, loop_run, startup_runs
+from bench.reaction import (
+    TrialSet,
+    bench_stage1_edit,
+    edge_trials,
+    grip_trials,
+    open_power_chain,
+)
+from bench.rig import REPO, Rig, RigOptions
+from bench.stats import summary
+
+__all__ = ["GOALS", "main"]
+
+RESULTS_DIR = REPO / "bench" / "results"
+STAGE1_GRACE_MS = 300  # config/demo.yaml, stages[0].grip.grace_ms
+STAGE1_START_KMH = 0.5  # config/demo.yaml, stages[0].start_kmh
+LOOP_TARGET_KMH = 2.0  # stage 1's maximum: a steady session at the top of stage 1
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A target figure: ``metric`` (a key of a summary) at most ``limit`` ``unit``."""
+
+    metric: str
+    limit: float
+    unit: str
+
+
+GOALS: dict[str, tuple[Goal, ...]] = {
+    "reaction": (Goal("p99", 5.0, "ms"), Goal("max", 20.0, "ms")),
+    "loop_lateness": (Goal("p99", 2.0, "ms"),),
+    "missed_ticks": (Goal("count", 0, "ticks"),),
+    "cpu": (Goal("pct_of_core", 2.0, "%"),),
+    "rss": (Goal("peak", 60.0, "MiB"),),
+    "startup": (Goal("max", 1500.0, "ms"),),
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    reaction_conditions: tuple[str, ...]
+    loop_conditions: tuple[str, ...]
+    grip_trials: int
+    edge_trials: int
+    loop_s: float
+    loop_target_kmh: float
+    startup_runs: int
+    flood_rate: float
+    only: frozenset[str]
+    seed: int
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    quick = bool(args.quick)
+    conditions = tuple(args.conditions.split(",")) if args.conditions else None
+    for name in conditions or ():
+        if name not in CONDITIONS:
+            raise SystemExit(f"--conditions: unknown {name!r}; use {', '.join(CONDITIONS)}")
+    return Plan(
+        quick=quick,
+        reaction_conditions=conditions or ("flooded", "down"),
+        loop_conditions=conditions or ("healthy", "flooded", "down"),
+        grip_trials=args.grip_trials or (3 if quick else 1000),
+        edge_trials=args.edge_trials or (2 if quick else 300),
+        loop_s=args.loop_s or (5.0 if quick else 300.0),
+        loop_target_kmh=0.8 if quick else LOOP_TARGET_KMH,
+        startup_runs=args.startup_runs or (2 if quick else 10),
+        flood_rate=args.flood_rate,
+        only=frozenset(args.only.split(",")) if args.only else frozenset(),
+        seed=args.seed,
+    )
+
+
+def _wanted(plan: Plan, part: str) -> bool:
+    return not plan.only or part in plan.only
+
+
+def _trialset_json(trials: TrialSet) -> dict[str, Any]:
+    return {
+        "latency_ms": summary(trials.latencies_ms),
+        "rtt_ms": summary(trials.rtt_ms),
+        "failures": trials.failures[:20],
+        "failure_count": len(trials.failures),
+        "elapsed_s": round(trials.elapsed_s, 1),
+        "samples_ms": [round(v, 3) for v in trials.latencies_ms],
+    }
+
+
+async def _reaction(plan: Plan, condition: str, workdir: Path) -> dict[str, Any]:
+    rng = random.Random(plan.seed)  # noqa: S311 - trial phases, not cryptography
+    out: dict[str, Any] = {}
+    async with broker_condition(
+        condition, workdir / f"broker-{condition}-reaction", flood_rate_per_s=plan.flood_rate
+    ) as env:
+        options = RigOptions(mqtt=env.mqtt, edit=bench_stage1_edit, seed=plan.seed)
+        async with Rig(options) as rig:
+            sys.stderr.write(f"[{condition}] reaction trials\n")
+            grip = await grip_trials(
+                rig,
+                plan.grip_trials,
+                grace_ms=STAGE1_GRACE_MS,
+                start_kmh=STAGE1_START_KMH,
+                rng=rng,
+            )
+            estop = await edge_trials(
+                rig,
+                plan.edge_trials,
+                command="estop pressed",
+                hardware=open_power_chain,
+                start_kmh=STAGE1_START_KMH,
+                rng=rng,
+                label="estop",
+            )
+            key = await edge_trials(
+                rig,
+                plan.edge_trials,
+                command="key removed",
+                hardware=open_power_chain,
+                start_kmh=STAGE1_START_KMH,
+                rng=rng,
+                label="key",
+            )
+            state = await rig.status()
+            out["grip_release"] = _trialset_json(grip)
+            out["estop"] = _trialset_json(estop)
+            out["safety_key"] = _trialset_json(key)
+            out["loop_during_trials"] = state["link"]["loop"]
+            out["mqtt"] = state["link"].get("mqtt")
+            out["service_log_lines"] = rig.service.line_count
+    if env.flooder:
+        out["flooder"] = env.flooder
+    return out
+
+
+async def _loop(plan: Plan, condition: str, workdir: Path) -> dict[str, Any]:
+    async with broker_condition(
+        condition, workdir / f"broker-{condition}-loop", flood_rate_per_s=plan.flood_rate
+    ) as env:
+        sys.stderr.write(f"[{condition}] loop, CPU and memory for {plan.loop_s:.0f} s\n")
+        run: LoopRun = await loop_run(
+            RigOptions(mqtt=env.mqtt, training=True, seed=plan.seed),
+            duration_s=plan.loop_s,
+            target_kmh=plan.loop_target_kmh,
+        )
+    out = asdict(run)
+    if env.flooder:
+        out["flooder"] = env.flooder
+    return out
+
+
+async def _startup(plan: Plan, workdir: Path) -> dict[str, Any]:
+    async with broker_condition("healthy", workdir / "broker-startup") as env:
+        sys.stderr.write(f"[healthy] start-up to READY=1, {plan.startup_runs} runs\n")
+        times = await startup_runs(RigOptions(mqtt=env.mqtt, training=True), plan.startup_runs)
+    return {"ready_ms": summary(times), "samples_ms": [round(t, 1) for t in times]}
+
+
+def _decoder(plan: Plan) -> dict[str, Any]:
+    module = REPO / "bench" / "decoder_throughput.py"
+    if not module.exists():
+        return {"error": "bench/decoder_throughput.py is missing"}
+    sys.stderr.write("decoder throughput (bench.decoder_throughput)\n")
+    argv = [sys.executable, "-m", "bench.decoder_throughput"]
+    help_text = subprocess.run(
+        [*argv, "--help"], capture_output=True, text=True, cwd=REPO, check=False, timeout=60
+    ).stdout
+    if plan.quick and "--quick" in help_text:
+        argv.append("--quick")
+    if "--json" in help_text:
+        argv.append("--json")
+    done = subprocess.run(
+        argv, capture_output=True, text=True, cwd=REPO, check=False, timeout=1800
+    )
+    result: dict[str, Any] = {"argv": argv[1:], "exit": done.returncode}
+    lines = done.stdout.strip().splitlines()
+    try:
+        result["result"] = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        try:
+            result["result"] = json.loads(lines[-1]) if lines else None
+        except json.JSONDecodeError:
+            result["output"] = done.stdout[-4000:]
+    if done.returncode != 0:
+        result["stderr"] = done.stderr[-2000:]
+    return result
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = platform.processor()
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=False,
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "commit": commit,
+    }
+
+
+def _verdict(value: float, goal: Goal) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if value <= goal.limit:
+        return "met"
+    return f"MISSED by {value - goal.limit:.2f} {goal.unit}"
+
+
+def _rows(results: dict[str, Any]) -> list[list[str]]:
+    """Table rows: figure, condition, p50, p99, max, goal, verdict."""
+    rows: list[list[str]] = []
+    nan = math.nan
+
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            return "-" if math.isnan(value) else f"{value:.2f}"
+        return str(value)
+
+    for condition, block in results.get("reaction", {}).items():
+        for name, title in (
+            ("grip_release", "grip release: grace end -> STOP (ms)"),
+            ("estop", "e-stop edge -> ESTOP (ms)"),
+            ("safety_key", "safety key edge -> ESTOP (ms)"),
+        ):
+            lat = block[name]["latency_ms"]
+            rtt = block[name]["rtt_ms"]
+            p99, mx = lat.get("p99", nan), lat.get("max", nan)
+            verdicts = [_verdict(p99, GOALS["reaction"][0]), _verdict(mx, GOALS["reaction"][1])]
+            rows.append(
+                [
+                    title + f" n={lat.get('n', 0)}",
+                    condition,
+                    fmt(lat.get("p50", nan)),
+                    fmt(p99),
+                    fmt(mx),
+                    "p99<=5, max<=20",
+                    ", ".join(sorted(set(verdicts))),
+                ]
+            )
+            rows.append(
+                [
+                    "  socket round trip of the command (ms)",
+                    condition,
+                    fmt(rtt.get("p50", nan)),
+                    fmt(rtt.get("p99", nan)),
+                    fmt(rtt.get("max", nan)),
+                    "",
+                    "",
+                ]
+            )
+    for condition, run in results.get("loop", {}).items():
+        loop = run["loop"]
+        p99 = float(loop["lateness_p99_ms"])
+        rows.append(
+            [
+                f"loop lateness, {run['duration_s']:.0f} s (ms)",
+                condition,
+                fmt(float(loop["lateness_p50_ms"])),
+                fmt(p99),
+                fmt(float(loop["lateness_max_ms"])),
+                "p99<=2",
+                _verdict(p99, GOALS["loop_lateness"][0]),
+            ]
+        )
+        wire = run["wire_interval_ms"]
+        rows.append(
+            [
+                "  SET_SPEED spacing at the firmware (ms)",
+                condition,
+                fmt(wire.get("p50", nan)),
+                fmt(wire.get("p99", nan)),
+                fmt(wire.get("max", nan)),
+                "",
+                f"{run['wire_gaps_over_30ms']} gaps > 30 ms",
+            ]
+        )
+        rows.append(
+            [
+                "missed ticks",
+                condition,
+                "",
+                "",
+                str(run["missed_ticks"]),
+                "0",
+                _verdict(float(run["missed_ticks"]), GOALS["missed_ticks"][0]),
+            ]
+        )
+        rows.append(
+            [
+                "CPU, % of one core",
+                condition,
+                "",
+                "",
+                fmt(float(run["cpu_pct_of_core"])),
+                "<=2",
+                _verdict(float(run["cpu_pct_of_core"]), GOALS["cpu"][0]),
+            ]
+        )
+        peak_mib = run["rss_peak_kb"] / 1024
+        rows.append(
+            [
+                "peak RSS, VmHWM (MiB)",
+                condition,
+                "",
+                "",
+                fmt(peak_mib),
+                "<=60",
+                _verdict(peak_mib, GOALS["rss"][0]),
+            ]
+        )
+    if "startup" in results:
+        ready = results["startup"]["ready_ms"]
+        mx = ready.get("max", nan)
+        rows.append(
+            [
+                f"start -> READY=1 (ms) n={ready.get('n', 0)}",
+                "healthy",
+                fmt(ready.get("p50", nan)),
+                fmt(ready.get("p99", nan)),
+                fmt(mx),
+                "<=1500",
+                _verdict(mx, GOALS["startup"][0]),
+            ]
+        )
+    return rows
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    header = ["figure", "condition", "p50", "p99", "max", "goal", "verdict"]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+async def run(plan: Plan, out_path: Path) -> dict[str, Any]:
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "meta": {
+            "mode": "quick" if plan.quick else "full",
+            "started_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": _machine(),
+            "loadavg_start": os.getloadavg(),
+            "plan": asdict(plan) | {"only": sorted(plan.only)},
+        }
+    }
+    with tempfile.TemporaryDirectory(prefix="treadmill-bench-") as tmp:
+        workdir = Path(tmp)
+        if _wanted(plan, "reaction"):
+            results["reaction"] = {}
+            for condition in plan.reaction_conditions:
+                results["reaction"][condition] = await _reaction(plan, condition, workdir)
+        if _wanted(plan, "loop"):
+            results["loop"] = {}
+            for condition in plan.loop_conditions:
+                results["loop"][condition] = await _loop(plan, condition, workdir)
+        if _wanted(plan, "startup"):
+            results["startup"] = await _startup(plan, workdir)
+    if _wanted(plan, "decoder"):
+        results["decoder"] = await asyncio.to_thread(_decoder, plan)
+    results["meta"]["loadavg_end"] = os.getloadavg()
+    results["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
+    results["table"] = _rows(results)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few trials of everything")
+    parser.add_argument("--out", type=Path, help="JSON output (default bench/results/...)")
+    parser.add_argument("--only", help="comma list of: reaction, loop, startup, decoder")
+    parser.add_argument("--conditions", help=f"comma list of: {', '.join(CONDITIONS)}")
+    parser.add_argument("--grip-trials", type=int)
+    parser.add_argument("--edge-trials", type=int, help="e-stop and safety-key trials each")
+    parser.add_argument("--loop-s", type=float, help="seconds of steady running per condition")
+    parser.add_argument("--startup-runs", type=int)
+    parser.add_argument("--flood-rate", type=float, default=2000.0, help="commands per second")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    plan = _plan(args)
+    default_name = "quick.json" if plan.quick else "latest.json"
+    out_path: Path = args.out or RESULTS_DIR / default_name
+    results = asyncio.run(run(plan, out_path))
+    print(_table(results["table"]))
+    if "decoder" in results:
+        print("\ndecoder throughput:", json.dumps(results["decoder"].get("result"))[:500])
+    failures = sum(
+        block[name]["failure_count"]
+        for block in results.get("reaction", {}).values()
+        for name in ("grip_release", "estop", "safety_key")
+    )
+    print(f"\n{failures} failed trial(s); figures written to {out_path}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
