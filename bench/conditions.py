@@ -22,7 +22,7 @@ from pathlib import Path
 from bench.rig import MqttTarget
 from tests.broker import MosquittoBroker, free_port
 
-__all__ = ["CONDITIONS", "ConditionEnv", "broker_condition"]
+__all__ = ["CONDITIONS", "ConditionEnv", "broker_condition", "write_secret"]
 
 CONDITIONS: dict[str, str] = {
     "healthy": "mosquitto up, no extra traffic",
@@ -41,6 +41,12 @@ class ConditionEnv:
     flooder: dict[str, object] = field(default_factory=dict)  # filled in when it ends
 
 
+def write_secret(path: Path, text: str) -> None:
+    """Write a credentials file readable by its owner only."""
+    path.write_text(text)
+    path.chmod(0o600)
+
+
 @contextlib.asynccontextmanager
 async def broker_condition(
     name: str, workdir: Path, *, flood_rate_per_s: float = 2000.0, prefix: str = "treadmill/demo"
@@ -48,7 +54,7 @@ async def broker_condition(
     """Set up the condition ``name`` (see :data:`CONDITIONS`) for the duration of the block."""
     if name not in CONDITIONS:
         raise ValueError(f"unknown condition {name!r}: use one of {', '.join(CONDITIONS)}")
-    workdir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     if name == "down":
         yield ConditionEnv(name, MqttTarget("127.0.0.1", free_port()))
         return
@@ -57,16 +63,14 @@ async def broker_condition(
     try:
         user, password = broker.credentials("controller")
         credentials = workdir / "controller.credentials"
-        credentials.write_text(f"{user}:{password}\n")
-        credentials.chmod(0o600)
+        await asyncio.to_thread(write_secret, credentials, f"{user}:{password}\n")
         target = MqttTarget(broker.host, broker.port, credentials)
         if name == "healthy":
             yield ConditionEnv(name, target)
             return
         flood_user, flood_password = broker.credentials("trainer")
         password_file = workdir / "flooder.password"
-        password_file.write_text(flood_password)
-        password_file.chmod(0o600)
+        await asyncio.to_thread(write_secret, password_file, flood_password)
         flooder = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

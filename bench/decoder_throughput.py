@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from firmware_bridge.codec import FrameDecoder, encode_frame
+from firmware_bridge.codec import SYNC, FrameDecoder, encode_frame
 from firmware_bridge.messages import FwFault, FwState, SetSpeed, Status
 
 __all__ = ["build_stream", "main", "measure"]
@@ -51,10 +51,9 @@ def _status(i: int) -> Status:
 def build_stream(frames: int, garbage_every: int, seed: int) -> tuple[bytes, int]:
     """A stream of ``frames`` STATUS frames with garbage after every ``garbage_every``-th.
 
-    Returns the bytes and the number of valid frames in them. The garbage never forms a
-    CRC-valid frame by construction of the check below, so the count is exact.
+    Returns the bytes and the number of valid frames in them.
     """
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - reproducible benchmark data, not a secret
     parts: list[bytes] = []
     for i in range(frames):
         frame = encode_frame(i % 256, _status(i))
@@ -82,6 +81,21 @@ def measure(data: bytes, chunk: int) -> tuple[float, int]:
         count += len(feed(data[pos : pos + chunk]))
     elapsed = time.perf_counter() - start
     return elapsed, count
+
+
+def measure_noise(size: int, chunk: int, seed: int, *, sync_dense: bool) -> float:
+    """Seconds to decode ``size`` bytes of noise.
+
+    ``sync_dense``: every other byte is SYNC followed by a plausible LEN, the worst case (a
+    CRC check for every second byte); otherwise uniform random bytes (line noise).
+    """
+    rng = random.Random(seed)  # noqa: S311 - reproducible benchmark data, not a secret
+    if sync_dense:
+        noise = bytes(b for _ in range(size // 2) for b in (SYNC, rng.randrange(49)))
+    else:
+        noise = rng.randbytes(size)
+    elapsed, _ = measure(noise, chunk)
+    return elapsed
 
 
 def measure_encode(frames: int) -> float:
@@ -113,19 +127,31 @@ def main(argv: list[str] | None = None) -> int:
     best_s = float("inf")
     for _ in range(args.repeat):
         elapsed, count = measure(data, args.chunk)
-        if count != expected:
+        # Garbage passes the CRC once in 65536 candidates and may then hide one frame.
+        if count < expected * 0.999:
             print(f"error: decoded {count} frames, expected {expected}", file=sys.stderr)
             return 1
         best_s = min(best_s, elapsed)
     encode_s = min(measure_encode(args.frames) for _ in range(args.repeat))
+    noise_bytes = 1_000_000
+    noise_s = min(
+        measure_noise(noise_bytes, args.chunk, args.seed, sync_dense=False)
+        for _ in range(args.repeat)
+    )
+    worst_bytes = 200_000
+    worst_s = min(
+        measure_noise(worst_bytes, args.chunk, args.seed, sync_dense=True)
+        for _ in range(args.repeat)
+    )
 
-    frames_per_s = expected / best_s
+    frames_per_s = count / best_s
     line_frames_per_s = LINE_BYTES_PER_S / frame_bytes
     ratio = frames_per_s / line_frames_per_s
     results: dict[str, Any] = {
         "python": platform.python_version(),
         "machine": platform.machine(),
         "frames": expected,
+        "frames_decoded": count,
         "stream_bytes": len(data),
         "garbage_every": args.garbage_every,
         "chunk_bytes": args.chunk,
@@ -133,21 +159,36 @@ def main(argv: list[str] | None = None) -> int:
         "decode_s": round(best_s, 4),
         "decode_frames_per_s": round(frames_per_s),
         "decode_bytes_per_s": round(len(data) / best_s),
-        "decode_us_per_frame": round(best_s / expected * 1e6, 2),
+        "decode_us_per_frame": round(best_s / count * 1e6, 2),
         "line_frames_per_s": round(line_frames_per_s, 1),
         "ratio_to_line": round(ratio, 1),
         "goal_ratio": GOAL_RATIO,
         "meets_goal": ratio >= GOAL_RATIO,
         "cpu_share_at_50hz_pct": round(STATUS_RATE_HZ / frames_per_s * 100, 3),
+        "noise_bytes_per_s": round(noise_bytes / noise_s),
+        "noise_ratio_to_line": round(noise_bytes / noise_s / LINE_BYTES_PER_S, 1),
+        "worst_noise_bytes_per_s": round(worst_bytes / worst_s),
+        "worst_noise_ratio_to_line": round(worst_bytes / worst_s / LINE_BYTES_PER_S, 1),
         "encode_set_speed_per_s": round(args.frames / encode_s),
         "encode_us_per_frame": round(encode_s / args.frames * 1e6, 2),
     }
     rows = [
         ("stream", f"{expected} STATUS frames, {len(data)} bytes, chunks of {args.chunk}"),
+        ("decoded", f"{count} frames"),
         ("decode", f"{frames_per_s:,.0f} frames/s ({results['decode_us_per_frame']} us/frame)"),
         ("115200 baud line", f"{line_frames_per_s:,.1f} frames/s of {frame_bytes} bytes"),
         ("ratio", f"{ratio:,.1f}x the line (goal >= {GOAL_RATIO:.0f}x)"),
         ("CPU at 50 Hz STATUS", f"{results['cpu_share_at_50hz_pct']} % of one core"),
+        (
+            "pure noise",
+            f"{results['noise_bytes_per_s']:,} bytes/s "
+            f"({results['noise_ratio_to_line']}x the line's {LINE_BYTES_PER_S:,.0f} bytes/s)",
+        ),
+        (
+            "SYNC-dense noise",
+            f"{results['worst_noise_bytes_per_s']:,} bytes/s "
+            f"({results['worst_noise_ratio_to_line']}x the line)",
+        ),
         ("encode SET_SPEED", f"{results['encode_set_speed_per_s']:,} frames/s"),
     ]
     width = max(len(name) for name, _ in rows)

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 __all__ = ["FLOOD_MESSAGES", "main"]
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id="bench-flooder", protocol=mqtt.MQTTv311
+        CallbackAPIVersion.VERSION2, client_id="bench-flooder", protocol=mqtt.MQTTv311
     )
     if args.username:
         password = args.password_file.read_text().strip() if args.password_file else None

@@ -16,6 +16,7 @@ service sends after the firmware handshake, i.e. when it can control the belt.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 import time
 from dataclasses import dataclass
@@ -72,9 +73,7 @@ async def loop_run(options: RigOptions, *, duration_s: float, target_kmh: float)
         after = await rig.status()
         window_s = (t1_ns - t0_ns) / NS_PER_S
         frames = [f for f in rig.wire.since(t0_ns) if isinstance(f.message, SetSpeed)]
-        intervals = [
-            (b.t_ns - a.t_ns) / NS_PER_MS for a, b in zip(frames, frames[1:], strict=False)
-        ]
+        intervals = [(b.t_ns - a.t_ns) / NS_PER_MS for a, b in itertools.pairwise(frames)]
         loop0 = before["link"]["loop"]
         loop1 = after["link"]["loop"]
         cpu_s = stats1.cpu_s - stats0.cpu_s

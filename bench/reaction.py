@@ -71,10 +71,25 @@ async def _run_at_start_speed(rig: Rig, start_kmh: float) -> None:
             raise RigError(f"the belt did not reach {start_kmh} km/h after START: {state}")
 
 
-def _progress(label: str, done: int, total: int, every: int) -> None:
+def _progress(label: str, done: int, total: int, started: float) -> None:
+    every = max(1, total // 10)
     if done % every == 0 or done == total:
-        sys.stderr.write(f"  {label}: {done}/{total}\n")
+        elapsed = time.monotonic() - started
+        left = elapsed / done * (total - done)
+        sys.stderr.write(f"  {label}: {done}/{total} ({elapsed:.0f} s, about {left:.0f} s left)\n")
         sys.stderr.flush()
+
+
+async def _recover(rig: Rig, result: TrialSet, index: int) -> None:
+    """Back to IDLE after a trial; a console that will not reset is retried, then given up."""
+    for attempt in range(3):
+        try:
+            await rig.to_idle()
+        except RigError as exc:
+            result.failures.append(f"trial {index}: reset attempt {attempt + 1}: {exc}")
+        else:
+            return
+    raise RigError(f"{result.name}: the console did not come back to IDLE after trial {index}")
 
 
 async def grip_trials(
@@ -106,8 +121,8 @@ async def grip_trials(
                 result.latencies_ms.append((frame.t_ns - release_ns) / NS_PER_MS - grace_ms)
         except RigError as exc:
             result.failures.append(f"trial {index}: {exc}")
-        await rig.to_idle()
-        _progress(label, index + 1, trials, max(1, trials // 10))
+        await _recover(rig, result, index)
+        _progress(label, index + 1, trials, started)
     result.elapsed_s = time.monotonic() - started
     return result
 
@@ -146,8 +161,8 @@ async def edge_trials(
                 result.latencies_ms.append((frame.t_ns - edge_ns) / NS_PER_MS)
         except RigError as exc:
             result.failures.append(f"trial {index}: {exc}")
-        await rig.to_idle()
-        _progress(label, index + 1, trials, max(1, trials // 10))
+        await _recover(rig, result, index)
+        _progress(label, index + 1, trials, started)
     result.elapsed_s = time.monotonic() - started
     return result
 

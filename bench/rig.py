@@ -121,7 +121,11 @@ class WireLog:
         self.frames.append(entry)
         if self._waiters:
             for kinds, after_ns, future in self._waiters:
-                if not future.done() and entry.t_ns >= after_ns and isinstance(entry.message, kinds):
+                if (
+                    not future.done()
+                    and entry.t_ns >= after_ns
+                    and isinstance(entry.message, kinds)
+                ):
                     future.set_result(entry)
 
     def first_since(self, kinds: tuple[type[Message], ...], after_ns: int) -> WireFrame | None:
@@ -279,9 +283,12 @@ class ProcStats:
 class ServiceProcess:
     """``treadmill run --config PATH`` as a subprocess; stderr is read and kept (bounded)."""
 
-    def __init__(self, config_path: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, config_path: Path, env: dict[str, str], launcher: tuple[str, ...] | None = None
+    ) -> None:
         self.config_path = config_path
         self.env = env
+        self.launcher = launcher if launcher is not None else tuple(treadmill_argv())
         self.proc: asyncio.subprocess.Process | None = None
         self.spawn_ns = 0
         self.lines: deque[str] = deque(maxlen=_LOG_LINES_KEPT)
@@ -292,7 +299,7 @@ class ServiceProcess:
     async def start(self) -> None:
         self.spawn_ns = time.monotonic_ns()
         self.proc = await asyncio.create_subprocess_exec(
-            *treadmill_argv(),
+            *self.launcher,
             "run",
             "--config",
             str(self.config_path),
@@ -305,7 +312,8 @@ class ServiceProcess:
         self._stderr_task = asyncio.create_task(self._read_stderr(), name="service-stderr")
 
     async def _read_stderr(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
+        assert self.proc is not None
+        assert self.proc.stderr is not None
         stream = self.proc.stderr
         while True:
             try:
@@ -468,6 +476,9 @@ class RigOptions:
     workdir: Path | None = None  # None: a fresh temporary folder, removed afterwards
     prepare: Callable[[Path], None] | None = None  # called with state_dir before the start
     extra_env: dict[str, str] = field(default_factory=dict)
+    # How to start the service, before "run --config PATH"; None: the `treadmill` script.
+    # E.g. (sys.executable, "-m", "cProfile", "-o", "out.prof", "-m", "controller.cli").
+    launcher: tuple[str, ...] | None = None
 
 
 class Rig:
@@ -531,24 +542,22 @@ class Rig:
         self.notify = NotifyListener(self.workdir / "notify.sock")
         env = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path), PYTHONUNBUFFERED="1")
         env.update(opts.extra_env)
-        self.process = ServiceProcess(self.config_path, env)
+        self.process = ServiceProcess(self.config_path, env, opts.launcher)
         await self.process.start()
         await self.wait_ready(opts.ready_timeout_s)
-        await poll_until(
-            lambda: self.mock_socket.exists(), timeout_s=10, what="the mock-panel socket"
-        )
+        await poll_until(self.mock_socket.exists, timeout_s=10, what="the mock-panel socket")
         await self.panel.open(self.mock_socket)
 
     async def wait_ready(self, timeout_s: float) -> int:
         """Wait for READY=1; returns its arrival time (monotonic ns)."""
         notify, process = self.notify, self.process
-        assert notify is not None and process is not None
+        assert notify is not None
+        assert process is not None
         deadline = time.monotonic() + timeout_s
         while (ready := notify.first("READY=1")) is None:
             if process.returncode is not None:
                 raise RigError(
-                    f"the service exited with {process.returncode} before READY=1:\n"
-                    f"{process.log()}"
+                    f"the service exited with {process.returncode} before READY=1:\n{process.log()}"
                 )
             if time.monotonic() > deadline:
                 raise RigError(f"no READY=1 within {timeout_s} s:\n{process.log()}")

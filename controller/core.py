@@ -76,43 +76,44 @@ WARNING_GRIP_STUCK: Final = "grip_sensor_stuck"
 """Warning flag: the grip reading has not changed for a long time while running (SR-GRIP-7)."""
 
 FAULT_ADVICE: Final[Mapping[FaultCode, str]] = {
-    FaultCode.GRIP_LOST: "Hold the rails, then press RESET.",
+    FaultCode.GRIP_LOST: "Hold the rails, then press RESET",
     FaultCode.GRIP_SENSOR: (
         "Check the rail grip sensors and their wiring (wet or gloved hands can chatter), "
-        "then press RESET."
+        "then press RESET"
     ),
-    FaultCode.ESTOP: "Release the e-stop, then press RESET with the belt at rest.",
+    FaultCode.ESTOP: "Release the e-stop, then press RESET with the belt at rest",
     FaultCode.SAFETY_KEY: (
-        "Put the safety key back, clip its cord to your clothing, then press RESET."
+        "Put the safety key back, clip its cord to your clothing, then press RESET"
     ),
     FaultCode.LINK_STALE: (
-        "Check the USB cable to the motor controller; press RESET once the link is back."
+        "Check the USB cable to the motor controller; press RESET once the link is back"
     ),
     FaultCode.OVERSPEED: (
         "Step off the belt. Have the speed sensor and motor controller checked, "
-        "then press RESET with the belt at rest."
+        "then press RESET with the belt at rest"
     ),
     FaultCode.NOT_FOLLOWING: (
-        "Check the belt for a stall or obstruction and the speed sensor, then press RESET."
+        "Check the belt for a stall or obstruction, the speed sensor and the motor "
+        "controller, then press RESET"
     ),
     FaultCode.MOVING_AT_REST: (
-        "Step off the belt and have the motor controller checked, then press RESET."
+        "Step off the belt and have the motor controller checked, then press RESET"
     ),
     FaultCode.FIRMWARE_FAULT: (
         "Read the firmware fault code in the log and fix its cause; press RESET (it clears "
-        "the motor controller's fault), then RESET again."
+        "the motor controller's fault), then RESET again"
     ),
     FaultCode.FIRMWARE_REBOOT: (
         "The motor controller restarted unexpectedly (power or watchdog): check its supply, "
-        "then press RESET."
+        "then press RESET"
     ),
     FaultCode.CONFIG_MISMATCH: (
         "The motor controller holds other limits than configured: restart the service so it "
-        "sends them again, then press RESET."
+        "sends them again, then press RESET"
     ),
-    FaultCode.INTERNAL: "Internal controller error: read the log, then restart the service.",
+    FaultCode.INTERNAL: "Internal controller error: read the log, then restart the service",
 }
-"""What the user must do to clear each fault (shown in every fault event)."""
+"""What the user must do to clear each fault (shown in every fault event; no final full stop)."""
 
 
 # --------------------------------------------------------------------------
@@ -279,7 +280,7 @@ def _grip_text(inputs: Inputs) -> str:
 
 
 def initial_state(config: SafetyConfig) -> CoreState:
-    """IDLE at stage 1, target at stage 1's start speed, nothing commanded (SR-START-1).
+    """IDLE at stage 1, target at stage 1's start speed, nothing commanded (SR-MODE-2).
 
     Raises:
         ValueError: the configuration has no stages (check_safety_config refuses it too).
@@ -334,20 +335,12 @@ def internal_fault(state: CoreState, config: SafetyConfig, now_ms: int, message:
 
     For the service's single catch-all: an exception anywhere in a tick ends here.
     """
-    step = _Step(
-        state=replace(state, last_tick_ms=now_ms),
-        inputs=Inputs(False, False, False, True, None),
-        config=config,
-        now_ms=now_ms,
-        fresh=None,
-    )
-    _latch(step, FaultCode.INTERNAL, StopKind.CONTROLLED, message)
-    previous_kmh = step.state.commanded_kmh
-    _ramp(step, 0)
+    record = _Record(state=state, now_ms=now_ms)
+    _latch(record, FaultCode.INTERNAL, StopKind.CONTROLLED, message)
     return Decision(
-        state=step.state,
-        motion=_motion(step.state, config, previous_kmh),
-        events=tuple(step.events),
+        state=record.state,
+        motion=_stop_command(record.state, config),
+        events=tuple(record.events),
     )
 
 
@@ -356,22 +349,28 @@ def internal_fault(state: CoreState, config: SafetyConfig, now_ms: int, message:
 # --------------------------------------------------------------------------
 
 
-@dataclass
-class _Step:
-    """Working record of one call to :func:`decide`; lives and dies inside that call."""
+@dataclass(kw_only=True)
+class _Record:
+    """The state being built and the events so far; lives and dies inside one call."""
 
     state: CoreState
-    inputs: Inputs
-    config: SafetyConfig
     now_ms: int
-    fresh: FirmwareStatus | None  # the firmware status when usable for a speed reading
     events: list[Event] = field(default_factory=list)
-    clear_firmware_fault: bool = False
-    stop_requested: bool = False
-    reset_done: bool = False
 
     def emit(self, kind: str, message: str, **details: str | int | float | bool | None) -> None:
         self.events.append(Event(kind=kind, message=message, details=details))
+
+
+@dataclass(kw_only=True)
+class _Step(_Record):
+    """Working record of one call to :func:`decide`."""
+
+    inputs: Inputs
+    config: SafetyConfig
+    fresh: FirmwareStatus | None  # the firmware status when usable for a speed reading
+    clear_firmware_fault: bool = False
+    stop_requested: bool = False
+    reset_done: bool = False
 
 
 def _tick_dt_ms(last_tick_ms: int | None, now_ms: int) -> int:
@@ -381,7 +380,7 @@ def _tick_dt_ms(last_tick_ms: int | None, now_ms: int) -> int:
     return min(max(now_ms - last_tick_ms, 0), MAX_TICK_DT_MS)
 
 
-def _enter(step: _Step, mode: Mode, reason: str) -> None:
+def _enter(step: _Record, mode: Mode, reason: str) -> None:
     """Change mode and report it as ``old -> new (reason)`` (SR-MODE-1)."""
     old = step.state.mode
     step.state = replace(step.state, mode=mode)
@@ -392,21 +391,17 @@ def _enter(step: _Step, mode: Mode, reason: str) -> None:
     )
 
 
-def _latch(step: _Step, code: FaultCode, stop: StopKind, seen: str) -> None:
+def _latch(step: _Record, code: FaultCode, stop: StopKind, seen: str) -> None:
     """Latch a fault, or upgrade/record it when already FAULTED (SR-FAULT-1..3)."""
     state = step.state
     current = state.fault
-    message = f"{seen}. {FAULT_ADVICE[code]}"
+    message = f"{seen}. {FAULT_ADVICE[code]}."
     fault = Fault(code=code, message=message, since_ms=step.now_ms, stop=stop)
     if current is None:
         step.state = replace(
             step.state,
             fault=fault,
             stop_reason=code.value,
-            fault_rest_reached=False,
-            secondary_faults=(),
-            grip_lost_since_ms=None,
-            grip_action_taken=False,
         )
         _enter(step, Mode.FAULTED, code.value)
         step.emit(
@@ -445,7 +440,7 @@ def _latch(step: _Step, code: FaultCode, stop: StopKind, seen: str) -> None:
 
 
 def _change_stage(step: _Step, new_stage: int, reason: str) -> None:
-    """Move to ``new_stage``; the target follows the new limits at once (SR-STAGE-1..4)."""
+    """Move to ``new_stage``; the target follows its limits at once (SR-STAGE-*, SR-GRIP-8)."""
     state = step.state
     config = step.config
     old = stage_config(state, config)
@@ -700,22 +695,33 @@ def _check_following(step: _Step) -> None:
         tolerance_kmh = config.standstill_kmh
     deviation_kmh = fresh.measured_kmh - expected_kmh
     too_fast = deviation_kmh > tolerance_kmh
-    too_slow = state.mode is Mode.RUNNING and -deviation_kmh > tolerance_kmh
+    # A belt at rest while clearly commanded to move is stalled, even below the tolerance.
+    stalled = (
+        expected_kmh > 2.0 * config.standstill_kmh and fresh.measured_kmh <= config.standstill_kmh
+    )
+    too_slow = state.mode is Mode.RUNNING and (-deviation_kmh > tolerance_kmh or stalled)
     if not (too_fast or too_slow):
         step.state = replace(step.state, follow_since_ms=None)
         return
     since_ms = state.follow_since_ms if state.follow_since_ms is not None else step.now_ms
     step.state = replace(step.state, follow_since_ms=since_ms)
     lasted_ms = step.now_ms - since_ms
-    if lasted_ms > config.follow_ms:
-        direction = "above" if too_fast else "below"
-        _latch(
-            step,
-            FaultCode.NOT_FOLLOWING,
-            StopKind.EMERGENCY if too_fast else StopKind.CONTROLLED,
-            f"Belt measured at {fresh.measured_kmh:.2f} km/h for {lasted_ms} ms, {direction} "
-            f"the expected {expected_kmh:.2f} km/h by more than {tolerance_kmh:.2f} km/h",
+    if lasted_ms <= config.follow_ms:
+        return
+    seen = f"Belt measured at {fresh.measured_kmh:.2f} km/h for {lasted_ms} ms, "
+    if too_fast:
+        seen += f"above the expected {expected_kmh:.2f} km/h by more than {tolerance_kmh:.2f} km/h"
+    else:
+        seen += (
+            f"below the expected {expected_kmh:.2f} km/h (stalled, or more than "
+            f"{tolerance_kmh:.2f} km/h behind)"
         )
+    _latch(
+        step,
+        FaultCode.NOT_FOLLOWING,
+        StopKind.EMERGENCY if too_fast else StopKind.CONTROLLED,
+        seen,
+    )
 
 
 def _check_grip(step: _Step) -> None:
@@ -762,7 +768,7 @@ def _check_grip(step: _Step) -> None:
     }
     if stage.on_grip_loss is GripLossAction.STOP_LATCH:
         step.emit(
-            "grip_lost", f"{seen}: belt stopping. {FAULT_ADVICE[FaultCode.GRIP_LOST]}", **details
+            "grip_lost", f"{seen}: belt stopping. {FAULT_ADVICE[FaultCode.GRIP_LOST]}.", **details
         )
         _latch(step, FaultCode.GRIP_LOST, StopKind.CONTROLLED, seen)
         return
@@ -791,6 +797,11 @@ def _handle_commands(step: _Step) -> None:
         _remote_command(step, remote)
     for local in step.inputs.local:
         _local_command(step, local)
+
+
+def _sentence(prefix: str, reasons: tuple[str, ...]) -> str:
+    """``prefix: reason; reason.`` (reasons carry no full stop of their own)."""
+    return f"{prefix}: " + "; ".join(reasons) + "."
 
 
 def _reject(step: _Step, command: str, reason: str) -> None:
@@ -881,11 +892,7 @@ def _start(step: _Step) -> None:
     else:
         reasons = start_blockers(state, step.inputs, step.config, step.now_ms)
     if reasons:
-        step.emit(
-            "start_refused",
-            "start refused: " + "; ".join(reasons) + ".",
-            reasons=" | ".join(reasons),
-        )
+        step.emit("start_refused", _sentence("start refused", reasons), reasons=" | ".join(reasons))
         return
     stage = stage_config(state, step.config)
     target_kmh = min(max(state.target_kmh, stage.start_kmh), speed_cap_kmh(state, step.config))
@@ -894,8 +901,6 @@ def _start(step: _Step) -> None:
         target_kmh=target_kmh,
         stop_reason=None,
         grip_changed_ms=step.now_ms,
-        grip_lost_since_ms=None,
-        grip_action_taken=False,
     )
     _enter(step, Mode.RUNNING, "start_button")
     step.emit(
@@ -988,7 +993,7 @@ def _reset(step: _Step) -> None:
     if problems or firmware is None:
         step.emit(
             "reset_refused",
-            "reset refused: " + "; ".join(problems) + ".",
+            _sentence("reset refused", problems),
             reasons=" | ".join(problems),
             fault=fault.code.value,
         )
@@ -1010,14 +1015,10 @@ def _reset(step: _Step) -> None:
         fault_rest_reached=False,
         stop_reason=None,
         target_kmh=min(stage.start_kmh, stage_limit_kmh(stage, step.config)),
-        commanded_kmh=0.0,
         boot_id=firmware.boot_id,
-        overspeed_since_ms=None,
-        follow_since_ms=None,
-        moving_at_rest_since_ms=None,
-        grip_lost_since_ms=None,
-        grip_action_taken=False,
     )
+    # The speed timers are already clear: a reset needs the belt measured at rest. The
+    # commanded speed drops to 0 in the ramp step, as in every IDLE tick.
     step.reset_done = True
     _enter(step, Mode.IDLE, "reset")
     step.emit(
@@ -1044,9 +1045,7 @@ def _settle(step: _Step) -> None:
     if state.mode is Mode.STOPPING:
         stage = stage_config(state, config)
         step.state = replace(
-            step.state,
-            commanded_kmh=0.0,
-            target_kmh=min(stage.start_kmh, stage_limit_kmh(stage, config)),
+            step.state, target_kmh=min(stage.start_kmh, stage_limit_kmh(stage, config))
         )
         _enter(step, Mode.IDLE, "at_rest")
         step.emit(
@@ -1091,6 +1090,11 @@ def _motion(state: CoreState, config: SafetyConfig, previous_kmh: float) -> Moti
         stage = stage_config(state, config)
         rate = stage.decel_kmh_s if state.commanded_kmh < previous_kmh else stage.accel_kmh_s
         return SetSpeed(speed_kmh=state.commanded_kmh, accel_kmh_s=rate, lease_ms=config.lease_ms)
+    return _stop_command(state, config)
+
+
+def _stop_command(state: CoreState, config: SafetyConfig) -> MotionCommand:
+    """EStop for a fault whose stop is an emergency; otherwise the controlled Stop."""
     if state.fault is not None and state.fault.stop is StopKind.EMERGENCY:
         return EStop()
     return Stop(decel_kmh_s=config.stop_decel_kmh_s)

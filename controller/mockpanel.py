@@ -159,7 +159,10 @@ class MockPanel:
             fault = sim_fault(words[1])
             loop = asyncio.get_running_loop()
             if words[0] == "inject":
-                params = {"pct": float(words[2])} if len(words) > 2 else {}
+                params: dict[str, float] = {}
+                if len(words) > 2:
+                    key = "accel_kmh_s" if fault is SimFault.RUNAWAY else "pct"
+                    params[key] = float(words[2])
                 self._background(loop.create_task(simulator.inject(fault, **params)))
                 return f"injected {fault.value}"
             self._background(loop.create_task(simulator.clear(fault)))

@@ -59,6 +59,7 @@ from controller.telemetry import event_payload
 
 __all__ = [
     "INCOMING_QUEUE_SIZE",
+    "READ_BATCH",
     "CredentialsError",
     "MqttPublisher",
     "MqttSettings",
@@ -76,6 +77,9 @@ and cannot push a stop out."""
 
 BROKER_TIMEOUT_S: Final[float] = 5.0
 """How long a CONNACK, SUBACK or PUBACK may take before the connection counts as broken."""
+
+READ_BATCH: Final[int] = 32
+"""Received messages handled in one go before the reader yields to the event loop."""
 
 GOODBYE_TIMEOUT_S: Final[float] = 2.0
 """On shutdown: time allowed to flush events and publish ``offline`` before disconnecting."""
@@ -270,8 +274,18 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+#: Fields that change on every tick without the treadmill's state changing: the timestamp,
+#: the clock and the link/loop health counters. A state differing only in these is not
+#: re-published before the heartbeat.
+_VOLATILE_STATE_FIELDS = frozenset({"ts", "now_ms", "link"})
+
+
 def _without_ts(payload: Mapping[str, object]) -> dict[str, object]:
-    return {k: v for k, v in payload.items() if k != "ts"}
+    stable = {k: v for k, v in payload.items() if k not in _VOLATILE_STATE_FIELDS}
+    firmware = stable.get("firmware")
+    if isinstance(firmware, dict):
+        stable["firmware"] = {k: v for k, v in firmware.items() if k != "age_ms"}
+    return stable
 
 
 def _encode(payload: Mapping[str, object]) -> bytes:
@@ -289,17 +303,17 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _raise_if_cancel_was_swallowed() -> None:
+def _raise_if_cancel_was_swallowed(baseline: int = 0) -> None:
     """Re-raise a cancellation that ``asyncio.wait_for`` lost.
 
     On Python 3.11, ``wait_for`` (used inside aiomqtt for every acknowledged call)
     returns the result instead of raising when the cancellation and the result arrive
-    together; the task then runs on with ``cancelling() > 0`` and a TaskGroup waiting
-    for it never finishes. Called after every awaited broker call outside the shutdown
-    path.
+    together; the task then runs on with ``cancelling()`` above its ``baseline`` and
+    whoever cancelled it waits forever. Called after every awaited broker call outside
+    the shutdown path.
     """
     task = asyncio.current_task()
-    if task is not None and task.cancelling():
+    if task is not None and task.cancelling() > baseline:
         raise asyncio.CancelledError
 
 
@@ -329,17 +343,21 @@ class _LogFolder:
 
 
 def _incoming_queue_type(
-    stop_topic: str, on_drop: Callable[[], None]
+    stop_topic: str,
+    on_drop: Callable[[], None],
+    on_create: Callable[[asyncio.Queue[aiomqtt.Message]], None],
 ) -> type[asyncio.Queue[aiomqtt.Message]]:
     """A bounded queue for aiomqtt's incoming messages that never refuses a stop.
 
     When full, it drops the oldest message that is not on ``stop_topic``; if every queued
     message is a stop, the new message is dropped instead (a queued stop does the job).
+    ``on_create`` receives the queue so that the reader can drain it in batches.
     """
 
     class _IncomingQueue(asyncio.Queue[aiomqtt.Message]):
         def _init(self, maxsize: int) -> None:
             self._queue: deque[aiomqtt.Message] = deque()
+            on_create(self)
 
         def put_nowait(self, item: aiomqtt.Message) -> None:
             if self.full():
@@ -364,9 +382,9 @@ class MqttPublisher:
 
     ``on_command`` gets every received command, rejected ones included (parser
     rejections are also counted and published as ``command_rejected`` events by the
-    publisher itself). It must be cheap and must not block. ``max_stage`` and
-    ``max_speed_kmh`` bound what the parser accepts; the core still decides whether a
-    value lowers the current one.
+    publisher itself). It must be cheap and must not block. ``clock`` gives the
+    wall-clock time for the events the publisher builds itself; ``rng`` the backoff
+    jitter (both injectable for tests).
     """
 
     def __init__(
@@ -394,6 +412,8 @@ class MqttPublisher:
         self._session_dirty = False
         self._discovery_due = False
         self._saying_goodbye = False
+        self._incoming: asyncio.Queue[aiomqtt.Message] | None = None
+        self._protocol = aiomqtt.ProtocolVersion.V5
         # counters
         self._connected = False
         self._connects = 0
@@ -465,10 +485,12 @@ class MqttPublisher:
         """
         protocol = aiomqtt.ProtocolVersion.V5
         failures = 0
+        task = asyncio.current_task()
+        baseline = task.cancelling() if task is not None else 0
         while True:
             connects_before = self._connects
             try:
-                await self._connect_and_serve(protocol)
+                await self._connect_and_serve(protocol, baseline)
                 reason = "the connection ended"  # pragma: no cover - serving only ends by raising
             except MqttConnectError as exc:
                 if protocol is aiomqtt.ProtocolVersion.V5 and _refuses_v5(exc):
@@ -535,7 +557,9 @@ class MqttPublisher:
             keepalive=s.keepalive_s,
             timeout=BROKER_TIMEOUT_S,
             tls_params=tls,
-            queue_type=_incoming_queue_type(f"{s.command_prefix}stop", self._count_dropped),
+            queue_type=_incoming_queue_type(
+                f"{s.command_prefix}stop", self._count_dropped, self._set_incoming
+            ),
             max_queued_incoming_messages=INCOMING_QUEUE_SIZE,
             # Small messages at a low rate: send each at once instead of waiting up to
             # 40 ms for Nagle's algorithm to fill a segment.
@@ -545,36 +569,67 @@ class MqttPublisher:
     def _count_dropped(self) -> None:
         self._commands_dropped += 1
 
-    async def _connect_and_serve(self, protocol: aiomqtt.ProtocolVersion) -> None:
+    def _set_incoming(self, queue: asyncio.Queue[aiomqtt.Message]) -> None:
+        self._incoming = queue
+
+    async def _connect_and_serve(self, protocol: aiomqtt.ProtocolVersion, baseline: int) -> None:
         """One connection, from connect to loss; ends only by raising."""
+        self._protocol = protocol
         client = self._make_client(protocol)
         async with client:
-            _raise_if_cancel_was_swallowed()
             self._connects += 1
             try:
-                # Subscribe before saying "online": whoever sees "online" can be heard.
-                topics = [(f"{self._settings.command_prefix}#", 1)]
-                if self._settings.discovery:
-                    topics.append((self._settings.ha_status_topic, 1))
-                await client.subscribe(topics)
-                _raise_if_cancel_was_swallowed()
-                await self._announce(client)
-                self._connected = True
-                logger.info(
-                    "MQTT disconnected -> connected (%s:%d, MQTT %s, as %s)",
-                    self._settings.host,
-                    self._settings.port,
-                    "5" if protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1",
-                    self._settings.client_id,
-                )
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._read_loop(client), name="mqtt-read")
-                    tg.create_task(self._write_loop(client), name="mqtt-write")
+                _raise_if_cancel_was_swallowed(baseline)
+                await self._serve(client)
             except asyncio.CancelledError:
                 await self._goodbye(client)
                 raise
             finally:
                 self._connected = False
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Run the reader and the writer until one of them fails, then stop both.
+
+        Both tasks are owned here: cancelled and awaited before this returns. (Not a
+        TaskGroup: on Python 3.11 a TaskGroup whose child fails while ``__aexit__`` waits
+        leaves the parent's cancel count raised (CPython gh-116720, fixed in 3.12), which
+        would make :func:`_raise_if_cancel_was_swallowed` see a cancellation that is not
+        there.)
+        """
+        tasks = {
+            asyncio.create_task(self._read_loop(client), name="mqtt-read"),
+            asyncio.create_task(self._write_loop(client), name="mqtt-write"),
+        }
+        try:
+            done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises what ended the connection
+            msg = "MQTT reader or writer ended"
+            raise aiomqtt.MqttError(msg)  # pragma: no cover - both loops end only by raising
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+            for task in tasks:
+                if not task.cancelled() and task.exception() is not None:
+                    logger.debug("MQTT %s ended: %r", task.get_name(), task.exception())
+
+    async def _start_session(self, client: aiomqtt.Client) -> None:
+        """Subscribe, then announce: whoever sees ``online`` can be heard."""
+        topics = [(f"{self._settings.command_prefix}#", 1)]
+        if self._settings.discovery:
+            topics.append((self._settings.ha_status_topic, 1))
+        await client.subscribe(topics)
+        _raise_if_cancel_was_swallowed()
+        await self._announce(client)
+        self._connected = True
+        logger.info(
+            "MQTT disconnected -> connected (%s:%d, MQTT %s, as %s)",
+            self._settings.host,
+            self._settings.port,
+            "5" if self._protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1",
+            self._settings.client_id,
+        )
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         await client.publish(self._settings.availability_topic, b"online", qos=1, retain=True)
@@ -606,10 +661,21 @@ class MqttPublisher:
     # ------------------------------------------------------------------ incoming
 
     async def _read_loop(self, client: aiomqtt.Client) -> None:
-        # Each message is one await on the queue: a flood is interleaved with the
-        # control loop's timer instead of starving it.
+        # Wait for a message, then handle what else has piled up in batches of at most
+        # READ_BATCH before yielding: a flood is handled quickly (few messages dropped)
+        # and still interleaved with the control loop's timer, never starving it.
         async for message in client.messages:
-            self._handle_message(message.topic.value, message.payload, retain=message.retain)
+            self._handle(message)
+            handled = 1
+            queue = self._incoming
+            while queue is not None and not queue.empty():
+                self._handle(queue.get_nowait())
+                handled += 1
+                if handled % READ_BATCH == 0:
+                    await asyncio.sleep(0)
+
+    def _handle(self, message: aiomqtt.Message) -> None:
+        self._handle_message(message.topic.value, message.payload, retain=message.retain)
 
     def _handle_message(self, topic: str, payload: object, *, retain: bool) -> None:
         settings = self._settings
@@ -688,6 +754,7 @@ class MqttPublisher:
     # ------------------------------------------------------------------ outgoing
 
     async def _write_loop(self, client: aiomqtt.Client) -> None:
+        await self._start_session(client)
         while True:
             self._wake.clear()
             if self._discovery_due:
@@ -714,10 +781,10 @@ class MqttPublisher:
         # at-least-once anyway).
         while self._events:
             payload = self._events[0]
-            await self._publish_json(client, self._settings.event_topic, payload)
+            sent = await self._publish_json(client, self._settings.event_topic, payload)
             if self._events and self._events[0] is payload:
                 self._events.popleft()
-            self._events_published += 1
+            self._events_published += sent
 
     async def _maybe_publish_state(self, client: aiomqtt.Client) -> float | None:
         """Publish the latest state if it is due; else return seconds until it is due
@@ -738,10 +805,10 @@ class MqttPublisher:
         self._state_sent = comparable
         self._state_sent_s = now_s
         self._state_fresh = False
-        await self._publish_json(
+        sent = await self._publish_json(
             client, self._settings.state_topic, state, qos=0, retain=True, what="state"
         )
-        self._state_published += 1
+        self._state_published += sent
         return None
 
     async def _publish_json(
@@ -753,7 +820,8 @@ class MqttPublisher:
         qos: int = 1,
         retain: bool = False,
         what: str = "payload",
-    ) -> None:
+    ) -> bool:
+        """Publish ``payload`` as JSON; ``False`` if it could not be encoded (logged)."""
         try:
             data = _encode(payload)
         except (TypeError, ValueError) as exc:
@@ -765,7 +833,8 @@ class MqttPublisher:
                 topic,
                 exc,
             )
-            return
+            return False
         await client.publish(topic, data, qos=qos, retain=retain)
         if not self._saying_goodbye:
             _raise_if_cancel_was_swallowed()
+        return True

@@ -106,6 +106,10 @@ MAX_DURATION_S: Final = 600.0
 STARTUP_TIMEOUT_S: Final = 15.0
 """Time allowed for the service to open its inputs and finish the firmware handshake."""
 
+_CLOCK_SLACK_S: Final = 0.002
+"""Tick times are whole milliseconds; a step carried out within this of a tick counts as
+before it."""
+
 STOP_TRIGGER_WINDOW_S: Final = 10.0
 """A stop is attributed to the latest provoking step at most this long before the decision."""
 
@@ -166,26 +170,6 @@ SIM_FAULT_VALUE_PARAMS: Final[Mapping[str, str]] = {
 STATES: Final[tuple[str, ...]] = tuple(mode.value for mode in Mode)
 FAULT_CODES: Final[tuple[str, ...]] = tuple(code.value for code in FaultCode)
 BUTTONS: Final[tuple[str, ...]] = tuple(button.value for button in Button)
-
-# Steps whose effect can make the controller (or the firmware) stop the belt.
-_PROVOKING_STEPS: Final = frozenset(
-    {
-        "grip",
-        "press",
-        "target_kmh",
-        "stage",
-        "safety_key",
-        "estop",
-        "sim_fault",
-        "sim_clear",
-        "mqtt",
-        "shutdown",
-    }
-)
-
-
-# Presses that never stop the belt (a reset never moves it, SR-RESET-*).
-_NEUTRAL_PRESSES: Final = frozenset({"press reset", "press start", "press faster"})
 
 
 # --------------------------------------------------------------------------- file format
@@ -706,6 +690,7 @@ class StepRecord:
     action: str
     text: str
     error: str | None = None
+    provoking: bool = True  # can make the belt stop (a grip release, STOP, a fault, ...)
 
 
 @dataclass(frozen=True)
@@ -989,8 +974,8 @@ async def run_scenario(
                     f"stage {stage} to be selected",
                     run_task,
                 )
-            t0_loop = loop.time()
             t0_ms = monotonic_ms()
+            t0_loop = t0_ms / 1000.0  # the loop clock is time.monotonic(): the same clock
             await _run_steps(spec, driver, steps, t0_loop, run_task)
             remaining = t0_loop + spec.duration_s - loop.time()
             if remaining > 0 and not run_task.done():
@@ -1094,7 +1079,9 @@ async def _run_steps(
         except Exception as exc:  # a failed step fails the scenario, with what went wrong
             error = f"step at {step.at_s:g} s ({step.describe()}) failed: {exc}"
             logger.error("%s", error)
-        records.append(StepRecord(step.at_s, done_s, step.action, step.describe(), error))
+        records.append(
+            StepRecord(step.at_s, done_s, step.action, step.describe(), error, _provokes_stop(step))
+        )
 
 
 # --------------------------------------------------------------------------- analysis
@@ -1125,15 +1112,28 @@ def _integrate_m(rows: Sequence[TimelineRow]) -> float:
 
 
 def measure_stop(
-    rows: Sequence[TimelineRow], trigger_s: float
+    rows: Sequence[TimelineRow], trigger_s: float, decision_s: float | None = None
 ) -> tuple[float | None, float, float, float]:
-    """From ``trigger_s``: (rest time or None, distance m, speed at trigger, peak speed)."""
+    """From ``trigger_s``: (rest time or None, distance m, speed at trigger, peak speed).
+
+    The rest time is the first tick at or below :data:`REST_KMH` after the belt last moved
+    before ``decision_s`` (the controller's stop decision): a belt that was still at rest
+    when the step came, and started moving before the stop, is measured to its final rest.
+    """
     after = [r for r in rows if r.t_s >= trigger_s - 1e-9 and r.belt_kmh is not None]
     at_trigger = _row_at(rows, trigger_s)
     speed0 = at_trigger.belt_kmh if at_trigger is not None and at_trigger.belt_kmh else 0.0
+    start = 0
+    if decision_s is not None:
+        for index, row in enumerate(after):
+            if row.t_s > decision_s + 1e-9:
+                break
+            if row.belt_kmh is not None and row.belt_kmh > REST_KMH:
+                start = index
     rest_index: int | None = None
-    for index, row in enumerate(after):
-        if row.belt_kmh is not None and row.belt_kmh <= REST_KMH:
+    for index in range(start, len(after)):
+        belt = after[index].belt_kmh
+        if belt is not None and belt <= REST_KMH:
             rest_index = index
             break
     moving = after if rest_index is None else after[: rest_index + 1]
@@ -1143,6 +1143,21 @@ def measure_stop(
         distance += speed0 / 3.6 * (moving[0].t_s - trigger_s)
     rest_s = after[rest_index].t_s if rest_index is not None else None
     return rest_s, distance, speed0, peak
+
+
+def _provokes_stop(step: StepSpec) -> bool:
+    """Whether this step can make the controller (or the firmware) stop the belt."""
+    if step.grip is not None:
+        return step.grip != "both"
+    if step.press is not None:
+        return step.press == "stop"
+    if step.target_kmh is not None:
+        return step.target_kmh <= REST_KMH
+    if step.safety_key is not None:
+        return step.safety_key == "removed"
+    if step.estop is not None:
+        return step.estop == "pressed"
+    return step.sim_fault is not None or step.mqtt is not None
 
 
 def find_stops(rows: Sequence[TimelineRow], steps: Sequence[StepRecord]) -> tuple[StopRecord, ...]:
@@ -1156,16 +1171,15 @@ def find_stops(rows: Sequence[TimelineRow], steps: Sequence[StepRecord]) -> tupl
             provoking = [
                 s
                 for s in steps
-                if s.action in _PROVOKING_STEPS
-                and s.text not in _NEUTRAL_PRESSES
-                and s.done_s <= row.t_s + 1e-9
+                if s.provoking
+                and s.done_s <= row.t_s + _CLOCK_SLACK_S
                 and row.t_s - s.done_s <= STOP_TRIGGER_WINDOW_S
             ]
             if provoking:
                 trigger_s, trigger = provoking[-1].done_s, provoking[-1].text
             else:
                 trigger_s, trigger = row.t_s, "controller"
-            rest_s, distance, speed0, peak = measure_stop(rows, trigger_s)
+            rest_s, distance, speed0, peak = measure_stop(rows, trigger_s, row.t_s)
             stops.append(
                 StopRecord(
                     cause=cause,
@@ -1427,16 +1441,17 @@ def write_plot(result: ScenarioResult, path: Path) -> None:
                 )
                 labelled += 1
         for step in result.steps:
-            axes.annotate(
-                step.text,
-                (step.done_s, 0),
-                xytext=(0, -28),
-                textcoords="offset points",
+            axes.axvline(step.done_s, color="green", alpha=0.25, linewidth=0.6)
+            axes.text(
+                step.done_s,
+                top * 0.02,
+                f" {step.text}",
+                rotation=90,
                 fontsize=6,
-                rotation=30,
+                color="darkgreen",
+                va="bottom",
                 ha="right",
             )
-            axes.axvline(step.done_s, color="green", alpha=0.25, linewidth=0.6)
         axes.set_ylim(0, top)
         axes.set_xlabel("time (s)")
         axes.set_ylabel("speed (km/h)")

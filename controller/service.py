@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import importlib.metadata
 import logging
 import signal
@@ -74,6 +75,7 @@ WATCHDOG_EVERY_MS = 250
 TELEMETRY_EVERY_MS = 100
 LATENESS_BINS = 500  # histogram of loop lateness, 0.1 ms bins up to 50 ms
 GPIO_CHATTER_EDGES_PER_S = 40
+REJECT_LOG_EVERY_MS = 1000
 
 
 def monotonic_ms() -> int:
@@ -271,6 +273,8 @@ class Service:
         self._status_line = "starting"
         self._tasks: list[asyncio.Task[Any]] = []
         self._new_events: list[Event] = []  # events since the last TickRecord
+        self._rejected_count = 0
+        self._rejected_logged_ms = -REJECT_LOG_EVERY_MS
         self._combo_since_ms: int | None = None
         self._combo_fired = False
         self.mock_panel: MockPanel | None = None
@@ -290,13 +294,21 @@ class Service:
     def on_remote_command(self, command: ParsedCommand) -> None:
         """Called by the MQTT publisher for every command it parsed. Cheap and non-blocking."""
         if isinstance(command, CommandRejected):
-            # The publisher has already published the command_rejected event; record it here
-            # for logs and timelines only.
+            # The publisher has already published the command_rejected event. Record it here
+            # for logs and timelines, folding a flood into one line per second.
+            now_ms = self._clock_ms()
+            self._rejected_count += 1
+            if now_ms - self._rejected_logged_ms < REJECT_LOG_EVERY_MS:
+                return
+            folded = self._rejected_count - 1
+            self._rejected_count = 0
+            self._rejected_logged_ms = now_ms
+            more = f" (and {folded} more rejected in the last second)" if folded else ""
             self._emit(
                 Event(
                     "command_rejected",
-                    f"remote command {command.command!r} rejected: {command.reason}",
-                    {"command": command.command, "reason": command.reason},
+                    f"remote command {command.command!r} rejected: {command.reason}{more}",
+                    {"command": command.command, "reason": command.reason, "folded": folded},
                 ),
                 publish=False,
             )
@@ -603,6 +615,10 @@ class Service:
     async def _control_loop(self) -> None:
         loop = asyncio.get_running_loop()
         await self._wait_for_firmware()
+        # Start-up garbage is frozen out of the collector, so a full collection during a
+        # command flood does not pause the loop for tens of milliseconds.
+        gc.collect()
+        gc.freeze()
         self.ready.set()
         self.notifier.ready(self.status_line())
         logger.info(

@@ -81,8 +81,12 @@ _LOG = logging.getLogger(__name__)
 SUPERVISE_PERIOD_MS = 10
 #: Bytes asked for per read; a STATUS frame is 24 bytes.
 _READ_CHUNK = 1024
-#: Closing a transport whose device vanished must not hang the reconnect loop (s).
-_CLOSE_TIMEOUT_S = 1.0
+#: CONFIGUREs refused (firmware not IDLE) in one session before giving up on the session.
+_MAX_CONFIGURE_ATTEMPTS = 3
+#: STATUS uptime going back by more than this (ms) means the firmware restarted.
+_UPTIME_BACKSTEP_MS = 1000
+#: ... unless it was about to wrap at 2^32 ms (49.7 days).
+_UPTIME_WRAP_GUARD_MS = (1 << 32) - 60_000
 
 
 @dataclass(frozen=True)
@@ -230,6 +234,8 @@ class FirmwareBridge:
         self._link_up = False
         self._mismatch_error: str | None = None
         self._last_status_checksum: int | None = None
+        self._last_uptime_ms: int | None = None
+        self._configure_attempts = 0
 
         self._handshakes = 0
         self._opens = 0
@@ -328,9 +334,13 @@ class FirmwareBridge:
     # ------------------------------------------------------------------ run
 
     async def run(self) -> None:
-        """Open, handshake, serve and reopen the port forever; returns only when cancelled."""
+        """Open, handshake, serve and reopen the port forever; returns only when cancelled.
+
+        Each distinct failure (cannot open, handshake refused, link lost) is logged once at
+        WARNING; while it repeats unchanged it is logged at DEBUG only.
+        """
         failures = 0
-        last_open_error: str | None = None
+        last_logged: str | None = None
         try:
             while True:
                 try:
@@ -338,26 +348,23 @@ class FirmwareBridge:
                         url=self._port, baudrate=self._baud, exclusive=True
                     )
                 except (serial.SerialException, OSError, ValueError) as exc:
-                    error = (
+                    reason = (
                         f"cannot open serial port {self._port}: {exc}: check the cable, the "
                         "device path and that no other program holds the port"
                     )
-                    self._last_error = error
-                    if error != last_open_error:
-                        _LOG.warning("%s", error)
-                        last_open_error = error
-                    else:
-                        _LOG.debug("%s", error)
-                    failures += 1
-                    await asyncio.sleep(self._backoff_s(failures))
-                    continue
-                last_open_error = None
-                self._opens += 1
-                handshakes_before = self._handshakes
-                reason = await self._serve(reader, writer)
+                else:
+                    self._opens += 1
+                    handshakes_before = self._handshakes
+                    reason = await self._serve(reader, writer)
+                    if self._handshakes > handshakes_before:
+                        failures = 0  # it worked for a while: start the backoff afresh
+                        last_logged = reason  # _set_link logged the link loss already
                 self._last_error = reason
-                if self._handshakes > handshakes_before:
-                    failures = 0
+                if reason != last_logged:
+                    _LOG.warning("%s", reason)
+                    last_logged = reason
+                else:
+                    _LOG.debug("%s", reason)
                 failures += 1
                 await asyncio.sleep(self._backoff_s(failures))
         finally:
@@ -403,9 +410,10 @@ class FirmwareBridge:
         self._session_hello = None
         self._mismatch_error = None
         self._last_status_checksum = None
+        self._last_uptime_ms = None
         now = self._clock_ms()
         self._last_rx_ms = now
-        _LOG.info("serial port %s opened at %d baud; handshaking", self._port, self._baud)
+        _LOG.debug("serial port %s opened at %d baud; handshaking", self._port, self._baud)
         self._start_handshake(now)
 
     def _close_session(self, reason: str) -> None:
@@ -437,6 +445,7 @@ class FirmwareBridge:
 
     def _start_handshake(self, now_ms: int) -> None:
         self._phase = _Phase.HELLO
+        self._configure_attempts = 0
         self._hello_acked = False
         self._hello_answered = False
         self._configure_seq = None
@@ -448,19 +457,27 @@ class FirmwareBridge:
             self._phase = _Phase.FIRST_STATUS
 
     def _send_configure(self) -> None:
+        self._configure_attempts += 1
+        if self._configure_attempts > _MAX_CONFIGURE_ATTEMPTS:
+            raise _LinkDownError(
+                f"the firmware refused CONFIGURE {_MAX_CONFIGURE_ATTEMPTS} times although it "
+                "reports IDLE: check the firmware against docs/protocol.md §6"
+            )
         self._phase = _Phase.CONFIGURE
+        self._handshake_deadline_ms = self._clock_ms() + self._handshake_timeout_ms
         self._configure_seq = self._send(self._configure, reliable=True)
 
     def _handshake_on_status(self, status: Status) -> None:
         """FIRST_STATUS / WAIT_IDLE / CHECKSUM steps, driven by each STATUS."""
         matches = status.config_checksum == self._configure.config_checksum
         if self._phase is _Phase.FIRST_STATUS:
-            if matches:
-                # Same boot, same limits (e.g. a reconnect without a firmware reset): the
-                # firmware keeps its configuration, even while faulted.
-                self._complete_handshake(status)
-            elif status.state is FwState.IDLE:
+            if status.state is FwState.IDLE:
                 self._send_configure()
+            elif matches:
+                # Not IDLE, so CONFIGURE would be refused, but this boot already holds our
+                # limits (a reconnect without a firmware reset, e.g. to a faulted firmware
+                # whose lease expired): the checksum echo is the proof protocol.md §8 asks.
+                self._complete_handshake(status)
             else:
                 self._phase = _Phase.WAIT_IDLE
                 _LOG.warning(
@@ -515,6 +532,8 @@ class FirmwareBridge:
             if was_ready:
                 self._set_link(False, error)
             return
+        if new_boot:
+            self._last_uptime_ms = None  # the new boot's uptime starts again from 0
         if new_boot and self.on_hello is not None:
             self.on_hello(hello)
         if new_boot and self._phase is not _Phase.HELLO:
@@ -598,6 +617,25 @@ class FirmwareBridge:
             # firmware speaks another protocol version (its STATUS cannot be trusted).
             return
         self._last_status_checksum = status.config_checksum
+        previous_uptime, self._last_uptime_ms = self._last_uptime_ms, status.uptime_ms
+        if (
+            previous_uptime is not None
+            and status.uptime_ms + _UPTIME_BACKSTEP_MS < previous_uptime < _UPTIME_WRAP_GUARD_MS
+        ):
+            # The firmware restarted and its HELLO was lost: this STATUS is from an unknown
+            # boot. Drop it and handshake again; the new HELLO names the boot.
+            reason = (
+                f"firmware restarted: STATUS uptime went back from {previous_uptime} to "
+                f"{status.uptime_ms} ms and its HELLO was lost"
+            )
+            _LOG.warning("%s on %s; handshaking again", reason, self._port)
+            self._session_hello = None
+            self._last_uptime_ms = None
+            self._set_link(False, reason)
+            self._sender.clear()
+            self._pending_names.clear()
+            self._start_handshake(now_ms)
+            return
         self._latest = StatusSnapshot(
             status=status,
             received_ms=now_ms,
@@ -620,6 +658,9 @@ class FirmwareBridge:
             now = self._clock_ms()
             for frame in self._decoder.feed(data):
                 self._on_frame(frame, now)
+            for reject in self._decoder.take_rejects():
+                # A CRC-valid frame we cannot read: firmware of another version, or a bug.
+                _LOG.warning("firmware frame refused: %s", reject.reason)
 
     def _on_frame(self, frame: Frame, now_ms: int) -> None:
         self._last_rx_ms = now_ms
@@ -656,6 +697,12 @@ class FirmwareBridge:
             for frame_bytes in self._sender.due(now):
                 self._write(frame_bytes)
             failed = self._sender.failed(now)
+            if failed and self._hello_seq in failed and self._phase is _Phase.HELLO:
+                raise _LinkDownError(
+                    f"no answer from the firmware to HELLO after {self._sender.max_retries} "
+                    "retransmissions: check that the firmware is running, the cable, and that "
+                    f"the baud rate ({self._baud}) matches"
+                )
             if failed:
                 names = ", ".join(
                     f"{self._pending_names.pop(seq, 'frame')} (seq {seq})" for seq in failed

@@ -11,8 +11,9 @@ Frame layout (docs/protocol.md, "Framing"), all multi-byte values little-endian:
     4+LEN   2     CRC     CRC-16/CCITT-FALSE over LEN, SEQ, MSG_ID and PAYLOAD
 
 :class:`FrameDecoder` never raises on any input: it counts and skips what is not a valid
-frame and resynchronises on the next SYNC byte. After a bad CRC or an oversize LEN it rescans
-from the byte after the rejected SYNC, so a real frame hidden inside garbage is still found.
+frame and resynchronises on the next SYNC byte. After any rejected candidate (bad CRC,
+oversize LEN, unknown id, bad payload) it rescans from the byte after the rejected SYNC, so
+a real frame hidden inside garbage is still found.
 No I/O, no clock.
 
 >>> from firmware_bridge.messages import Ack
@@ -30,7 +31,6 @@ No I/O, no clock.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -113,10 +113,13 @@ class DecoderStats:
     crc_errors: candidate frames whose CRC did not match (rescanned from SYNC + 1).
     resyncs: times the decoder lost framing (went from in-sync to discarding bytes);
         a run of garbage between two frames counts once, however it was chunked.
-    bytes_skipped: bytes discarded that were not part of a frame with a valid CRC.
+    bytes_skipped: bytes discarded that were not part of a delivered frame.
     oversize: candidate frames whose LEN exceeded MAX_PAYLOAD_BYTES.
     unknown_ids: frames with a valid CRC but a message id this protocol does not define.
     bad_payloads: frames with a valid CRC and known id whose payload did not decode.
+
+    Every rejected candidate (bad CRC, oversize, unknown id, bad payload) is rescanned from
+    the byte after its SYNC, so a valid frame that starts inside it is still found.
     """
 
     frames: int = 0
@@ -153,7 +156,7 @@ class FrameDecoder:
         self._unknown_ids = 0
         self._bad_payloads = 0
         self._last_error: str | None = None
-        self._rejects: deque[RejectedFrame] = deque(maxlen=MAX_REJECTS_KEPT)
+        self._rejects: list[RejectedFrame] = []  # newest MAX_REJECTS_KEPT
 
     @property
     def stats(self) -> DecoderStats:
@@ -179,8 +182,7 @@ class FrameDecoder:
 
     def take_rejects(self) -> list[RejectedFrame]:
         """CRC-valid frames refused since the last call (oldest first), then forget them."""
-        out = list(self._rejects)
-        self._rejects.clear()
+        out, self._rejects = self._rejects, []
         return out
 
     def reset(self) -> None:
@@ -226,7 +228,7 @@ class FrameDecoder:
                 break  # need the rest of the frame
             crc_at = frame_end - CRC_BYTES
             expected = buf[crc_at] | (buf[crc_at + 1] << 8)
-            actual = crc16(memoryview(buf)[pos + 1 : crc_at])
+            actual = crc16(buf[pos + 1 : crc_at])
             if actual != expected:
                 self._crc_errors += 1
                 self._last_error = (
@@ -235,27 +237,34 @@ class FrameDecoder:
                 self._skip(1)
                 pos += 1
                 continue
-            # The CRC is valid: the frame boundaries are trusted from here on.
-            self._in_sync = True
             seq = buf[pos + 2]
             msg_id = buf[pos + 3]
-            payload = bytes(buf[pos + HEADER_BYTES : crc_at])
-            pos = frame_end
+            reject: RejectedFrame | None = None
             if msg_id not in MESSAGE_TYPES:
                 self._unknown_ids += 1
-                self._last_error = f"unknown message id 0x{msg_id:02X} (seq {seq})"
-                self._rejects.append(
-                    RejectedFrame(seq, msg_id, RejectKind.UNKNOWN_ID, self._last_error)
-                )
+                text = f"unknown message id 0x{msg_id:02X} (seq {seq})"
+                reject = RejectedFrame(seq, msg_id, RejectKind.UNKNOWN_ID, text)
+            else:
+                try:
+                    message = decode_message(msg_id, bytes(buf[pos + HEADER_BYTES : crc_at]))
+                except MessageError as exc:
+                    self._bad_payloads += 1
+                    kind = RejectKind.BAD_LENGTH if exc.field == "length" else RejectKind.BAD_FIELD
+                    text = f"seq {seq}: {exc}"
+                    reject = RejectedFrame(seq, msg_id, kind, str(exc))
+            if reject is not None:
+                # A CRC-valid candidate with invalid content is as likely line noise that
+                # passed the CRC (1 in 65536) as a real frame: rescan from SYNC + 1 so that a
+                # real frame starting inside it is not lost.
+                self._last_error = text
+                self._rejects.append(reject)
+                if len(self._rejects) > MAX_REJECTS_KEPT:
+                    del self._rejects[0]
+                self._skip(1)
+                pos += 1
                 continue
-            try:
-                message = decode_message(msg_id, payload)
-            except MessageError as exc:
-                self._bad_payloads += 1
-                self._last_error = f"seq {seq}: {exc}"
-                kind = RejectKind.BAD_LENGTH if exc.field == "length" else RejectKind.BAD_FIELD
-                self._rejects.append(RejectedFrame(seq, msg_id, kind, str(exc)))
-                continue
+            self._in_sync = True
+            pos = frame_end
             self._frames += 1
             out.append(Frame(seq=seq, message=message))
         del buf[:pos]

@@ -27,7 +27,6 @@ SetSpeed.speed_kmh = 31.0 is out of range: allowed 0.00..30.00 km/h
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -239,7 +238,8 @@ def _check(owner: str, spec: FieldSpec, value: object) -> object:
                 field=spec.name,
                 value=value,
             )
-        if not math.isfinite(value) or not spec.lo / spec.scale <= value <= spec.hi / spec.scale:
+        # NaN fails every comparison and infinities are out of range: one check covers them.
+        if not spec.lo / spec.scale <= value <= spec.hi / spec.scale:
             raise MessageError(
                 f"{where} = {value!r} is out of range: allowed {spec.range_text()}",
                 field=spec.name,
@@ -262,7 +262,8 @@ def _check(owner: str, spec: FieldSpec, value: object) -> object:
         assert spec.enum is not None  # noqa: S101 - ENUM specs always name their enum
         if isinstance(value, spec.enum) and spec.lo <= value.value:
             return value
-        if isinstance(value, int) and not isinstance(value, bool) and spec.lo <= value:
+        # A plain int is converted; a bool or a member of another enum is refused.
+        if isinstance(value, int) and not isinstance(value, bool | Enum) and spec.lo <= value:
             try:
                 return spec.enum(value)
             except ValueError:
@@ -612,14 +613,32 @@ class _Layout:
     cls: type[Message]
     specs: tuple[FieldSpec, ...]
     packer: struct.Struct
+    # Per field: name, kind, lo, hi, scale, and for ENUM the allowed members by value.
+    fast: tuple[tuple[str, FieldKind, int, int, int, Mapping[int, IntEnum] | None], ...]
+
+
+def _layout(cls: type[Message]) -> _Layout:
+    fast = tuple(
+        (
+            spec.name,
+            spec.kind,
+            spec.lo,
+            spec.hi,
+            spec.scale,
+            {m.value: m for m in spec.enum if m.value >= spec.lo} if spec.enum else None,
+        )
+        for spec in cls.FIELDS
+    )
+    packer = struct.Struct("<" + "".join(s.wire for s in cls.FIELDS))
+    return _Layout(cls, cls.FIELDS, packer, fast)
 
 
 _LAYOUTS: Final[Mapping[MsgId, _Layout]] = MappingProxyType(
-    {
-        msg_id: _Layout(cls, cls.FIELDS, struct.Struct("<" + "".join(s.wire for s in cls.FIELDS)))
-        for msg_id, cls in MESSAGE_TYPES.items()
-    }
+    {msg_id: _layout(cls) for msg_id, cls in MESSAGE_TYPES.items()}
 )
+
+
+_ID_NAMES: Final[Mapping[MsgId, str]] = MappingProxyType({m: m.name for m in MsgId})
 
 
 def payload_size(msg_id: MsgId) -> int:
@@ -671,7 +690,7 @@ def decode_message(msg_id: int, payload: bytes | bytearray | memoryview) -> Mess
             field="msg_id",
             value=msg_id,
         ) from None
-    name = MsgId(msg_id).name
+    name = _ID_NAMES[msg_id]  # type: ignore[index] # an IntEnum key also matches a plain int
     if len(payload) != layout.packer.size:
         raise MessageError(
             f"{name} payload is {len(payload)} bytes, expected {layout.packer.size}",
@@ -680,32 +699,50 @@ def decode_message(msg_id: int, payload: bytes | bytearray | memoryview) -> Mess
         )
     raw = layout.packer.unpack(payload)
     kwargs: dict[str, Any] = {}
+    valid = True  # every raw value within its range: the fast path below may be taken
     i = 0
-    for spec in layout.specs:
-        kind = spec.kind
-        value: Any
+    for field_name, kind, lo, hi, scale, members in layout.fast:
+        value: Any = raw[i]
         if kind is FieldKind.FIXED:
-            value = raw[i] / spec.scale
-        elif kind is FieldKind.VERSION:
-            value = f"{raw[i]}.{raw[i + 1]}.{raw[i + 2]}"
-            i += 2
+            valid = valid and lo <= value <= hi
+            value /= scale
+        elif kind is FieldKind.UINT:
+            valid = valid and lo <= value <= hi
+        elif kind is FieldKind.ENUM:
+            assert members is not None  # noqa: S101 - ENUM fields always have members
+            member = members.get(value)
+            if member is None:
+                valid = False
+            else:
+                value = member
         elif kind is FieldKind.FLAG:
-            if raw[i] > 1:
+            if value > 1:
                 raise MessageError(
-                    f"{name} payload: {spec.name} byte = 0x{raw[i]:02X}: "
+                    f"{name} payload: {field_name} byte = 0x{value:02X}: "
                     "bits 1..7 are reserved and must be zero",
-                    field=spec.name,
-                    value=raw[i],
+                    field=field_name,
+                    value=value,
                 )
-            value = raw[i] == 1
+            value = value == 1
         elif kind is FieldKind.OPT_SEQ:
-            value = None if raw[i] == OPT_SEQ_NONE else raw[i]
-        else:
-            value = raw[i]
-        kwargs[spec.name] = value
+            if value == OPT_SEQ_NONE:
+                value = None
+            else:
+                valid = valid and value <= 255
+        else:  # FieldKind.VERSION
+            value = f"{value}.{raw[i + 1]}.{raw[i + 2]}"
+            i += 2
+        kwargs[field_name] = value
         i += 1
+    if valid:
+        # Every value was checked above on its raw wire integer, so the checks of __init__
+        # would only repeat them (they dominate decoding time). Fill the instance directly:
+        # the field table lists every dataclass field (tests/codec/test_messages.py).
+        msg = object.__new__(layout.cls)
+        msg.__dict__.update(kwargs)
+        return msg
     try:
-        return layout.cls(**kwargs)
+        return layout.cls(**kwargs)  # raises MessageError naming the field and the value
     except MessageError as exc:
         raise MessageError(f"{name} payload: {exc}", field=exc.field, value=exc.value) from exc
 

@@ -33,7 +33,6 @@ that into a failure, never a skip.
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import secrets
 import shutil
@@ -56,6 +55,7 @@ __all__ = [
     "MosquittoBroker",
     "MosquittoNotInstalledError",
     "free_port",
+    "port_accepts",
     "start_or_fail",
 ]
 
@@ -81,6 +81,15 @@ class BrokerError(RuntimeError):
 class BrokerUser:
     username: str
     password: str
+
+
+def port_accepts(host: str, port: int) -> bool:
+    """True if a TCP connection to ``host``:``port`` succeeds now."""
+    try:
+        with socket.create_connection((host, port), 0.2):
+            return True
+    except OSError:
+        return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -248,10 +257,7 @@ class MosquittoBroker:
                 )
                 self._process = None
                 raise BrokerError(msg)
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection((self.host, self.port), 0.2),
-            ):
+            if port_accepts(self.host, self.port):
                 return
             time.sleep(0.02)  # polling the port; not a correctness sleep
         self.stop()

@@ -88,7 +88,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--distance-per-pulse-mm",
         type=float,
         default=PhysicsParams().distance_per_pulse_mm,
-        help="belt travel per speed-sensor pulse (default 250.9, Taurus 9.5)",
+        help="belt travel per speed-sensor pulse (default 12.5: 20 magnets on a 250.9 mm roller)",
     )
     parser.add_argument(
         "--log-level",

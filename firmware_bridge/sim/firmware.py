@@ -8,24 +8,27 @@ firmware sends back. There is no I/O, no clock and no global randomness here (an
 the same seed and the same calls replay the same run. :mod:`firmware_bridge.sim.pty` serves
 it on a pseudo-terminal.
 
-What the simulated firmware guarantees (rule ids from docs/firmware-safety.md):
+What the simulated firmware guarantees (rule ids from docs/firmware-safety.md; the state
+table is protocol.md §6):
 
-- motor disabled at boot and in IDLE; energised only while a SET_SPEED lease runs;
-- SET_SPEED refused (NAK, no motion) before HELLO and CONFIGURE;
-- the motion lease: no valid SET_SPEED renewal within ``lease_ms`` -> ramp to 0 at the
-  configured maximum deceleration and latch LEASE_EXPIRED;
-- compiled-in ceilings (:class:`SimConfig`): a request above a ceiling latches a fault, it
-  is never clamped;
-- STOP (controlled ramp, then power removed) and ESTOP (motor power cut at once, latches
-  ESTOP) in every state;
-- only HELLO, GET_STATUS, STOP, ESTOP and CLEAR_FAULT accepted while faulted;
-- CLEAR_FAULT only at rest; it never restarts the belt;
-- the safety key is in the motor power path: opening it cuts power and latches
-  SAFETY_KEY_OPEN;
-- self-checks while driving (``SimConfig.self_checks``): overspeed against the ramped
-  set-point, a silent speed sensor, a flood of corrupt frames;
-- STATUS at 50 Hz, config checksum echoed, an unsolicited HELLO after every boot;
-- one shutdown path (:meth:`SimFirmware._shutdown`) that every fault goes through.
+- FW-1: motor disabled at boot; after the self-test (BOOT) one unsolicited HELLO with a fresh
+  non-zero ``boot_id``; nothing of a previous boot survives;
+- FW-2: one shutdown path (:meth:`SimFirmware._shutdown`): category 0 cuts motor power at
+  once, category 1 ramps at the configured maximum deceleration and then cuts it;
+- FW-3: the motion lease; a repeated SET_SPEED (same SEQ as the frame before) never renews it;
+- FW-4: compiled-in ceilings (:class:`SimConfig`): above a ceiling is a latched fault, never
+  a clamp;
+- FW-5: STOP and ESTOP in every state, from any CRC-valid frame, even a malformed one;
+- FW-6: only HELLO, GET_STATUS, STOP, ESTOP and CLEAR_FAULT while faulted;
+- FW-7: CLEAR_FAULT only at rest with the cause gone; it never restarts the belt;
+- FW-8: no motion before a matching HELLO and a CONFIGURE; the checksum echoed in STATUS;
+- FW-9: the belt starts only from rest; a STOP holds until rest;
+- FW-10: the safety key is in the motor power path: open cuts power and latches;
+- FW-11: STATUS at 50 Hz outside BOOT, skipped rather than burst when late;
+- FW-12: overspeed and silent-sensor checks while the motor is powered
+  (``SimConfig.self_checks``; switch them off to test the controller's own checks alone);
+- FW-13 / FW-14: corrupt frames never act; refused frames are NAKed; a flood of them while
+  RUNNING latches BAD_FRAME_FLOOD.
 
 Faults of the simulated hardware and link are injected with :meth:`SimFirmware.inject`
 (or at start through :attr:`SimConfig.faults`).
@@ -41,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from firmware_bridge.codec import Frame, FrameDecoder, encode_frame
+from firmware_bridge.codec import Frame, FrameDecoder, RejectedFrame, RejectKind, encode_frame
 from firmware_bridge.link import RxSequenceChecker, SeqKind, SequenceCounter
 from firmware_bridge.messages import (
     ACCEPTED_IN_FAULT,
@@ -56,6 +59,7 @@ from firmware_bridge.messages import (
     GetStatus,
     Hello,
     Message,
+    MsgId,
     Nak,
     NakReason,
     ResetCause,
@@ -76,6 +80,23 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 _U32 = 1 << 32
+#: FW-2 category 0 (cut power now); every other fault is category 1 (ramp, then cut).
+CATEGORY_0_FAULTS = frozenset(
+    {
+        FwFault.ESTOP,
+        FwFault.SAFETY_KEY_OPEN,
+        FwFault.OVERSPEED,
+        FwFault.SENSOR_FAULT,
+        FwFault.MOTOR_FAULT,
+        FwFault.INTERNAL,
+    }
+)
+#: FW-13: what a CRC-valid but refused frame is answered with.
+_REJECT_NAK = {
+    RejectKind.UNKNOWN_ID: NakReason.UNKNOWN_MESSAGE,
+    RejectKind.BAD_LENGTH: NakReason.BAD_PAYLOAD,
+    RejectKind.BAD_FIELD: NakReason.OUT_OF_RANGE,
+}
 _STATUS_LEASE_MAX_MS = 10_000  # Status.lease_remaining_ms range
 
 
@@ -363,6 +384,7 @@ class SimFirmware:
         if self._corrupt_pct > 0:
             data = self._corrupt(data)
         frames = self._decoder.feed(data)
+        rejects = self._decoder.take_rejects()
         self._count_bad_frames(now_ms)
         for frame in frames:
             if self._drop_pct > 0 and self._rng.random() * 100.0 < self._drop_pct:
@@ -372,6 +394,9 @@ class SimFirmware:
             if self.on_host_frame is not None:
                 self.on_host_frame(frame, now_ms)
             self._handle(frame, now_ms)
+        # Refused frames last, so that a malformed stop is never overtaken (FW-5).
+        for reject in rejects:
+            self._handle_reject(reject)
         return self._drain()
 
     def tick(self, now_ms: int) -> bytes:
@@ -394,8 +419,10 @@ class SimFirmware:
         if closed == self._key_closed:
             return
         self._key_closed = closed
-        if not closed:
-            self._shutdown(FwFault.SAFETY_KEY_OPEN, 0, now_ms, cut_power=True)
+        if not closed and self._state is not FwState.BOOT:
+            self._shutdown(FwFault.SAFETY_KEY_OPEN, 0)
+        # In BOOT the power is cut at once too; the fault latches when the self-test ends,
+        # after the unsolicited HELLO (FW-1).
         self._apply_power()
 
     # ------------------------------------------------------------------ fault injection
@@ -411,6 +438,17 @@ class SimFirmware:
         """Inject ``fault`` (see :class:`SimFault`). ``pct`` (0..100] for DROP_FRAMES and
         CORRUPT_BYTES (default 10), ``accel_kmh_s`` for RUNAWAY (default 0.5)."""
         when = self._now_ms if now_ms is None else now_ms
+        if pct is not None and fault not in _PCT_FAULTS:
+            raise ValueError(
+                f"{fault.value} takes no percentage (got pct={pct!r}); only "
+                + ", ".join(sorted(f.value for f in _PCT_FAULTS))
+                + " do"
+            )
+        if accel_kmh_s is not None and fault is not SimFault.RUNAWAY:
+            raise ValueError(
+                f"{fault.value} takes no acceleration (got accel_kmh_s={accel_kmh_s!r}); "
+                "only runaway does"
+            )
         self._update(when)
         if fault in _PCT_FAULTS:
             value = 10.0 if pct is None else float(pct)
@@ -467,7 +505,7 @@ class SimFirmware:
         self._fault = FwFault.NONE
         self._boot_ms = now_ms
         new_id = self._rng.getrandbits(32)
-        while new_id == self._boot_id:
+        while new_id in (0, self._boot_id):
             new_id = self._rng.getrandbits(32)
         self._boot_id = new_id
         self._reset_cause = cause
@@ -492,13 +530,13 @@ class SimFirmware:
         self._apply_power()
         _LOG.info("sim: firmware boot %d (%s), boot_id %#010x", self._boots, cause.name, new_id)
 
-    def _shutdown(self, fault: FwFault, detail: int, now_ms: int, *, cut_power: bool) -> None:
+    def _shutdown(self, fault: FwFault, detail: int) -> None:
         """The one shutdown path (FW-2): latch ``fault`` and bring the belt to rest.
 
-        ``cut_power``: remove motor power now (ESTOP, key, a motor that does not obey);
-        otherwise ramp the set-point to 0 at the maximum deceleration and remove power at
-        the end of the ramp (IEC 60204-1 category 1). A second fault keeps the first code
-        but can only make the stop harder, never softer.
+        Category 0 faults (:data:`CATEGORY_0_FAULTS`) remove motor power now: a motor that
+        may not obey a ramp is not asked to. Category 1 faults ramp the set-point to 0 at the
+        configured maximum deceleration and remove power at the end of the ramp. The first
+        fault's code stays latched; a later one can only make the stop harder.
         """
         if self._state is not FwState.FAULT:
             _LOG.info(
@@ -510,7 +548,7 @@ class SimFirmware:
         self._target_kmh = 0.0
         self._lease_deadline_ms = None
         self._ramp_kmh_s = max(self._ramp_kmh_s, self._max_decel_kmh_s())
-        if cut_power:
+        if fault in CATEGORY_0_FAULTS:
             self._contactor = False
             self._commanded_kmh = 0.0
             self._physics.set_setpoint(0.0)
@@ -538,7 +576,7 @@ class SimFirmware:
             self._next_status_ms = now_ms
             self._emit(self._hello())  # FW-1: unsolicited HELLO after every boot
             if not self._key_closed:
-                self._shutdown(FwFault.SAFETY_KEY_OPEN, 0, now_ms, cut_power=True)
+                self._shutdown(FwFault.SAFETY_KEY_OPEN, 0)
 
         # FW-3: the motion lease.
         if (
@@ -548,7 +586,7 @@ class SimFirmware:
             and not self._lease_ignored
         ):
             overdue_ms = now_ms - self._lease_deadline_ms
-            self._shutdown(FwFault.LEASE_EXPIRED, overdue_ms, now_ms, cut_power=False)
+            self._shutdown(FwFault.LEASE_EXPIRED, overdue_ms)
 
         # The firmware's own ramp toward the target.
         if self._commanded_kmh != self._target_kmh and dt_s > 0:
@@ -578,28 +616,36 @@ class SimFirmware:
         self._self_checks(now_ms)
 
     def _at_rest(self) -> bool:
-        return self._commanded_kmh == 0.0 and self.measured_kmh <= self._config.standstill_kmh
+        """Set-point 0, reading at or below standstill and no recent sensor pulse."""
+        return (
+            self._commanded_kmh == 0.0
+            and self.measured_kmh <= self._config.standstill_kmh
+            and self._physics.sensor_quiet
+        )
 
     def _self_checks(self, now_ms: int) -> None:
         """FW-12: plausibility of the belt against the set-point while the motor is powered."""
         cfg = self._config
+        # Sliding-window maximum of the set-point: values kept in decreasing order.
         history = self._setpoint_history
+        while history and history[-1][1] <= self._commanded_kmh:
+            history.pop()
         history.append((now_ms, self._commanded_kmh))
-        while history and history[0][0] < now_ms - cfg.overspeed_window_ms:
+        while history[0][0] < now_ms - cfg.overspeed_window_ms:
             history.popleft()
         if not cfg.self_checks or not self.motor_powered:
             self._overspeed_since_ms = None
             self._silent_since_ms = None
             return
         measured = self.measured_kmh
-        peak_kmh = max(v for _, v in history)
+        peak_kmh = history[0][1]
         margin = max(cfg.overspeed_margin_kmh, cfg.overspeed_rel * peak_kmh)
         if measured > peak_kmh + margin:
             if self._overspeed_since_ms is None:
                 self._overspeed_since_ms = now_ms
             elif now_ms - self._overspeed_since_ms >= cfg.overspeed_ms:
                 # A motor that runs away does not obey a ramp: cut its power.
-                self._shutdown(FwFault.OVERSPEED, round(measured * 100), now_ms, cut_power=True)
+                self._shutdown(FwFault.OVERSPEED, round(measured * 100))
                 return
         else:
             self._overspeed_since_ms = None
@@ -607,7 +653,7 @@ class SimFirmware:
             if self._silent_since_ms is None:
                 self._silent_since_ms = now_ms
             elif now_ms - self._silent_since_ms >= cfg.sensor_silent_ms:
-                self._shutdown(FwFault.SENSOR_FAULT, 0, now_ms, cut_power=True)
+                self._shutdown(FwFault.SENSOR_FAULT, 0)
                 return
         else:
             self._silent_since_ms = None
@@ -626,7 +672,7 @@ class SimFirmware:
             and self._state is FwState.RUNNING
             and len(self._bad_frames) > cfg.bad_frame_limit
         ):
-            self._shutdown(FwFault.BAD_FRAME_FLOOD, len(self._bad_frames), now_ms, cut_power=False)
+            self._shutdown(FwFault.BAD_FRAME_FLOOD, len(self._bad_frames))
 
     # ------------------------------------------------------------------ messages
 
@@ -657,7 +703,7 @@ class SimFirmware:
             self._on_stop(frame.seq, msg)
         elif isinstance(msg, EStop):
             self._answer(frame.seq, Ack(seq=frame.seq))
-            self._shutdown(FwFault.ESTOP, 0, now_ms, cut_power=True)  # FW-5
+            self._shutdown(FwFault.ESTOP, 0)  # FW-5
         elif isinstance(msg, ClearFault):
             self._on_clear_fault(frame.seq)
         elif isinstance(msg, GetStatus):
@@ -665,6 +711,26 @@ class SimFirmware:
         else:
             # STATUS, FAULT, ACK, NAK come from a firmware, never from the host.
             self._answer(frame.seq, Nak(seq=frame.seq, reason=NakReason.UNKNOWN_MESSAGE))
+
+    def _handle_reject(self, reject: RejectedFrame) -> None:
+        """FW-5 / FW-13: a CRC-valid frame whose content was refused by the decoder."""
+        seq = reject.seq
+        if reject.msg_id == MsgId.STOP:
+            # A stop with a malformed payload is still a stop, at the maximum deceleration.
+            self._emit(Ack(seq=seq))
+            if self._state is not FwState.BOOT:
+                self._stop(self._max_decel_kmh_s())
+            return
+        if reject.msg_id == MsgId.ESTOP:
+            self._emit(Ack(seq=seq))
+            if self._state is not FwState.BOOT:
+                self._shutdown(FwFault.ESTOP, 0)
+            return
+        if self._state is FwState.BOOT:
+            return
+        self._rx_seq.check(seq)
+        _LOG.info("sim: refused a host frame: %s", reject.reason)
+        self._nak(seq, _REJECT_NAK[reject.kind])
 
     def _on_hello(self, seq: int, msg: Hello) -> None:
         self._host_hello_ok = msg.protocol_version == self._config.protocol_version
@@ -714,15 +780,11 @@ class SimFirmware:
         if msg.speed_kmh > min(conf.max_speed_kmh, cfg.max_speed_kmh):
             # FW-4: above a ceiling is a fault, never clamped.
             self._nak(seq, NakReason.ABOVE_CEILING)
-            self._shutdown(
-                FwFault.SPEED_ABOVE_CEILING, round(msg.speed_kmh * 100), now_ms, cut_power=False
-            )
+            self._shutdown(FwFault.SPEED_ABOVE_CEILING, round(msg.speed_kmh * 100))
             return
         if msg.accel_kmh_s > min(conf.max_accel_kmh_s, cfg.max_accel_kmh_s):
             self._nak(seq, NakReason.ABOVE_CEILING)
-            self._shutdown(
-                FwFault.ACCEL_ABOVE_CEILING, round(msg.accel_kmh_s * 100), now_ms, cut_power=False
-            )
+            self._shutdown(FwFault.ACCEL_ABOVE_CEILING, round(msg.accel_kmh_s * 100))
             return
         if msg.lease_ms > conf.max_lease_ms:
             # Refused, lease not renewed: if the host insists, the running lease expires.
@@ -742,13 +804,17 @@ class SimFirmware:
 
     def _on_stop(self, seq: int, msg: Stop) -> None:
         self._answer(seq, Ack(seq=seq))
+        self._stop(msg.decel_kmh_s)
+
+    def _stop(self, decel_kmh_s: float) -> None:
+        """FW-5 STOP: category 1 stop at ``decel_kmh_s``; ends the lease (FW-3)."""
         if self._state is FwState.RUNNING:
-            _LOG.info("sim: firmware RUNNING -> STOPPING (STOP at %.2f km/h/s)", msg.decel_kmh_s)
+            _LOG.info("sim: firmware RUNNING -> STOPPING (STOP at %.2f km/h/s)", decel_kmh_s)
             self._state = FwState.STOPPING
-            self._ramp_kmh_s = msg.decel_kmh_s
+            self._ramp_kmh_s = decel_kmh_s
         elif self._state in (FwState.STOPPING, FwState.FAULT):
             # A stop can only make an ongoing stop harder, never softer.
-            self._ramp_kmh_s = max(self._ramp_kmh_s, msg.decel_kmh_s)
+            self._ramp_kmh_s = max(self._ramp_kmh_s, decel_kmh_s)
         self._target_kmh = 0.0
         self._lease_deadline_ms = None
 

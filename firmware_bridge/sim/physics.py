@@ -14,8 +14,11 @@ The chain modelled, from the firmware's output to what the firmware reads back:
 2. **Belt**: a first-order lag with time constant ``belt_time_constant_ms`` toward the motor
    output, less the walker's load: at every foot strike the belt dips by ``walker_dip_frac``
    of its speed for ``walker_strike_ms``.
-3. **Speed sensor**: one pulse every ``distance_per_pulse_mm`` of belt travel (Taurus 9.5:
-   250.9 mm), each pulse time jittered by ``pulse_jitter_ms``. The reading is
+3. **Speed sensor**: one pulse every ``distance_per_pulse_mm`` of belt travel, each pulse time
+   jittered by ``pulse_jitter_ms``. The default, 12.5 mm, is 20 magnets on a Taurus 9.5 front
+   roller (250.9 mm a turn): a 0.5 km/h belt gives a pulse every 90 ms. One pulse per roller
+   turn (250.9 mm) is too coarse for the controller's plausibility checks at stage 1 speeds:
+   at 0.5 km/h it pulses every 1.8 s (docs/firmware-safety.md, FW-15). The reading is
    ``distance / period``; while no pulse has come for longer than the last period the reading
    is bounded by ``distance / time since the last pulse`` (the belt cannot be faster than
    that), and after ``stale_factor`` times the last period (at most ``stale_cap_ms``) the
@@ -53,7 +56,7 @@ class PhysicsParams:
     walker_dip_frac: float = 0.03  # speed lost at a foot strike, fraction of belt speed
     walker_step_period_ms: float = 650.0
     walker_strike_ms: float = 120.0
-    distance_per_pulse_mm: float = 250.9  # Taurus 9.5: one pulse per front-roller turn
+    distance_per_pulse_mm: float = 12.5  # 20 magnets on a Taurus 9.5 roller (250.9 mm a turn)
     pulse_jitter_ms: float = 0.5  # standard deviation of a pulse's timestamp
     noise_kmh: float = 0.01  # standard deviation of the reading's noise while moving
     stale_factor: float = 3.0  # no pulse for this many periods: reading is stale (0)
@@ -99,6 +102,7 @@ class BeltPhysics:
 
     >>> import random
     >>> belt = BeltPhysics(PhysicsParams(walker_on_belt=False), random.Random(1), now_ms=0)
+    >>> belt.set_motor_power(True)
     >>> belt.set_setpoint(3.0)
     >>> belt.advance(5000)
     >>> round(belt.true_speed_kmh, 2)
@@ -122,6 +126,7 @@ class BeltPhysics:
         self._last_pulse_ms: float | None = None
         self._last_period_ms: float | None = None
         self._measured_kmh = 0.0
+        self._sensor_quiet = True
 
     # ---------------------------------------------------------------- inputs
 
@@ -180,6 +185,18 @@ class BeltPhysics:
         if self._frozen_kmh is not None:
             return self._frozen_kmh
         return self._measured_kmh
+
+    @property
+    def sensor_quiet(self) -> bool:
+        """True when the sensor shows no sign of motion: no pulse within the stale window
+        (``stale_factor`` periods, at most ``stale_cap_ms``; ``stale_cap_ms`` after a lone
+        pulse). A reading of 0 alone is not enough: right after a start the belt moves for
+        up to two pulses before there is a period to read. A frozen sensor shows what it
+        froze at.
+        """
+        if self._frozen_kmh is not None:
+            return self._frozen_kmh == 0.0
+        return self._sensor_quiet
 
     @property
     def distance_m(self) -> float:
@@ -282,14 +299,25 @@ class BeltPhysics:
         p = self._params
         last = self._last_pulse_ms
         period = self._last_period_ms
-        if last is None or period is None:
+        if last is None:
+            self._sensor_quiet = True
             return 0.0
         since_ms = max(0.0, self._now_ms - last)
+        if period is None:
+            # One pulse since rest: no period yet, so no reading, but the belt may be moving.
+            if since_ms > p.stale_cap_ms:
+                self._last_pulse_ms = None
+                self._sensor_quiet = True
+            else:
+                self._sensor_quiet = False
+            return 0.0
         if since_ms > min(p.stale_factor * period, p.stale_cap_ms):
             # Stale: report rest and need two fresh pulses for the next reading.
             self._last_pulse_ms = None
             self._last_period_ms = None
+            self._sensor_quiet = True
             return 0.0
+        self._sensor_quiet = False
         speed_kmh = p.distance_per_pulse_mm * _KMH_PER_MM_PER_MS / max(period, since_ms)
         if p.noise_kmh > 0:
             speed_kmh += self._rng.gauss(0.0, p.noise_kmh)

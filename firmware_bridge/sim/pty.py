@@ -11,9 +11,14 @@ new pty, which has a new ``/dev/pts/N`` path; give ``link_path`` to get a stable
 always points at the current pty, like ``/dev/serial/by-id/...`` does for a USB adapter (the
 link is removed while unplugged, as udev does).
 
->>> async def demo() -> None:  # doctest: +SKIP
-...     async with PtySimulator(seed=1) as sim:
-...         print(sim.port)
+Example::
+
+    async with PtySimulator(seed=1, link_path=state_dir / "firmware.tty") as sim:
+        bridge = FirmwareBridge(sim.port, baud=115200, limits=limits, clock_ms=clock_ms)
+        ...
+        await sim.inject(SimFault.CORRUPT_BYTES, pct=5)
+        await sim.disconnect()  # the bridge sees an unplug
+        await sim.reconnect()   # same link path, new /dev/pts/N
 """
 
 from __future__ import annotations
@@ -39,6 +44,12 @@ _LOG = logging.getLogger(__name__)
 _READ_CHUNK = 4096
 
 
+def _log_crash(task: asyncio.Task[None]) -> None:
+    """Say at once when the simulated firmware dies (``aclose()`` re-raises it later)."""
+    if not task.cancelled() and task.exception() is not None:
+        _LOG.error("sim: firmware task %s crashed", task.get_name(), exc_info=task.exception())
+
+
 def _monotonic_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
@@ -58,7 +69,7 @@ class PtySimulator:
         seed: int = 0,
         link_path: str | os.PathLike[str] | None = None,
         clock_ms: Callable[[], int] = _monotonic_ms,
-        tick_ms: int = 2,
+        tick_ms: int = 5,
     ) -> None:
         if tick_ms <= 0:
             raise ValueError(f"PtySimulator tick_ms must be > 0, got {tick_ms!r}")
@@ -115,6 +126,7 @@ class PtySimulator:
         self._loop = asyncio.get_running_loop()
         self._open_pty()
         self._tick_task = self._loop.create_task(self._tick_loop(), name="sim-firmware-tick")
+        self._tick_task.add_done_callback(_log_crash)
         return self
 
     async def __aexit__(

@@ -167,29 +167,49 @@ def test_oversize_len_is_rejected_without_waiting_for_more_bytes() -> None:
     assert decoder.feed(encode_frame(0, EStop())) == [Frame(0, EStop())]
 
 
+def no_sync_after_the_first_byte(wire: bytes) -> bytes:
+    assert SYNC not in wire[1:], "test precondition: pick values without 0xA5 inside"
+    return wire
+
+
 def test_max_len_is_accepted_as_a_frame_length() -> None:
-    wire = raw_frame(1, UNKNOWN_IDS[0], bytes(MAX_PAYLOAD_BYTES))
+    wire = no_sync_after_the_first_byte(raw_frame(1, UNKNOWN_IDS[0], bytes(MAX_PAYLOAD_BYTES)))
     out, decoder = decode_all(wire)
     assert out == []
-    assert decoder.stats == DecoderStats(unknown_ids=1)
+    assert decoder.stats == DecoderStats(unknown_ids=1, resyncs=1, bytes_skipped=len(wire))
 
 
-def test_unknown_id_with_valid_crc_is_consumed_whole_and_counted() -> None:
-    unknown = raw_frame(4, 0x42, bytes([SYNC, SYNC, SYNC]))
+def test_unknown_id_with_valid_crc_is_counted_and_rescanned() -> None:
+    unknown = no_sync_after_the_first_byte(raw_frame(4, 0x42, b"\x01\x02\x03"))
     out, decoder = decode_all(unknown + encode_frame(5, EStop()))
     assert out == [Frame(5, EStop())]
-    assert decoder.stats == DecoderStats(frames=1, unknown_ids=1)
+    assert decoder.stats == DecoderStats(
+        frames=1, unknown_ids=1, resyncs=1, bytes_skipped=len(unknown)
+    )
     assert decoder.last_error == "unknown message id 0x42 (seq 4)"
 
 
 def test_bad_payload_with_valid_crc_is_counted_and_named() -> None:
-    bad = raw_frame(6, MsgId.SET_SPEED, bytes.fromhex("b90b1e002c01"))  # 30.01 km/h
+    bad = no_sync_after_the_first_byte(
+        raw_frame(6, MsgId.SET_SPEED, bytes.fromhex("b90b1e002c01"))  # 30.01 km/h
+    )
     out, decoder = decode_all(bad + encode_frame(7, EStop()))
     assert out == [Frame(7, EStop())]
-    assert decoder.stats == DecoderStats(frames=1, bad_payloads=1)
+    assert decoder.stats == DecoderStats(
+        frames=1, bad_payloads=1, resyncs=1, bytes_skipped=len(bad)
+    )
     assert decoder.last_error is not None
     assert "seq 6" in decoder.last_error
     assert "SetSpeed.speed_kmh = 30.01 is out of range" in decoder.last_error
+
+
+def test_a_frame_inside_a_crc_valid_reject_is_still_found() -> None:
+    # Line noise that passes the CRC (1 in 65536) must not swallow the real frame inside it.
+    inner = encode_frame(9, Stop(3.6))
+    outer = raw_frame(1, 0x42, inner)  # unknown id, the real frame as its payload
+    out, decoder = decode_all(outer)
+    assert out == [Frame(9, Stop(3.6))]
+    assert decoder.stats.unknown_ids == 1
 
 
 def test_rejected_frames_are_handed_over_for_a_nak() -> None:

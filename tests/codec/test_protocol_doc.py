@@ -108,3 +108,10 @@ def test_safety_rules_quoted_by_the_protocol_exist() -> None:
     protocol = DOC_PATH.read_text(encoding="utf-8")
     quoted = set(re.findall(r"FW-\d+", protocol))
     assert quoted <= defined, f"protocol.md quotes undefined rules: {sorted(quoted - defined)}"
+
+
+def test_every_firmware_fault_has_a_rule_in_the_safety_contract() -> None:
+    safety = SAFETY_DOC_PATH.read_text(encoding="utf-8")
+    for fault in FwFault:
+        if fault is not FwFault.NONE:
+            assert fault.name in safety, f"FwFault.{fault.name} is not covered by any FW rule"

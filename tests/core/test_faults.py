@@ -12,6 +12,7 @@ from controller.core import FAULT_ADVICE, decide, internal_fault
 from controller.model import (
     Button,
     EStop,
+    Fault,
     FaultCode,
     FirmwareState,
     Inputs,
@@ -188,6 +189,28 @@ def test_SR_PLAUS_2_belt_stalled_while_running_stops_and_latches() -> None:
     assert decision.state.fault.stop is StopKind.CONTROLLED
     assert decision.motion == Stop(DEFAULT_CONFIG.stop_decel_kmh_s)
     assert "below the expected 2.00 km/h" in decision.state.fault.message
+
+
+def test_SR_PLAUS_2_belt_stalled_at_a_low_speed_is_caught_too() -> None:
+    rig = running_rig()  # 0.5 km/h: a standing belt is within the 0.5 km/h tolerance
+    rig.measured_kmh = 0.0
+    rig.run_ms(2020)
+    assert rig.core.mode is Mode.RUNNING
+    latched = rig.tick().state
+    assert latched.fault is not None
+    assert latched.fault.code is FaultCode.NOT_FOLLOWING
+    assert "(stalled, or more than 0.50 km/h behind)" in latched.fault.message
+
+
+def test_SR_PLAUS_2_a_belt_slow_to_start_is_not_a_stall() -> None:
+    rig = idle_rig()
+    rig.press(Button.START)
+    rig.measured_kmh = 0.0
+    rig.run_ms(1500)  # the motor takes 1.5 s to break away
+    rig.measured_kmh = None
+    rig.run_ms(5000)
+    assert rig.core.mode is Mode.RUNNING
+    assert rig.core.fault is None
 
 
 def test_SR_PLAUS_2_belt_running_away_above_expected_estops() -> None:
@@ -383,19 +406,38 @@ def test_SR_FAULT_2_controlled_fault_never_downgrades_an_emergency() -> None:
 
 def test_SR_FAULT_3_every_fault_message_says_what_to_do() -> None:
     assert set(FAULT_ADVICE) == set(FaultCode)
-    assert all(advice.endswith(".") for advice in FAULT_ADVICE.values())
+    assert all(advice and not advice.endswith(".") for advice in FAULT_ADVICE.values())
+    rig = faulted_rig()
+    assert rig.core.fault is not None
+    assert rig.core.fault.message.endswith(". Hold the rails, then press RESET.")
 
 
 def test_SR_FAULT_4_internal_fault_latches_with_a_controlled_stop() -> None:
     rig = running_rig()
-    decision = internal_fault(rig.core, DEFAULT_CONFIG, rig.now_ms + 5, "KeyError in tick")
-    assert decision.state.mode is Mode.FAULTED
-    assert decision.state.fault is not None
-    assert decision.state.fault.code is FaultCode.INTERNAL
+    before = rig.core
+    decision = internal_fault(before, DEFAULT_CONFIG, rig.now_ms + 5, "KeyError in tick")
+    assert decision.state == replace(
+        before,
+        mode=Mode.FAULTED,
+        fault=decision.state.fault,
+        stop_reason="internal",
+        grip_lost_since_ms=None,
+        grip_action_taken=False,
+    )
+    assert decision.state.fault == Fault(
+        FaultCode.INTERNAL,
+        "KeyError in tick. Internal controller error: read the log, then restart the service.",
+        rig.now_ms + 5,
+        StopKind.CONTROLLED,
+    )
     assert decision.motion == Stop(3.6)
-    assert "KeyError in tick" in decision.state.fault.message
+    assert not decision.clear_firmware_fault
+    assert [e.kind for e in decision.events] == ["transition", "fault"]
     again = internal_fault(decision.state, DEFAULT_CONFIG, rig.now_ms + 6, "again")
-    assert again.state.fault == decision.state.fault
+    assert again.state == decision.state
+    assert again.events == ()
+    estopped = faulted_rig(running=False)
+    assert internal_fault(estopped.core, DEFAULT_CONFIG, 0, "x").motion == EStop()
 
 
 # ---------------------------------------------------------------- precedence

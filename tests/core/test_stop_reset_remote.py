@@ -167,6 +167,17 @@ def test_SR_RESET_3_firmware_fault_is_cleared_first_then_a_second_reset() -> Non
     assert not second.clear_firmware_fault
 
 
+def test_SR_RESET_3_firmware_in_fault_state_without_a_code_is_cleared_too() -> None:
+    for fw_state, fw_fault in ((FirmwareState.FAULT, 0), (FirmwareState.IDLE, 8)):
+        rig = faulted_rig(running=False)
+        rig.fw_state = fw_state
+        rig.fw_fault = fw_fault
+        rig.tick()
+        decision = rig.press(Button.RESET)
+        assert decision.clear_firmware_fault
+        assert decision.state.mode is Mode.FAULTED
+
+
 def test_SR_RESET_4_reset_never_starts_the_belt() -> None:
     rig = running_rig()
     rig.tick(SetTarget(1.8))
@@ -203,6 +214,7 @@ def test_SR_RESET_4_reset_clears_the_fault_record() -> None:
     rig.link = "fresh"
     rig.press(Button.RESET)
     assert rig.core.fault is None
+    assert rig.core.stop_reason is None
     assert rig.core.secondary_faults == ()
     assert rig.core.fault_rest_reached is False
 

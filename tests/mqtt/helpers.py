@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import socket
 import statistics
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import aiomqtt
 
@@ -40,8 +42,20 @@ async def wait_until(
     return loop.time() - start
 
 
+class BrokerAccess(Protocol):
+    """What make_settings() needs from a broker (MosquittoBroker has it)."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    def credentials(self, name: str) -> tuple[str, str]: ...
+
+
 def make_settings(
-    broker: MosquittoBroker, treadmill_id: str, *, user: str | None = "controller", **overrides: Any
+    broker: BrokerAccess, treadmill_id: str, *, user: str | None = "controller", **overrides: Any
 ) -> MqttSettings:
     """Settings for a publisher on ``broker`` as ``user``; fast reconnects for tests."""
     username, password = broker.credentials(user) if user is not None else (None, None)
@@ -193,15 +207,23 @@ class Observer:
 @dataclass
 class Ticker:
     """A stand-in for the control loop: wakes at absolute 50 Hz deadlines and records how
-    late each wake-up was (deadline = t0 + k * period; missed ticks are skipped)."""
+    late each wake-up was (deadline = t0 + k * period; missed ticks are skipped).
+
+    ``lateness_s`` is the raw wall-clock lateness. ``own_lateness_s`` bounds the part of
+    it this thread could have caused: ``min(lateness, CPU time the thread used since the
+    previous wake-up)``. Time the thread spent off the CPU (another process running on
+    a busy machine) cannot be blocking by this event loop, so it does not count there.
+    """
 
     period_s: float = 0.02
     lateness_s: list[float] = field(default_factory=list)
+    own_lateness_s: list[float] = field(default_factory=list)
     overruns: int = 0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
+        cpu_s = time.thread_time()
         tick = 0
         while True:
             tick += 1
@@ -213,13 +235,21 @@ class Ticker:
             finally:
                 handle.cancel()
             late = loop.time() - deadline
+            cpu_now_s = time.thread_time()
             self.lateness_s.append(late)
+            self.own_lateness_s.append(min(late, cpu_now_s - cpu_s))
+            cpu_s = cpu_now_s
             if late > self.period_s:
                 self.overruns += 1
                 tick += int(late // self.period_s)
 
-    def percentile_ms(self, pct: float) -> float:
-        ordered = sorted(self.lateness_s)
+    def reset(self) -> None:
+        self.lateness_s.clear()
+        self.own_lateness_s.clear()
+        self.overruns = 0
+
+    def percentile_ms(self, pct: float, *, own: bool = False) -> float:
+        ordered = sorted(self.own_lateness_s if own else self.lateness_s)
         index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
         return ordered[index] * 1000
 
@@ -227,8 +257,35 @@ class Ticker:
         return (
             f"{len(self.lateness_s)} ticks, lateness p50 {self.percentile_ms(50):.2f} ms, "
             f"p99 {self.percentile_ms(99):.2f} ms, max {max(self.lateness_s) * 1000:.2f} ms, "
-            f"mean {statistics.fmean(self.lateness_s) * 1000:.2f} ms, overruns {self.overruns}"
+            f"mean {statistics.fmean(self.lateness_s) * 1000:.2f} ms, overruns {self.overruns}; "
+            f"on-CPU part p99 {self.percentile_ms(99, own=True):.2f} ms, "
+            f"max {max(self.own_lateness_s) * 1000:.2f} ms"
         )
+
+
+class GcPauses:
+    """Records the longest garbage-collection pause while the block runs."""
+
+    def __init__(self) -> None:
+        self.longest_ms = 0.0
+        self.longest_generation: int | None = None
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause_ms = (time.perf_counter() - self._started) * 1000
+        if pause_ms > self.longest_ms:
+            self.longest_ms = pause_ms
+            self.longest_generation = info["generation"]
+
+    async def __aenter__(self) -> Self:
+        gc.callbacks.append(self._callback)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
 
 
 @contextlib.asynccontextmanager
@@ -240,3 +297,73 @@ async def ticking(ticker: Ticker) -> AsyncIterator[Ticker]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@dataclass
+class Mqtt311OnlyProxy:
+    """A TCP proxy in front of a real broker that behaves like an MQTT 3.1.1-only broker
+    (mosquitto 1.x): an MQTT 5 CONNECT gets CONNACK "unacceptable protocol version"
+    (``20 02 00 01``) and the connection is closed; anything else is passed through."""
+
+    target_host: str
+    target_port: int
+    host: str = "127.0.0.1"
+    port: int = 0
+    refused_v5: int = 0
+    passed: int = 0
+    _server: asyncio.Server | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._client, self.host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            first = await reader.readexactly(1)
+            length, multiplier, raw_length = 0, 1, b""
+            while True:
+                byte = await reader.readexactly(1)
+                raw_length += byte
+                length += (byte[0] & 0x7F) * multiplier
+                multiplier *= 128
+                if not byte[0] & 0x80:
+                    break
+            body = await reader.readexactly(length)
+            if first[0] >> 4 == 1 and body[6] == 5:  # CONNECT, protocol level 5
+                self.refused_v5 += 1
+                writer.write(b"\x20\x02\x00\x01")
+                await writer.drain()
+                return
+            self.passed += 1
+            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
+            up_writer.write(first + raw_length + body)
+            pipes = [
+                asyncio.create_task(_pipe(reader, up_writer)),
+                asyncio.create_task(_pipe(up_reader, writer)),
+            ]
+            self._tasks.update(pipes)
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+            for task in pipes:
+                task.cancel()
+            up_writer.close()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()

@@ -11,6 +11,7 @@ import json
 import sys
 
 from controller.mqtt import MqttPublisher, MqttSettings
+from tests.mqtt.helpers import wait_until
 
 
 async def _main(settings_json: str) -> None:
@@ -19,8 +20,7 @@ async def _main(settings_json: str) -> None:
     publisher.publish_state({"ts": "2025-01-01T00:00:00.000Z", "state": "idle"})
     async with asyncio.TaskGroup() as tg:
         tg.create_task(publisher.run(), name="mqtt")
-        while not publisher.stats.connected:
-            await asyncio.sleep(0.01)  # polling for the ready line; not a correctness sleep
+        await wait_until(lambda: publisher.stats.connected, what="connected", timeout_s=20)
         sys.stdout.write("connected\n")
         sys.stdout.flush()
 

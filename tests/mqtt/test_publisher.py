@@ -458,3 +458,28 @@ async def test_tls_with_a_client_certificate(tmp_path: Path, treadmill_id: str) 
         assert wary.stats.connects == 0
     finally:
         broker.close()
+
+
+async def test_payloads_that_are_not_json_are_dropped_and_the_rest_goes_out(
+    mosquitto: MosquittoBroker, treadmill_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(mosquitto, treadmill_id)
+    publisher = MqttPublisher(settings, on_command=CommandLog())
+    async with (
+        Observer(mosquitto, "dashboard", [settings.event_topic, settings.state_topic]) as obs,
+        running(publisher) as task,
+    ):
+        await wait_until(lambda: publisher.stats.connected, what="connected")
+        publisher.publish_event({"kind": "bad", "value": float("nan")})
+        publisher.publish_event({"kind": "bad", "value": object()})
+        publisher.publish_event({"kind": "good"})
+        publisher.publish_state({"ts": "x", "bad": {1, 2}})
+        await obs.next_on(settings.event_topic)
+        publisher.publish_state({"ts": "x", "good": True})
+        state = await obs.next_on(settings.state_topic)
+        assert not task.done()
+    assert [m.json()["kind"] for m in obs.on(settings.event_topic)] == ["good"]
+    assert state.json() == {"ts": "x", "good": True}
+    assert publisher.stats.events_published == 1
+    assert publisher.stats.state_published == 1
+    assert "is not JSON, dropped" in caplog.text

@@ -9,21 +9,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import signal
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from controller.commands import CommandRejected
+from controller.commands import CommandRejected, ParsedCommand
 from controller.discovery import discovery_messages
 from controller.model import RemoteLowerTarget, RemoteStop
 from controller.mqtt import MqttPublisher, MqttSettings
-from tests.broker import MosquittoBroker, free_port
+from tests.broker import MosquittoBroker
 from tests.mqtt.helpers import (
     CommandLog,
+    GcPauses,
+    Mqtt311OnlyProxy,
     Observer,
     Ticker,
     make_settings,
@@ -33,7 +37,10 @@ from tests.mqtt.helpers import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-P99_BUDGET_MS = 20.0  # generous: the 2-core test machine is shared with other work
+P99_BUDGET_MS = 20.0
+"""Budget for the 99th percentile of the 50 Hz loop's lateness that this process could
+have caused (see Ticker.own_lateness_s: time preempted by other processes on a busy
+2-core machine is not counted). Raw lateness is reported in the figures."""
 
 
 @contextlib.asynccontextmanager
@@ -94,7 +101,7 @@ async def test_frozen_controller_reads_offline_after_the_keepalive(
         process.send_signal(signal.SIGSTOP)  # socket open, nothing sent: like a hung Pi
         try:
             offline = await obs.next_on(
-                settings.availability_topic, lambda m: m.text == "offline", timeout_s=6
+                settings.availability_topic, lambda m: m.text == "offline", timeout_s=10
             )
         finally:
             process.send_signal(signal.SIGCONT)
@@ -102,7 +109,8 @@ async def test_frozen_controller_reads_offline_after_the_keepalive(
     figures.append(
         f"controller frozen (SIGSTOP), keepalive 1 s -> 'offline' after {latency_s:.2f} s"
     )
-    assert 1.0 <= latency_s <= 3.5  # mosquitto allows 1.5 x keepalive
+    # mosquitto allows 1.5 x keepalive, and 2.0.11 checks keepalives only every ~5 s.
+    assert 1.0 <= latency_s <= 1.5 * settings.keepalive_s + 5.5
 
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
@@ -125,6 +133,10 @@ async def test_broker_restart_reconnects_republishes_and_the_loop_keeps_time(
         publisher.publish_event({"kind": "while_down", "message": "queued"})
         await wait_until(
             lambda: publisher.stats.last_error is not None, what="a failed reconnect attempt"
+        )
+        down_ticks = len(ticker.lateness_s)
+        await wait_until(  # a second of failing reconnect attempts under the ticker
+            lambda: len(ticker.lateness_s) >= down_ticks + 50, what="a second of ticks"
         )
         started_at = loop.time()
         await asyncio.to_thread(broker.start)  # same port, nothing retained
@@ -151,20 +163,28 @@ async def test_broker_restart_reconnects_republishes_and_the_loop_keeps_time(
         f"broker {how} + restart: reconnected {reconnect_s * 1000:.0f} ms after the broker came "
         f"back (backoff 0.05-0.4 s); 50 Hz loop meanwhile: {ticker.summary()}"
     )
-    assert ticker.percentile_ms(99) < P99_BUDGET_MS, ticker.summary()
+    assert ticker.percentile_ms(99, own=True) < P99_BUDGET_MS, ticker.summary()
 
 
 async def test_command_flood_does_not_starve_the_loop(
     mosquitto: MosquittoBroker, treadmill_id: str, figures: list[str]
 ) -> None:
     settings = make_settings(mosquitto, treadmill_id)
-    log = CommandLog()
-    publisher = MqttPublisher(settings, on_command=log)
+    # Like the service: count and keep only what is needed (no list of 40 000 commands).
+    counts: Counter[str] = Counter()
+    accepted: set[ParsedCommand] = set()
+
+    def on_command(command: ParsedCommand) -> None:
+        counts[type(command).__name__] += 1
+        if not isinstance(command, CommandRejected):
+            accepted.add(command)
+
+    publisher = MqttPublisher(settings, on_command=on_command)
     username, password = mosquitto.credentials("trainer")
     payloads = ["1.0", "fast", "NaN", '{"speed_kmh": 2}', "[1]", "99", '"x"', "true"]
     floods = {
-        "target_kmh": [payloads[i % len(payloads)] for i in range(4000)],
-        "launch": [f"junk {i}" for i in range(1000)],
+        "target_kmh": [payloads[i % len(payloads)] for i in range(16000)],
+        "launch": [f"junk {i}" for i in range(4000)],
     }
     total = sum(len(lines) for lines in floods.values())
     ticker = Ticker()
@@ -174,11 +194,14 @@ async def test_command_flood_does_not_starve_the_loop(
         running(publisher),
     ):
         await wait_until(lambda: publisher.stats.connected, what="connected")
-        async with ticking(ticker):
-            ticker.lateness_s.clear()
+        # Freeze what the test session has accumulated (hypothesis, other tests) so that
+        # a full collection costs what it would in the service, not in this process.
+        gc.collect()
+        gc.freeze()
+        async with ticking(ticker), GcPauses() as gc_pauses:
+            ticker.reset()
             started_at = loop.time()
-            processes = []
-            for name, lines in floods.items():
+            for name, lines in floods.items():  # one flooding client at a time
                 process = await asyncio.create_subprocess_exec(
                     "mosquitto_pub",
                     *("-h", mosquitto.host, "-p", str(mosquitto.port)),
@@ -186,97 +209,53 @@ async def test_command_flood_does_not_starve_the_loop(
                     *("-t", f"{settings.command_prefix}{name}"),
                     stdin=asyncio.subprocess.PIPE,
                 )
-                assert process.stdin is not None
-                process.stdin.write(("\n".join(lines) + "\n").encode())
-                process.stdin.close()
-                processes.append(process)
-            codes = [await asyncio.wait_for(p.wait(), timeout=30) for p in processes]
-            assert codes == [0, 0]
+                await process.communicate(("\n".join(lines) + "\n").encode())
+                assert process.returncode == 0
             await trainer.publish(f"{settings.command_prefix}stop", "PRESS")
-            await wait_until(lambda: RemoteStop() in log.commands, what="the stop", timeout_s=30)
+            await wait_until(lambda: counts["RemoteStop"] == 1, what="the stop", timeout_s=30)
+            # QoS 0 from other connections may still trail the stop through the broker.
+            await wait_until(
+                lambda: (
+                    publisher.stats.commands_received + publisher.stats.commands_dropped
+                    == total + 1
+                ),
+                what="every command handled or counted as dropped",
+                timeout_s=30,
+            )
             flood_s = loop.time() - started_at
+    gc.unfreeze()
     stats = publisher.stats
     figures.append(
-        f"flood of {total} commands (QoS 0, 2 publishers) handled in {flood_s:.2f} s "
+        f"flood of {total} commands (QoS 0, 2 clients in turn) handled in {flood_s:.2f} s "
         f"({stats.commands_received / flood_s:.0f} commands/s, {stats.commands_dropped} dropped "
         f"by the incoming queue, {stats.events_dropped} rejection events dropped); "
-        f"50 Hz loop meanwhile: {ticker.summary()}"
+        f"50 Hz loop meanwhile: {ticker.summary()}; longest garbage collection meanwhile "
+        f"{gc_pauses.longest_ms:.1f} ms (generation {gc_pauses.longest_generation})"
     )
-    # Everything was either handled or counted as dropped, and the stop got through.
-    assert stats.commands_received + stats.commands_dropped == total + 1
-    assert log.commands[-1] == RemoteStop()
-    assert len(log.commands) == stats.commands_received
-    accepted = log.of_type(RemoteLowerTarget)
-    assert all(
-        command == RemoteLowerTarget(1.0) or command == RemoteLowerTarget(2.0)
-        for command in accepted
-    )
-    assert len(log.of_type(CommandRejected)) == stats.commands_rejected
-    assert ticker.percentile_ms(99) < P99_BUDGET_MS, ticker.summary()
-
-
-AMQTT_CONFIG = """\
-listeners:
-  default:
-    type: tcp
-    bind: 127.0.0.1:{port}
-plugins:
-  amqtt.plugins.authentication.AnonymousAuthPlugin:
-    allow_anonymous: true
-"""
+    # The stop got through; the queue never drops a stop.
+    assert counts["RemoteStop"] == 1
+    assert counts.total() == stats.commands_received
+    assert accepted == {RemoteStop(), RemoteLowerTarget(1.0), RemoteLowerTarget(2.0)}
+    assert counts["CommandRejected"] == stats.commands_rejected
+    assert ticker.percentile_ms(99, own=True) < P99_BUDGET_MS, ticker.summary()
 
 
 async def test_falls_back_to_mqtt_311_when_the_broker_refuses_5(
-    tmp_path: Path, treadmill_id: str, caplog: pytest.LogCaptureFixture
+    mosquitto: MosquittoBroker, treadmill_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # amqtt speaks only MQTT 3.1.1 and refuses an MQTT 5 CONNECT.
-    port = free_port()
-    config = tmp_path / "amqtt.yaml"
-    config.write_text(AMQTT_CONFIG.format(port=port), encoding="utf-8")
-    amqtt = Path(sys.executable).parent / "amqtt"
-    assert amqtt.exists(), "amqtt is a dev dependency (pip install -e '.[demo]')"
-    process = await asyncio.create_subprocess_exec(
-        str(amqtt),
-        "-c",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-
-        async def accepts() -> bool:
-            try:
-                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                return False
-            writer.close()
-            await writer.wait_closed()
-            return True
-
-        for _attempt in range(300):
-            if await accepts():
-                break
-            await asyncio.sleep(0.05)  # polling for the port; not a correctness sleep
-        else:
-            pytest.fail("amqtt did not open its port within 15 s")
-        settings = MqttSettings(
-            host="127.0.0.1",
-            port=port,
-            treadmill_id=treadmill_id,
-            device_name="t",
-            sw_version="t",
-            max_stage=4,
-            max_speed_kmh=8.0,
-            reconnect_min_s=0.05,
-            reconnect_max_s=0.2,
-        )
-        publisher = MqttPublisher(settings, on_command=CommandLog())
-        caplog.set_level("INFO", logger="controller.mqtt")
+    caplog.set_level("INFO", logger="controller.mqtt")
+    log = CommandLog()
+    async with (
+        Mqtt311OnlyProxy(mosquitto.host, mosquitto.port) as proxy,
+        Observer(mosquitto, "dashboard") as dashboard,
+    ):
+        settings = make_settings(mosquitto, treadmill_id, port=proxy.port)
+        publisher = MqttPublisher(settings, on_command=log)
         async with running(publisher):
-            await wait_until(lambda: publisher.stats.connected, what="connected", timeout_s=15)
-        assert "using MQTT 3.1.1" in caplog.text
-        assert "MQTT 3.1.1, as treadmill-" in caplog.text
-        assert publisher.stats.connects == 1
-    finally:
-        process.terminate()
-        await process.wait()
+            await wait_until(lambda: publisher.stats.connected, what="connected")
+            await dashboard.publish(f"{settings.command_prefix}stop", "PRESS")
+            await wait_until(lambda: log.commands == [RemoteStop()], what="a stop over 3.1.1")
+    assert (proxy.refused_v5, proxy.passed) == (1, 1)
+    assert "refused MQTT 5" in caplog.text
+    assert "MQTT 3.1.1, as controller-" in caplog.text
+    assert publisher.stats.connects == 1

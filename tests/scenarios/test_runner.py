@@ -128,7 +128,9 @@ def test_invalid_file_exits_2_with_line_numbers(tmp_path: Path) -> None:
     assert code == EXIT_INVALID
     assert out == ""
     lines = err.splitlines()
-    assert f"{path}:4:" in err and "steps[0].grip" in err and "bothh" in err
+    assert f"{path}:4:" in err
+    assert "steps[0].grip" in err
+    assert "bothh" in err
     assert any(line.startswith(f"{path}:5:") and "exactly one action" in line for line in lines)
     assert any(line.startswith(f"{path}:9:") and "time span" in line for line in lines)
     assert any(line.startswith(f"{path}:12:") and "unknown key 'colour'" in line for line in lines)
@@ -166,11 +168,16 @@ def test_second_pass_names_unknown_kinds_faults_and_late_steps() -> None:
         "  - {at_s: 1.0, fault: overspeeed}\n"
     )
     text = "\n".join(lines)
-    assert "s.yaml:3:" in text and "after the end of the scenario" in text
-    assert "s.yaml:4:" in text and "did you mean 'runaway'" in text
-    assert "s.yaml:5:" in text and "takes no value" in text
-    assert "s.yaml:7:" in text and "did you mean 'grip_lost'" in text
-    assert "s.yaml:8:" in text and "did you mean 'overspeed'" in text
+    assert "s.yaml:3:" in text
+    assert "after the end of the scenario" in text
+    assert "s.yaml:4:" in text
+    assert "did you mean 'runaway'" in text
+    assert "s.yaml:5:" in text
+    assert "takes no value" in text
+    assert "s.yaml:7:" in text
+    assert "did you mean 'grip_lost'" in text
+    assert "s.yaml:8:" in text
+    assert "did you mean 'overspeed'" in text
 
 
 @pytest.mark.parametrize(
@@ -209,7 +216,8 @@ def test_missing_config_file_is_an_invalid_scenario(tmp_path: Path) -> None:
     path = _write(tmp_path, "duration_s: 1\nconfig: nowhere.yaml\n")
     code, _out, err = _main([str(path), "--check"])
     assert code == EXIT_INVALID
-    assert f"{path}:2:" in err and "does not exist" in err
+    assert f"{path}:2:" in err
+    assert "does not exist" in err
 
 
 def test_check_only_validates(tmp_path: Path) -> None:

@@ -6,15 +6,18 @@ and a real pty; the belt speed asserted is the simulator's true belt speed.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from pathlib import Path
 
 from controller.commands import CommandRejected
+from controller.config import load_config
 from controller.model import FaultCode, Mode, RemoteLowerTarget, RemoteStop, SetSpeed
 from controller.service import Service
 from firmware_bridge.messages import EStop, Stop
 from firmware_bridge.messages import SetSpeed as WireSetSpeed
-from tests.service.harness import running_service
+from firmware_bridge.sim.pty import PtySimulator
+from tests.service.harness import running_service, write_config
 from tests.waiting import wait_until
 
 STAGE1_MAX_KMH = 2.0
@@ -126,3 +129,35 @@ async def test_remote_stop_stops_belt_and_remote_speed_up_is_rejected(tmp_path: 
         sent = [h.frame.message for h in service.simulator.firmware.host_frames]  # type: ignore[union-attr]
         last_stop = max(i for i, m in enumerate(sent) if isinstance(m, Stop))
         assert not any(isinstance(m, WireSetSpeed) and m.speed_kmh > 0 for m in sent[last_stop:])
+
+
+async def test_unexpected_task_error_sends_ESTOP_and_exits_nonzero(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    simulator = PtySimulator(seed=5)
+    service = Service(
+        load_config(path), config_path=path, simulator=simulator, install_signal_handlers=False
+    )
+    crash = asyncio.Event()
+
+    async def failing_watch() -> None:
+        await crash.wait()
+        raise RuntimeError("injected failure in a service task")
+
+    service._gpio_watch = failing_watch  # type: ignore[method-assign]
+    task = asyncio.create_task(service.run())
+    await wait_until(service.ready.is_set, timeout_s=10, what="service ready")
+    panel = service.mock_panel
+    assert panel is not None
+    panel.grip("both")
+    await wait_until(
+        lambda: service.last_inputs is not None and service.last_inputs.grip_left,
+        timeout_s=2,
+        what="grip seen",
+    )
+    panel.press("start")
+    await wait_until(lambda: true_kmh(service) >= 0.2, timeout_s=10, what="belt moving")
+    crash.set()
+    code = await asyncio.wait_for(task, timeout=10)
+    assert code == 1
+    frames = [h.frame.message for h in simulator.firmware.host_frames]
+    assert any(isinstance(m, EStop) for m in frames), "no ESTOP reached the firmware"

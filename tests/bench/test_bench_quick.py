@@ -1,0 +1,49 @@
+"""The benchmark scripts keep working: ``python -m bench --quick`` runs end to end.
+
+No timing is asserted here (the figures depend on the machine and its load); only that every
+benchmark ran, produced its figures, and that no trial failed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(300)
+def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
+    out = tmp_path / "quick.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    results = json.loads(out.read_text())
+    for condition in ("flooded", "down"):
+        block = results["reaction"][condition]
+        for name in ("grip_release", "estop", "safety_key"):
+            assert block[name]["failure_count"] == 0, block[name]["failures"]
+            assert block[name]["latency_ms"]["n"] >= 2, block[name]
+    assert results["reaction"]["flooded"]["mqtt"]["commands_rejected"] > 0
+    for condition in ("healthy", "flooded", "down"):
+        run = results["loop"][condition]
+        assert run["ticks"] > 0
+        assert run["cpu_s"] >= 0
+        assert run["rss_peak_kb"] > 0
+        assert run["loop"]["ticks"] > 0
+    assert results["startup"]["ready_ms"]["n"] == 2
+    assert results["decoder"]["exit"] == 0, results["decoder"]
+    assert "figure" in done.stdout
+    assert "start -> READY=1" in done.stdout

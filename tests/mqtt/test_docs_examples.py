@@ -1,0 +1,114 @@
+"""The broker configuration shown in docs/examples/ works as documented.
+
+The ACL is tested everywhere (tests/broker.py uses it as it is); this runs the example
+mosquitto.conf with only its paths and ports replaced by test ones.
+"""
+
+from __future__ import annotations
+
+import getpass
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+import trustme
+
+from controller.mqtt import MqttPublisher, TlsSettings
+from tests.broker import DEFAULT_ACL, INSTALL_HINT, MOSQUITTO, free_port, port_accepts
+from tests.mqtt.helpers import CommandLog, make_settings, running, wait_until
+
+EXAMPLE_CONF = Path(__file__).resolve().parents[2] / "docs/examples/mosquitto.conf"
+
+
+class ExampleBroker:
+    """mosquitto running docs/examples/mosquitto.conf, paths and ports replaced."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.plain_port = free_port()
+        self.tls_port = free_port()
+        self.port = self.plain_port  # which listener make_settings() connects to
+        self.ca_file = workdir / "ca.crt"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def credentials(self, name: str) -> tuple[str, str]:
+        return name, f"{name}-password"
+
+    def start(self) -> None:
+        if not MOSQUITTO.exists():
+            pytest.fail(INSTALL_HINT, pytrace=False)
+        ca = trustme.CA()
+        server = ca.issue_cert("127.0.0.1", "localhost")
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        server.cert_chain_pems[0].write_to_path(str(self.workdir / "broker.crt"))
+        server.private_key_pem.write_to_path(str(self.workdir / "broker.key"))
+        passwd = self.workdir / "passwd"
+        for index, name in enumerate(("controller", "dashboard")):
+            create = ["-c"] if index == 0 else []
+            subprocess.run(
+                ["mosquitto_passwd", *create, "-b", str(passwd), *self.credentials(name)],
+                check=True,
+                capture_output=True,
+            )
+        replacements = {
+            "/etc/mosquitto/passwd": str(passwd),
+            "/etc/mosquitto/treadmill.acl": str(DEFAULT_ACL),
+            "/etc/mosquitto/certs/ca.crt": str(self.ca_file),
+            "/etc/mosquitto/certs/broker.crt": str(self.workdir / "broker.crt"),
+            "/etc/mosquitto/certs/broker.key": str(self.workdir / "broker.key"),
+            "listener 1883 127.0.0.1": f"listener {self.plain_port} 127.0.0.1",
+            # tests stay on loopback
+            "listener 8883\n": f"listener {self.tls_port} 127.0.0.1\n",
+        }
+        text = EXAMPLE_CONF.read_text(encoding="utf-8")
+        for old, new in replacements.items():
+            assert old in text, f"docs/examples/mosquitto.conf no longer contains {old!r}"
+            text = text.replace(old, new)
+        text += f"\nlog_dest file {self.workdir / 'mosquitto.log'}\nuser {getpass.getuser()}\n"
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(text, encoding="utf-8")
+        self.process = subprocess.Popen([str(MOSQUITTO), "-c", str(conf)])
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def example_broker(tmp_path: Path) -> Iterator[ExampleBroker]:
+    broker = ExampleBroker(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+async def test_example_mosquitto_conf(example_broker: ExampleBroker, treadmill_id: str) -> None:
+    broker = example_broker
+    await wait_until(
+        lambda: (
+            port_accepts(broker.host, broker.plain_port)
+            and port_accepts(broker.host, broker.tls_port)
+        ),
+        what="both listeners of the example configuration",
+        timeout_s=10,
+    )
+    plain = MqttPublisher(make_settings(broker, treadmill_id), on_command=CommandLog())
+    async with running(plain):
+        await wait_until(lambda: plain.stats.connected, what="plain connection")
+    broker.port = broker.tls_port
+    tls_settings = make_settings(broker, treadmill_id, tls=TlsSettings(broker.ca_file))
+    secure = MqttPublisher(tls_settings, on_command=CommandLog())
+    async with running(secure):
+        await wait_until(lambda: secure.stats.connected, what="TLS connection")
+    for port, tls in ((broker.plain_port, None), (broker.tls_port, str(broker.ca_file))):
+        anonymous = aiomqtt.Client(
+            broker.host, port, tls_params=aiomqtt.TLSParameters(ca_certs=tls) if tls else None
+        )
+        with pytest.raises(aiomqtt.MqttError, match="ot authori"):
+            async with anonymous:
+                pass

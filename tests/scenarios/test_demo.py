@@ -1,0 +1,139 @@
+"""``treadmill demo`` without a terminal, the demo broker, and the shared terminal view."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from controller.broker import DemoBroker
+from controller.view import (
+    TreadmillView,
+    ViewEvent,
+    gauge,
+    render_line,
+    render_screen,
+    screen_text,
+    view_from_state,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_demo_without_a_terminal_runs_the_built_in_session_and_exits_0() -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "demo"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        cwd=REPO,
+        env=env,
+    )
+    out = done.stdout
+    assert done.returncode == 0, f"exit {done.returncode}\n{out}\n{done.stderr}"
+    assert "no terminal: running the built-in demo session" in out
+    assert "watch the telemetry: mosquitto_sub -h 127.0.0.1 -p " in out
+    state_lines = [line for line in out.splitlines() if " stage " in line and " belt " in line]
+    assert len(state_lines) >= 15, "about two state lines a second for the whole session"
+    assert any("RUNNING stage 2" in line for line in state_lines)
+    assert any("FAULTED" in line and "fault grip_lost" in line for line in state_lines)
+    assert "event grip_lost:" in out
+    assert "event fault_cleared:" in out
+    assert state_lines[-1].split("s  ", 1)[1].startswith("IDLE stage 2 belt 0.00 km/h")
+
+
+@pytest.mark.parametrize("kind", ["mosquitto", "amqtt"])
+async def test_demo_broker_is_loopback_only_and_carries_messages(kind: str) -> None:
+    async with DemoBroker(kind) as broker:  # type: ignore[arg-type]  # literal from the list
+        assert broker.kind == kind
+        assert broker.host == "127.0.0.1"
+        assert broker.subscribe_hint() == (
+            f"mosquitto_sub -h 127.0.0.1 -p {broker.port} -t 'treadmill/#' -v"
+        )
+        async with aiomqtt.Client(
+            broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V311
+        ) as client:
+            await client.subscribe("treadmill/#")
+            await client.publish("treadmill/x/state", b"{}")
+            async with asyncio.timeout(10):
+                message = await anext(aiter(client.messages))
+            assert message.topic.value == "treadmill/x/state"
+        # Not reachable on another address of this machine: the listener is 127.0.0.1 only.
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.2", broker.port)
+    assert broker.port != 0
+
+
+# ------------------------------------------------------------------ view (pure)
+
+STATE = {
+    "state": "faulted",
+    "stage": 1,
+    "stage_name": "assisted backward walk",
+    "stage_max_kmh": 2.0,
+    "speed_kmh": 0.4,
+    "belt_kmh": 0.35,
+    "target_kmh": 2.0,
+    "commanded_kmh": 0.3,
+    "grip": "none",
+    "safety_key": True,
+    "estop": False,
+    "fault": {"code": "grip_lost", "message": "Grip released. Hold the rails, then press RESET."},
+    "firmware": {"link": True},
+    "session": None,
+    "warnings": ["grip_sensor_suspect"],
+}
+
+
+def test_view_line_shows_every_safety_input() -> None:
+    line = render_line(view_from_state(STATE, online=True))
+    assert line == (
+        "online  FAULTED stage 1 belt 0.35 km/h (measured 0.40, commanded 0.30, target 2.00) "
+        "grip none key in e-stop released fault grip_lost"
+    )
+
+
+def test_view_survives_malformed_payloads() -> None:
+    view = view_from_state({"state": 3, "stage": "x", "belt_kmh": "fast", "fault": [1]})
+    assert view.state is None
+    assert view.stage is None
+    assert view.belt_true_kmh is None
+    assert render_line(view).startswith("? stage ? belt ? km/h")
+    assert render_screen(view, use_colour=False)
+
+
+def test_view_screen_lists_fault_advice_events_and_notes() -> None:
+    view = view_from_state(
+        STATE,
+        events=[ViewEvent("4.3 s", "grip_lost", "Grip released")],
+        notes=["  keys: q quit"],
+        session_s=12.5,
+        distance_m=3.25,
+    )
+    text = "\n".join(render_screen(view, width=80, use_colour=False, ascii_only=True))
+    assert "FAULTED" in text
+    assert "FAULT grip_lost" in text
+    assert "Hold the rails, then press RESET." in text
+    assert "4.3 s grip_lost: Grip released" in text
+    assert "warnings: grip_sensor_suspect" in text
+    assert "session   12.5 s" in text
+    assert "keys: q quit" in text
+    redraw = screen_text(["a", "b"])
+    assert redraw.startswith("\x1b[H")
+    assert redraw.endswith("\x1b[J")
+
+
+def test_gauge_marks_the_stage_maximum() -> None:
+    assert gauge(0.0, 8.0, 8, ascii_only=True, marker_kmh=4.0) == "[---|----]"
+    assert gauge(4.0, 8.0, 8, ascii_only=True, marker_kmh=8.0) == "[####---|]"
+    assert gauge(None, 8.0, 4, ascii_only=True) == "[----]"
+    assert TreadmillView().gauge_max_kmh == 8.0

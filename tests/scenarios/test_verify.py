@@ -1,0 +1,96 @@
+"""``treadmill verify-config``: the commissioning report on the simulator."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from controller.config import load_config
+from controller.verify import (
+    ALLOWANCE_S,
+    RUNAWAY_ACCEL_KMH_S,
+    stop_limit_s,
+    trigger_time_s,
+    verify_main,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = REPO / "config" / "demo.yaml"
+
+
+def _quick_config(tmp_path: Path) -> Path:
+    """config/demo.yaml with every stage accelerating at 1.0 km/h/s: short ramps to the max."""
+    text = DEMO_CONFIG.read_text(encoding="utf-8")
+    text = re.sub(r"(\n\s+accel_kmh_s:) [0-9.]+", r"\1 1.0", text)
+    path = tmp_path / "quick.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_verify_config_passes_and_reports_each_check(tmp_path: Path) -> None:
+    config_path = _quick_config(tmp_path)
+    report_path = tmp_path / "report.md"
+    out, err = io.StringIO(), io.StringIO()
+    code = verify_main(
+        [str(config_path), "--stage", "1", "--stage", "3", "--report", str(report_path)], out, err
+    )
+    text = out.getvalue()
+    assert code == 0, text + err.getvalue()
+    report = report_path.read_text(encoding="utf-8")
+    assert report in text
+    assert "## Stage 1: assisted backward walk (max 2.0 km/h" in report
+    assert "## Stage 3: fast backward walk (max 5.5 km/h" in report
+    assert "## Stage 2" not in report
+    rows = [line for line in report.splitlines() if line.startswith("| ")]
+    stage1 = report.split("## Stage 1", 1)[1].split("## Stage 3", 1)[0]
+    # Stage 1 stops on grip loss; each stop has a cause, a time and a distance, all PASS.
+    grip = next(line for line in stage1.splitlines() if line.startswith("| grip loss"))
+    assert "| grip_lost |" in grip
+    assert re.search(r"\| \d+\.\d\d s \| \d+\.\d\d s \| \d+\.\d\d m \|", grip), grip
+    assert grip.endswith("| PASS |")
+    for check, cause in (
+        ("e-stop", "estop"),
+        ("link loss", "link_stale"),
+        ("runaway", "overspeed"),
+    ):
+        line = next(row for row in stage1.splitlines() if row.startswith(f"| {check}"))
+        assert f"| {cause} |" in line, line
+        assert "PASS" in line, line
+    stage3 = report.split("## Stage 3", 1)[1]
+    assert "grip not watched at this stage (configured): belt kept running" in stage3
+    assert "**FAIL**" not in report
+    assert "**Result: PASS**: all 10 checks hold." in report
+    assert any(line.startswith("| 1 assisted backward walk |") for line in rows)
+
+
+def test_stop_limits_follow_the_config() -> None:
+    config = load_config(DEMO_CONFIG)
+    stage1, _stage2, stage3, _stage4 = config.stage_configs()
+    # grace 300 ms + 2.0 km/h at 3.6 km/h/s + allowance
+    assert stop_limit_s("grip", stage1, config) == pytest.approx(0.3 + 2.0 / 3.6 + ALLOWANCE_S)
+    assert stop_limit_s("grip", stage3, config) is None  # grip not watched at stage 3
+    assert stop_limit_s("estop", stage1, config) == pytest.approx(2.0 / 3.6 + ALLOWANCE_S)
+    assert stop_limit_s("link", stage1, config) == pytest.approx(0.3 + 2.0 / 3.6 + ALLOWANCE_S)
+    runaway = stop_limit_s("runaway", stage1, config)
+    assert runaway is not None
+    detect_s = 0.5 + 0.3 / RUNAWAY_ACCEL_KMH_S + ALLOWANCE_S
+    assert runaway == pytest.approx(detect_s + (2.0 + detect_s) / 3.6 + ALLOWANCE_S)
+    assert trigger_time_s(stage1) == pytest.approx(0.2 + 2.0 / 0.2 + 1.5)
+
+
+def test_invalid_config_exits_78_with_line_numbers(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(DEMO_CONFIG.read_text(encoding="utf-8").replace("max_kmh: 2.0", "max_kmh: -2"))
+    err = io.StringIO()
+    assert verify_main([str(bad)], io.StringIO(), err) == 78
+    assert re.search(rf"{re.escape(str(bad))}:\d+:\d+: stages\[0\]\.max_kmh", err.getvalue())
+
+
+def test_unknown_stage_is_refused() -> None:
+    err = io.StringIO()
+    assert verify_main([str(DEMO_CONFIG), "--stage", "9"], io.StringIO(), err) == 78
+    assert "--stage 9: the config has stages 1 to 4" in err.getvalue()
