@@ -672,7 +672,7 @@ def _ramp_rate_kmh_s(state: CoreState, config: SafetyConfig) -> float:
         if state.commanded_kmh > goal_kmh:
             return stage.decel_kmh_s
         return 0.0
-    return config.stop_decel_kmh_s if state.commanded_kmh > 0.0 else 0.0
+    return config.stop_decel_kmh_s  # STOPPING or FAULTED: the stop ramp
 
 
 def _check_following(step: _Step) -> None:
@@ -688,11 +688,12 @@ def _check_following(step: _Step) -> None:
         step.state = replace(step.state, follow_since_ms=None)
         return
     expected_kmh = state.commanded_kmh
-    lag_kmh = _ramp_rate_kmh_s(state, config) * config.follow_lag_ms / 1000.0
-    tolerance_kmh = max(config.follow_tol_kmh, config.follow_rel * expected_kmh) + lag_kmh
     if state.mode is not Mode.RUNNING and expected_kmh == 0.0:
         # The stop ramp is over: the belt must now come to rest, not just stay near it.
         tolerance_kmh = config.standstill_kmh
+    else:
+        lag_kmh = _ramp_rate_kmh_s(state, config) * config.follow_lag_ms / 1000.0
+        tolerance_kmh = max(config.follow_tol_kmh, config.follow_rel * expected_kmh) + lag_kmh
     deviation_kmh = fresh.measured_kmh - expected_kmh
     too_fast = deviation_kmh > tolerance_kmh
     # A belt at rest while clearly commanded to move is stalled, even below the tolerance.

@@ -423,7 +423,14 @@ class SetSpeed:
     MSG_ID: ClassVar[MsgId] = MsgId.SET_SPEED
     FIELDS: ClassVar[tuple[FieldSpec, ...]] = (
         _fixed("speed_kmh", "km/h", 0, SPEED_MAX_RAW, doc="target belt speed"),
-        _fixed("accel_kmh_s", "km/h/s", 1, ACCEL_MAX_RAW, doc="ramp rate toward the target"),
+        _fixed(
+            "accel_kmh_s",
+            "km/h/s",
+            1,
+            ACCEL_MAX_RAW,
+            doc="ramp rate toward the target; an acceleration (max_accel) above the present "
+            "set-point, a deceleration (max_decel) below it",
+        ),
         _uint("lease_ms", "H", "ms", 1, LEASE_MAX_MS, doc="motion lease from receipt"),
     )
 

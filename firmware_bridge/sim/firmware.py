@@ -782,7 +782,13 @@ class SimFirmware:
             self._nak(seq, NakReason.ABOVE_CEILING)
             self._shutdown(FwFault.SPEED_ABOVE_CEILING, round(msg.speed_kmh * 100))
             return
-        if msg.accel_kmh_s > min(conf.max_accel_kmh_s, cfg.max_accel_kmh_s):
+        # FW-4: the ramp rate is an acceleration when the target is above the present
+        # set-point and a deceleration when below it; each has its own ceiling.
+        if msg.speed_kmh < self._commanded_kmh:
+            ramp_ceiling = min(conf.max_decel_kmh_s, cfg.max_decel_kmh_s)
+        else:
+            ramp_ceiling = min(conf.max_accel_kmh_s, cfg.max_accel_kmh_s)
+        if msg.accel_kmh_s > ramp_ceiling:
             self._nak(seq, NakReason.ABOVE_CEILING)
             self._shutdown(FwFault.ACCEL_ABOVE_CEILING, round(msg.accel_kmh_s * 100))
             return

@@ -28,6 +28,7 @@ from tests.core.support import (
     idle_rig,
     make_config,
     running_rig,
+    status,
     stopping_rig,
 )
 
@@ -255,6 +256,21 @@ def test_SR_PLAUS_2_belt_stopping_faster_than_the_ramp_is_fine() -> None:
     rig.tick()
     assert rig.core.mode is Mode.IDLE
     assert rig.core.fault is None
+
+
+def test_SR_PLAUS_2_stop_ramp_allows_the_lag_until_it_reaches_zero() -> None:
+    rig = stopping_rig()
+    # Deviation 0.55 km/h for 2 s already: within 0.5 + 3.6 km/h/s x 1 s while ramping ...
+    ramping = replace(rig.core, commanded_kmh=0.5, follow_since_ms=rig.now_ms - 2000)
+    inputs = Inputs(True, True, False, True, status(rig.now_ms + 20, 1.05))
+    decision = decide(ramping, inputs, DEFAULT_CONFIG, rig.now_ms + 20)
+    assert decision.state.mode is Mode.STOPPING
+    assert decision.state.follow_since_ms is None
+    # ... but once the ramp is at 0 the belt must come to rest (0.1 km/h).
+    ramp_done = replace(ramping, commanded_kmh=0.0)
+    decision = decide(ramp_done, inputs, DEFAULT_CONFIG, rig.now_ms + 20)
+    assert decision.state.fault is not None
+    assert decision.state.fault.code is FaultCode.NOT_FOLLOWING
 
 
 def test_SR_PLAUS_2_controlled_fault_upgrades_when_the_belt_does_not_slow() -> None:

@@ -119,7 +119,7 @@ def _start_refused() -> list[Decision]:
     decisions = [stopping_rig().press(Button.START), faulted_rig().press(Button.START)]
     rig = idle_rig()
     decisions.append(rig.tick(Press(Button.START), Press(Button.STOP)))
-    rig.grip = (False, True)
+    rig.grip = (False, False)
     rig.fw_state = FirmwareState.BOOT
     decisions.append(rig.press(Button.START))
     rig = faulted_rig()

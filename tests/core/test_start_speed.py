@@ -376,8 +376,19 @@ def test_SR_SPEED_4_target_cannot_be_raised_while_stopping_or_faulted() -> None:
 
 
 def test_SR_SPEED_4_target_unchanged_gives_no_event() -> None:
+    for rig in (running_rig(), stopping_rig(), faulted_rig()):
+        assert rig.tick(SetTarget(rig.core.target_kmh)).events == ()
+    at_limit = running_rig()
+    at_limit.tick(SetTarget(2.0))
+    assert at_limit.tick(SetTarget(2.0)).events == ()
+
+
+def test_SR_SPEED_4_targets_are_kept_to_a_millionth_of_a_km_h() -> None:
     rig = running_rig()
-    assert rig.tick(SetTarget(0.5)).events == ()
+    assert rig.tick(SetTarget(1.23456789)).state.target_kmh == 1.234568
+    for _ in range(7):
+        rig.press(Button.FASTER)
+    assert rig.core.target_kmh == 1.934568  # no float noise from repeated 0.1 steps
 
 
 def test_SR_SPEED_4_faster_in_idle_presets_the_start_target() -> None:

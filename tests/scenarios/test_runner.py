@@ -272,3 +272,26 @@ def test_stop_not_reaching_rest_is_reported() -> None:
     assert speed_kmh == pytest.approx(2.0)
     assert peak_kmh == pytest.approx(2.0)
     assert distance_m == pytest.approx(2.0 / 3.6 * 1.4, abs=0.01)
+
+
+TRAINING_RUN = """\
+stage: 1
+duration_s: 2
+training: true
+steps:
+  - {at_s: 0.2, client: alice}
+  - {at_s: 0.5, press: stage_up}
+expect:
+  - {from_s: 0.2, to_s: 0.4, event: client_assigned, message_contains: alice}
+  - {from_s: 0.5, to_s: 0.7, event: command_rejected, message_contains: above the allowed}
+  - {at_s: 1.9, stage: 1}
+"""
+
+
+@pytest.mark.slow
+def test_training_steps_run_with_the_training_program(tmp_path: Path) -> None:
+    """A new client's stage cap is 1: raising the stage is refused."""
+    path = _write(tmp_path, TRAINING_RUN)
+    code, out, _err = _main([str(path), "--config", str(DEMO_CONFIG)])
+    assert code == EXIT_OK, out
+    assert "result: PASS (3/3 expectations held)" in out

@@ -124,7 +124,7 @@ async def test_remote_stop_stops_belt_and_remote_speed_up_is_rejected(tmp_path: 
         service.on_remote_command(CommandRejected("start", "unknown command", "{}"))
         service.on_remote_command(RemoteStop())
         await wait_until(lambda: true_kmh(service) <= 0.1, timeout_s=3, what="belt at rest")
-        assert service.state.mode is Mode.IDLE
+        await wait_until(lambda: mode(service) is Mode.IDLE, timeout_s=3, what="idle")
         # A stop is never followed by motion on its own.
         sent = [h.frame.message for h in service.simulator.firmware.host_frames]  # type: ignore[union-attr]
         last_stop = max(i for i, m in enumerate(sent) if isinstance(m, Stop))
@@ -161,3 +161,57 @@ async def test_unexpected_task_error_sends_ESTOP_and_exits_nonzero(tmp_path: Pat
     assert code == 1
     frames = [h.frame.message for h in simulator.firmware.host_frames]
     assert any(isinstance(m, EStop) for m in frames), "no ESTOP reached the firmware"
+
+
+def no_training(raw: dict[str, object]) -> None:
+    # Training unlock rules refer to stage 1's max; this test changes it freely.
+    raw["training"] = {"enabled": False}
+
+
+async def test_reload_tightens_at_once_and_loosens_only_at_rest(tmp_path: Path) -> None:
+    async with running_service(tmp_path, edit=no_training) as service:
+        panel = service.mock_panel
+        assert panel is not None
+        assert service.config_path is not None
+        panel.grip("both")
+        await wait_until(
+            lambda: service.last_inputs is not None and service.last_inputs.grip_left,
+            timeout_s=2,
+            what="grip seen",
+        )
+        panel.press("start")
+        panel.target(0.9)
+        await wait_until(lambda: true_kmh(service) >= 0.85, timeout_s=10, what="belt at 0.9")
+        original = service.config_path.read_text()
+
+        # Tighter: stage 1 max 2.0 -> 0.6 km/h applies while running.
+        service.config_path.write_text(original.replace("max_kmh: 2.0", "max_kmh: 0.6", 1))
+        service.request_reload()
+        await wait_until(
+            lambda: service._safety.stages[0].max_kmh == 0.6, timeout_s=5, what="tighter limit"
+        )
+        await wait_until(lambda: true_kmh(service) <= 0.65, timeout_s=5, what="belt slowed")
+        assert mode(service) is Mode.RUNNING
+
+        # Looser: stage 1 max back to 2.0 is held back while the belt moves.
+        service.config_path.write_text(original)
+        service.request_reload()
+        await wait_until(
+            lambda: any(e.kind == "config_reloaded" for _, e in list(service.event_log)[-5:]),
+            timeout_s=5,
+            what="second reload",
+        )
+        assert service._safety.stages[0].max_kmh == 0.6
+        panel.target(1.5)
+        ticks = service.loop_stats.ticks
+        await wait_until(
+            lambda: service.loop_stats.ticks >= ticks + 50, timeout_s=3, what="50 more ticks"
+        )
+        assert service.state.commanded_kmh <= 0.6
+        assert true_kmh(service) <= 0.65
+
+        panel.press("stop")
+        await wait_until(lambda: mode(service) is Mode.IDLE, timeout_s=5, what="idle")
+        await wait_until(
+            lambda: service._safety.stages[0].max_kmh == 2.0, timeout_s=2, what="looser at rest"
+        )
