@@ -23,7 +23,9 @@ import dataclasses
 import gc
 import importlib.metadata
 import logging
+import shutil
 import signal
+import tempfile
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -842,7 +844,11 @@ class Service:
         port = config.serial.port
         if port == SIM_PORT:
             if self.simulator is None:
-                self.simulator = PtySimulator()
+                # A stable link, like /dev/serial/by-id: after a simulated replug the bridge
+                # reopens this simulator's new pty, never a recycled /dev/pts/N of another.
+                link_dir = Path(tempfile.mkdtemp(prefix="treadmill-sim-"))
+                stack.callback(shutil.rmtree, link_dir, ignore_errors=True)
+                self.simulator = PtySimulator(link_path=link_dir / "ttySIM0")
             await stack.enter_async_context(self.simulator)
             port = self.simulator.port
         factory = self._pin_factory

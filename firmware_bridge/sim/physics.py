@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from dataclasses import dataclass
 
 __all__ = ["BeltPhysics", "PhysicsParams"]
@@ -61,6 +62,7 @@ class PhysicsParams:
     noise_kmh: float = 0.01  # standard deviation of the reading's noise while moving
     stale_factor: float = 3.0  # no pulse for this many periods: reading is stale (0)
     stale_cap_ms: float = 2000.0  # ... but never wait longer than this
+    gate_ms: float = 100.0  # the reading averages the pulse periods of this window
 
     def __post_init__(self) -> None:
         positive = {
@@ -125,6 +127,7 @@ class BeltPhysics:
         self._pulses = 0
         self._last_pulse_ms: float | None = None
         self._last_period_ms: float | None = None
+        self._recent_pulses_ms: deque[float] = deque(maxlen=256)
         self._measured_kmh = 0.0
         self._sensor_quiet = True
 
@@ -294,6 +297,7 @@ class BeltPhysics:
             pulse_ms = max(pulse_ms, last + 0.1)
             self._last_period_ms = pulse_ms - last
         self._last_pulse_ms = pulse_ms
+        self._recent_pulses_ms.append(pulse_ms)
 
     def _read_sensor(self) -> float:
         p = self._params
@@ -315,9 +319,17 @@ class BeltPhysics:
             # Stale: report rest and need two fresh pulses for the next reading.
             self._last_pulse_ms = None
             self._last_period_ms = None
+            self._recent_pulses_ms.clear()
             self._sensor_quiet = True
             return 0.0
         self._sensor_quiet = False
+        # Like a firmware that counts pulses over a gate time: average the periods of the
+        # pulses in the last gate_ms, so one jittered pulse moves the reading little.
+        recent = self._recent_pulses_ms
+        while len(recent) > 2 and recent[0] < last - p.gate_ms:
+            recent.popleft()
+        if len(recent) >= 3:
+            period = (recent[-1] - recent[0]) / (len(recent) - 1)
         speed_kmh = p.distance_per_pulse_mm * _KMH_PER_MM_PER_MS / max(period, since_ms)
         if p.noise_kmh > 0:
             speed_kmh += self._rng.gauss(0.0, p.noise_kmh)

@@ -158,6 +158,15 @@ def test_SR_PLAUS_1_overspeed_timer_restarts_when_speed_drops_back() -> None:
     assert _latched(rig) is None
 
 
+def test_SR_PLAUS_1_overspeed_timer_restarts_after_a_gap_in_the_readings() -> None:
+    rig = running_rig()
+    rig.measured_kmh = 2.5
+    rig.run_ms(400)
+    assert rig.core.overspeed_since_ms is not None
+    rig.link = "stale"
+    assert rig.tick().state.overspeed_since_ms is None
+
+
 def test_SR_PLAUS_1_overspeed_reference_is_the_commanded_speed_while_ramping_down() -> None:
     rig = running_rig(stage_number=3)
     rig.tick(SetTarget(5.0))

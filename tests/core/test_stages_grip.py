@@ -9,6 +9,7 @@ import pytest
 from controller.core import (
     WARNING_GRIP_STUCK,
     WARNING_GRIP_SUSPECT,
+    decide,
     effective_stage_cap,
     grip_watched,
 )
@@ -237,6 +238,15 @@ def test_SR_GRIP_6_chatter_raises_a_warning_once() -> None:
     assert WARNING_GRIP_SUSPECT not in rig.core.warnings
 
 
+def test_SR_GRIP_6_edges_older_than_the_window_no_longer_count() -> None:
+    rig = idle_rig()
+    now = rig.now_ms + 20
+    for age_ms, suspect in ((1000, False), (999, True)):
+        state = replace(rig.core, grip_edges_ms=(now - age_ms,) * 9)
+        decision = decide(state, replace(rig.inputs(), grip_left=False), DEFAULT_CONFIG, now)
+        assert (WARNING_GRIP_SUSPECT in decision.state.warnings) is suspect
+
+
 def test_SR_GRIP_6_chatter_at_a_stop_latch_stage_stops_and_latches() -> None:
     rig = running_rig()
     for _ in range(5):
@@ -272,15 +282,30 @@ def test_SR_GRIP_6_chatter_blocks_start_at_a_watched_stage() -> None:
 
 def test_SR_GRIP_7_unchanged_reading_while_running_warns_without_stopping() -> None:
     config = make_config(*DEFAULT_CONFIG.stages, grip_stuck_window_ms=10_000)
-    rig = running_rig(config)
-    rig.run_ms(10_000)
+    rig = idle_rig(config)
+    rig.press(Button.START)
+    rig.run_ms(9_980)
+    assert WARNING_GRIP_STUCK not in rig.core.warnings
+    rig.tick()
     assert WARNING_GRIP_STUCK in rig.core.warnings
     stuck = rig.events("grip_sensor_stuck")
     assert len(stuck) == 1
+    assert stuck[0].details == {"unchanged_ms": 10_000}
     assert "unchanged for 10 s while running" in stuck[0].message
     assert rig.core.mode is Mode.RUNNING
     rig.grip = (True, False)
     rig.tick()
+    assert WARNING_GRIP_STUCK not in rig.core.warnings
+    rig.run_ms(9_980)  # one hand changed: the window starts again from that change
+    assert WARNING_GRIP_STUCK not in rig.core.warnings
+
+
+def test_SR_GRIP_7_window_counts_from_the_start_not_from_idle() -> None:
+    config = make_config(*DEFAULT_CONFIG.stages, grip_stuck_window_ms=10_000)
+    rig = idle_rig(config)
+    rig.run_ms(9_000)  # hands resting on the rails before the start
+    rig.press(Button.START)
+    rig.run_ms(5_000)
     assert WARNING_GRIP_STUCK not in rig.core.warnings
 
 

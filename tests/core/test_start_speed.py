@@ -66,7 +66,9 @@ def test_SR_MODE_1_every_transition_is_reported_old_new_reason() -> None:
     assert transitions[0].details == {"from": "idle", "to": "running", "reason": "start_button"}
     rig.press(Button.STOP)
     rig.run_ms(1000)
-    messages = [e.message for e in rig.events("transition")]
+    assert rig.core.stop_reason == "stop_button"
+    assert rig.press(Button.START).state.stop_reason is None
+    messages = [e.message for e in rig.events("transition")][:3]
     assert messages == [
         "idle -> running (start_button)",
         "running -> stopping (stop_button)",
@@ -111,6 +113,7 @@ def test_SR_START_1_local_start_press_starts_from_idle() -> None:
     rig = idle_rig()
     decision = rig.press(Button.START)
     assert decision.state.mode is Mode.RUNNING
+    assert decision.state.stop_reason is None
     assert isinstance(decision.motion, SetSpeed)
     assert [e.kind for e in decision.events] == ["transition", "started"]
     assert "stage 1" in decision.events[1].message
@@ -225,6 +228,8 @@ def test_SR_START_2_blockers_are_empty_when_everything_is_ready() -> None:
     state = initial_state(DEFAULT_CONFIG)
     inputs = Inputs(True, False, False, True, status(1000))
     assert start_blockers(state, inputs, DEFAULT_CONFIG, 1000) == ()
+    creeping = Inputs(True, False, False, True, status(1000, DEFAULT_CONFIG.standstill_kmh))
+    assert start_blockers(state, creeping, DEFAULT_CONFIG, 1000) == ()
 
 
 def test_SR_START_3_start_targets_at_least_the_start_speed_and_ramps_from_zero() -> None:
@@ -331,6 +336,13 @@ def test_SR_SPEED_3_time_going_backwards_ramps_nothing() -> None:
     before = rig.core.commanded_kmh
     rig.tick(dt_ms=-50)
     assert rig.core.commanded_kmh == before
+
+
+def test_SR_SPEED_3_a_state_without_a_previous_tick_ramps_nothing() -> None:
+    rig = running_rig(settle=False)
+    state = replace(rig.core, last_tick_ms=None)
+    decision = decide(state, rig.inputs(), DEFAULT_CONFIG, rig.now_ms + 20)
+    assert decision.state.commanded_kmh == state.commanded_kmh
 
 
 def test_SR_SPEED_4_faster_slower_step_and_clamp() -> None:

@@ -64,12 +64,6 @@ KNOWN_DEFECTS: dict[str, str] = {
     "safety_key_pulled_stops_belt": (
         "same as the e-stop: ESTOP re-sent while FAULTED re-latches the firmware fault"
     ),
-    "remote_speed_up_rejected": (
-        "slowing down while running sends SET_SPEED with accel_kmh_s = the stage's decel "
-        "(3.6) and the firmware refuses it above max_accel_kmh_s (1.0): fault code 3"
-    ),
-    "remote_stage_cap_lowers_stage": "same SET_SPEED decel/max_accel mismatch (fault code 3)",
-    "stage_change_limits": "same SET_SPEED decel/max_accel mismatch (fault code 3)",
 }
 
 

@@ -36,17 +36,17 @@ def test_verify_config_passes_and_reports_each_check(tmp_path: Path) -> None:
     report_path = tmp_path / "report.md"
     out, err = io.StringIO(), io.StringIO()
     code = verify_main(
-        [str(config_path), "--stage", "1", "--stage", "3", "--report", str(report_path)], out, err
+        [str(config_path), "--stage", "1", "--stage", "2", "--report", str(report_path)], out, err
     )
     text = out.getvalue()
     assert code == 0, text + err.getvalue()
     report = report_path.read_text(encoding="utf-8")
     assert report in text
     assert "## Stage 1: assisted backward walk (max 2.0 km/h" in report
-    assert "## Stage 3: fast backward walk (max 5.5 km/h" in report
-    assert "## Stage 2" not in report
+    assert "## Stage 2: supported backward walk (max 3.5 km/h" in report
+    assert "## Stage 3" not in report
     rows = [line for line in report.splitlines() if line.startswith("| ")]
-    stage1 = report.split("## Stage 1", 1)[1].split("## Stage 3", 1)[0]
+    stage1 = report.split("## Stage 1", 1)[1].split("## Stage 2", 1)[0]
     # Stage 1 stops on grip loss; each stop has a cause, a time and a distance, all PASS.
     grip = next(line for line in stage1.splitlines() if line.startswith("| grip loss"))
     assert "| grip_lost |" in grip
@@ -60,8 +60,9 @@ def test_verify_config_passes_and_reports_each_check(tmp_path: Path) -> None:
         line = next(row for row in stage1.splitlines() if row.startswith(f"| {check}"))
         assert f"| {cause} |" in line, line
         assert "PASS" in line, line
-    stage3 = report.split("## Stage 3", 1)[1]
-    assert "grip not watched at this stage (configured): belt kept running" in stage3
+    stage2 = report.split("## Stage 2", 1)[1]
+    assert "| grip loss | " in stage2
+    assert "| grip_lost |" in stage2
     assert "**FAIL**" not in report
     assert "**Result: PASS**: all 10 checks hold." in report
     assert any(line.startswith("| 1 assisted backward walk |") for line in rows)
