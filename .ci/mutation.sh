@@ -11,6 +11,9 @@
 #   MUTATION_WORKDIR  scratch directory to use and keep (default: a fresh temp dir)
 #   MUTATION_TARGET   module to mutate (default: controller/core.py)
 #
+# Arguments are passed to "mutmut run": mutant names or globs such as
+# 'controller.core.x__check_following*' restrict the run to those mutants.
+#
 # Exit status: 0 when no mutant survives, 1 otherwise.
 set -euo pipefail
 
@@ -47,7 +50,7 @@ cd "${work}"
 export PATH="${venv}:${PATH}"  # mutmut recognises the type checker by the bare name "mypy"
 export HYPOTHESIS_PROFILE=mutation
 echo "mutation testing ${target} in ${work} with ${jobs} workers"
-"${venv}/mutmut" run --max-children "${jobs}"
+"${venv}/mutmut" run --max-children "${jobs}" "$@"
 "${venv}/mutmut" export-cicd-stats >/dev/null
 python3 - <<'PY'
 import json

@@ -81,7 +81,10 @@ def summary(config: AppConfig, source: str) -> str:
     for number, stage in enumerate(config.stages, start=1):
         grip = stage.grip
         policy = _HANDS.get(grip.hands_required, str(grip.hands_required))
-        if grip.hands_required:
+        watched = grip.hands_required > 0 or grip.on_loss == "warn"
+        if grip.hands_required == 0 and grip.on_loss == "warn":
+            policy = "optional, warn"
+        elif grip.hands_required:
             policy += f", {grip.on_loss}"
             if grip.on_loss == "slow":
                 policy += f" to {_num(grip.slow_to_kmh)}"
@@ -93,7 +96,7 @@ def summary(config: AppConfig, source: str) -> str:
                 f"{_num(stage.start_kmh)}",
                 f"{_num(stage.accel_kmh_s)}",
                 policy,
-                str(grip.grace_ms) if grip.hands_required else "-",
+                str(grip.grace_ms) if watched else "-",
                 "yes" if stage.clip_required else "no",
             )
         )

@@ -137,13 +137,33 @@ def hands_on_rails(inputs: Inputs) -> int:
 
 
 def grip_ok(stage: StageConfig, inputs: Inputs) -> bool:
-    """True when at least ``grip_hands_required`` hands are on the rails (SR-GRIP-1)."""
-    return hands_on_rails(inputs) >= stage.grip_hands_required
+    """True when at least ``grip_hands_required`` hands are on the rails (SR-GRIP-1).
+
+    At a warn-only stage where grip is optional (no hands required), the warning is about
+    having no hand on a rail at all, so there grip counts as held with one hand or two.
+    """
+    return hands_on_rails(inputs) >= _hands_watched(stage)
+
+
+def _hands_watched(stage: StageConfig) -> int:
+    if stage.grip_hands_required == 0 and stage.on_grip_loss is GripLossAction.WARN:
+        return 1
+    return stage.grip_hands_required
 
 
 def grip_watched(stage: StageConfig) -> bool:
-    """True when losing grip has a consequence at ``stage`` (SR-GRIP-1)."""
-    return stage.grip_hands_required > 0 and stage.on_grip_loss is not GripLossAction.NONE
+    """True when losing grip has a consequence at ``stage`` (SR-GRIP-1, SR-GRIP-4)."""
+    return _hands_watched(stage) > 0 and stage.on_grip_loss is not GripLossAction.NONE
+
+
+def belt_at_rest(firmware: FirmwareStatus, config: SafetyConfig) -> bool:
+    """The belt stands still: both the measured speed and the firmware's own ramped set-point
+    are at or below ``standstill_kmh`` (SR-STOP-2). A coarse speed sensor can read 0 while a
+    slow belt still creeps; the firmware's set-point cannot."""
+    return (
+        firmware.measured_kmh <= config.standstill_kmh
+        and firmware.commanded_kmh <= config.standstill_kmh
+    )
 
 
 def effective_stage_cap(state: CoreState, inputs: Inputs, config: SafetyConfig) -> int:
@@ -252,9 +272,11 @@ def _rest_blockers(inputs: Inputs, config: SafetyConfig, now_ms: int) -> list[st
         return problems
     if not firmware.safety_key_closed:
         problems.append("the motor controller reads the safety key circuit open: put the key back")
-    if firmware.measured_kmh > config.standstill_kmh:
+    if not belt_at_rest(firmware, config):
         problems.append(
-            f"the belt is moving ({firmware.measured_kmh:.2f} km/h): wait until it stands still"
+            f"the belt is moving ({firmware.measured_kmh:.2f} km/h measured, "
+            f"{firmware.commanded_kmh:.2f} km/h set in the motor controller): "
+            "wait until it stands still"
         )
     if firmware.config_checksum != firmware.expected_config_checksum:
         problems.append(
@@ -545,8 +567,21 @@ def _check_emergencies(step: _Step) -> None:
             StopKind.EMERGENCY,
             "The motor controller reads the safety key circuit open",
         )
+    if _emergency_input(inputs):
+        # ESTOP goes out on every tick while the e-stop is pressed or the key is out (SR-STOP-3).
+        step.state = replace(step.state, fault_rest_reached=False)
     _check_overspeed(step)
     _check_moving_at_rest(step)
+
+
+def _emergency_input(inputs: Inputs) -> bool:
+    """The e-stop is pressed or the safety key is out (console or firmware reading)."""
+    firmware = inputs.firmware
+    return (
+        inputs.estop_pressed
+        or not inputs.safety_key_present
+        or (firmware is not None and not firmware.safety_key_closed)
+    )
 
 
 def _check_overspeed(step: _Step) -> None:
@@ -592,6 +627,8 @@ def _check_moving_at_rest(step: _Step) -> None:
     step.state = replace(step.state, moving_at_rest_since_ms=since_ms)
     lasted_ms = step.now_ms - since_ms
     if lasted_ms > config.moving_at_rest_ms:
+        # Not at rest after all: a latched emergency goes back to sending EStop.
+        step.state = replace(step.state, fault_rest_reached=False)
         _latch(
             step,
             FaultCode.MOVING_AT_REST,
@@ -1041,7 +1078,7 @@ def _settle(step: _Step) -> None:
     fresh = step.fresh
     state = step.state
     config = step.config
-    if fresh is None or fresh.measured_kmh > config.standstill_kmh:
+    if fresh is None or not belt_at_rest(fresh, config):
         return
     if state.mode is Mode.STOPPING:
         stage = stage_config(state, config)
@@ -1054,7 +1091,15 @@ def _settle(step: _Step) -> None:
             f"belt at rest ({fresh.measured_kmh:.2f} km/h); stop reason: {state.stop_reason}",
             reason=state.stop_reason,
         )
-    elif state.mode is Mode.FAULTED:
+    elif (
+        state.mode is Mode.FAULTED
+        and state.fault is not None
+        and state.fault.since_ms < step.now_ms
+        and not _emergency_input(step.inputs)
+    ):
+        # At rest, with the e-stop released and the key in, and not in the tick that latched
+        # the fault (an emergency always sends ESTOP at least once): from now on the stop is
+        # a plain Stop, so CLEAR_FAULT can clear the firmware's ESTOP latch (SR-STOP-3).
         step.state = replace(step.state, fault_rest_reached=True)
 
 
@@ -1095,7 +1140,13 @@ def _motion(state: CoreState, config: SafetyConfig, previous_kmh: float) -> Moti
 
 
 def _stop_command(state: CoreState, config: SafetyConfig) -> MotionCommand:
-    """EStop for a fault whose stop is an emergency; otherwise the controlled Stop."""
-    if state.fault is not None and state.fault.stop is StopKind.EMERGENCY:
+    """EStop for a fault whose stop is an emergency until the belt is at rest; otherwise, and
+    from then on, the controlled Stop (SR-STOP-3). Repeating ESTOP at rest would re-latch the
+    firmware's own ESTOP fault after every CLEAR_FAULT, and a reset could never complete."""
+    if (
+        state.fault is not None
+        and state.fault.stop is StopKind.EMERGENCY
+        and not state.fault_rest_reached
+    ):
         return EStop()
     return Stop(decel_kmh_s=config.stop_decel_kmh_s)

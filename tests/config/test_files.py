@@ -114,7 +114,7 @@ def test_production_stage_table_matches_the_documented_defaults() -> None:
     assert got == [
         (1, 2.0, 0.2, 1, 300, GripLossAction.STOP_LATCH, True),
         (2, 3.5, 0.3, 1, 800, GripLossAction.STOP_LATCH, True),
-        (3, 5.5, 0.4, 0, 0, GripLossAction.WARN, True),
+        (3, 5.5, 0.4, 0, 1000, GripLossAction.WARN, True),
         (4, 8.0, 0.5, 0, 0, GripLossAction.NONE, True),
     ]
     safety = config.safety()

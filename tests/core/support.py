@@ -131,11 +131,12 @@ def status(
     key_closed: bool = True,
     checksum: int = CHECKSUM,
     boot_id: int = BOOT_ID,
+    commanded_kmh: float = 0.0,
 ) -> FirmwareStatus:
     return FirmwareStatus(
         received_ms=received_ms,
         measured_kmh=measured_kmh,
-        commanded_kmh=0.0,
+        commanded_kmh=commanded_kmh,
         state=state,
         fault_code=fault_code,
         safety_key_closed=key_closed,
@@ -162,6 +163,7 @@ class Rig:
     checksum: int = CHECKSUM
     link: str = "fresh"  # fresh | stale | none
     measured_kmh: float | None = None  # None: the belt follows the last command exactly
+    fw_commanded_kmh: float = 0.0  # the firmware's own ramped set-point in STATUS
     stage_cap: int = 4
     history: list[Decision] = field(default_factory=list)
 
@@ -187,6 +189,7 @@ class Rig:
             key_closed=self.fw_key,
             checksum=self.checksum,
             boot_id=self.boot_id,
+            commanded_kmh=self.fw_commanded_kmh,
         )
 
     def inputs(

@@ -181,7 +181,18 @@ def _check_invariants(  # noqa: PLR0917  # the tick's before/after and what drov
         assert motion.lease_ms == config.lease_ms, case
     elif after.mode is Mode.FAULTED:
         assert after.fault is not None, case
-        expected = EStop() if after.fault.stop is StopKind.EMERGENCY else Stop(3.6)
+        # SR-STOP-3: an emergency sends ESTOP while the e-stop is pressed, the key is out or
+        # the belt has not yet come to rest; after that a plain Stop lets CLEAR_FAULT work.
+        fw = inputs.firmware
+        emergency_input = (
+            inputs.estop_pressed
+            or not inputs.safety_key_present
+            or (fw is not None and not fw.safety_key_closed)
+        )
+        if emergency_input:
+            assert not after.fault_rest_reached, case
+        emergency = after.fault.stop is StopKind.EMERGENCY and not after.fault_rest_reached
+        expected = EStop() if emergency else Stop(3.6)
         assert motion == expected, case
     else:
         assert motion == Stop(config.stop_decel_kmh_s), case

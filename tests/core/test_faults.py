@@ -61,9 +61,18 @@ def test_SR_ESTOP_1_estop_pressed_stops_at_once_and_latches_in_every_mode(
         # A controlled-stop fault is upgraded to the emergency stop; the first is kept.
         assert decision.state.fault.code is FaultCode.ESTOP
         assert before.code in decision.state.secondary_faults
+    # SR-STOP-3: ESTOP on every tick while the e-stop stays pressed.
+    for _ in range(50):
+        assert rig.tick().motion == EStop()
     rig.estop = False
-    assert rig.tick().motion == EStop()
+    motions = [rig.tick().motion for _ in range(250)]
     assert rig.core.mode is Mode.FAULTED
+    # Released and at rest: a plain Stop, so CLEAR_FAULT can clear the firmware's latch.
+    assert rig.core.fault_rest_reached
+    assert motions[-1] == Stop(3.6)
+    first_stop = motions.index(Stop(3.6))
+    assert all(m == EStop() for m in motions[:first_stop])
+    assert all(m == Stop(3.6) for m in motions[first_stop:])
 
 
 @pytest.mark.parametrize("make", EVERY_MODE)
@@ -421,12 +430,25 @@ def test_SR_FAULT_2_emergency_fault_after_a_controlled_one_upgrades_the_stop() -
 
 def test_SR_FAULT_2_controlled_fault_never_downgrades_an_emergency() -> None:
     rig = faulted_rig(running=False)
+    rig.estop = True
     rig.link = "stale"
     decision = rig.tick()
     assert decision.motion == EStop()
     assert decision.state.fault is not None
+    assert decision.state.fault.stop is StopKind.EMERGENCY
     assert decision.state.fault.code is FaultCode.ESTOP
     assert decision.state.secondary_faults == (FaultCode.LINK_STALE,)
+
+
+def test_SR_FAULT_2_commanded_speed_models_the_stop_of_the_fault() -> None:
+    controlled = running_rig()
+    controlled.tick(SetTarget(2.0))
+    controlled.run_ms(10_000)
+    controlled.link = "stale"
+    assert controlled.tick().state.commanded_kmh == pytest.approx(2.0 - 3.6 * 0.020)
+    emergency = running_rig()
+    emergency.estop = True
+    assert emergency.tick().state.commanded_kmh == 0.0
 
 
 def test_SR_FAULT_3_every_fault_message_says_what_to_do() -> None:
@@ -462,7 +484,14 @@ def test_SR_FAULT_4_internal_fault_latches_with_a_controlled_stop() -> None:
     assert again.state == decision.state
     assert again.events == ()
     estopped = faulted_rig(running=False)
-    assert internal_fault(estopped.core, DEFAULT_CONFIG, 0, "x").motion == EStop()
+    estopped.estop = True  # e-stop still pressed: the emergency stop holds
+    held = estopped.tick()
+    assert internal_fault(held.state, DEFAULT_CONFIG, 0, "x").motion == EStop()
+    # Released and at rest (SR-STOP-3): the latched emergency no longer repeats ESTOP.
+    estopped.estop = False
+    for _ in range(3):
+        estopped.tick()
+    assert internal_fault(estopped.core, DEFAULT_CONFIG, 0, "x").motion == Stop(3.6)
 
 
 # ---------------------------------------------------------------- precedence

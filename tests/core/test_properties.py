@@ -286,8 +286,16 @@ class CoreMachine(RuleBasedStateMachine):
         if after.mode is Mode.RUNNING:
             assert isinstance(motion, SetSpeed)
             assert motion.speed_kmh == after.commanded_kmh
+        elif (
+            after.fault is not None
+            and after.fault.stop is StopKind.EMERGENCY
+            and not after.fault_rest_reached
+        ):
+            assert motion == EStop()  # until at rest with the e-stop released (SR-STOP-3)
         elif after.fault is not None and after.fault.stop is StopKind.EMERGENCY:
-            assert motion == EStop()
+            assert not inputs.estop_pressed
+            assert inputs.safety_key_present
+            assert motion == Stop(config.stop_decel_kmh_s)
         else:
             assert motion == Stop(config.stop_decel_kmh_s)
         # Commanded never above the limit except while ramping down to it (SR-SPEED-1).

@@ -53,7 +53,10 @@ def test_SR_MODE_2_initial_state_is_idle_at_stage_1_start_speed() -> None:
 
 
 def test_SR_MODE_2_initial_state_refuses_a_config_without_stages() -> None:
-    with pytest.raises(ValueError, match="no stages"):
+    with pytest.raises(
+        ValueError,
+        match=r"^the safety configuration has no stages: configure at least stage 1$",
+    ):
         initial_state(make_config(stages=()))
 
 
@@ -88,7 +91,11 @@ def test_SR_MOTION_1_motion_command_follows_the_mode() -> None:
     faulted = faulted_rig()
     assert faulted.tick().motion == Stop(DEFAULT_CONFIG.stop_decel_kmh_s)
     estopped = faulted_rig(running=False)
+    estopped.estop = True
     assert estopped.tick().motion == EStop()
+    estopped.estop = False
+    estopped.tick()
+    assert estopped.tick().motion == Stop(DEFAULT_CONFIG.stop_decel_kmh_s)  # SR-STOP-3
 
 
 def test_SR_MOTION_2_set_speed_carries_accel_rising_and_decel_falling() -> None:
@@ -140,7 +147,7 @@ def test_SR_START_1_without_a_press_the_belt_never_starts() -> None:
         ("grip", (False, False), "needs one hand on the rails"),
         ("fw_state", FirmwareState.BOOT, "state boot, not idle"),
         ("fw_state", FirmwareState.STOPPING, "state stopping, not idle"),
-        ("measured_kmh", 0.5, "the belt is moving (0.50 km/h)"),
+        ("measured_kmh", 0.5, "the belt is moving (0.50 km/h measured"),
     ],
 )
 def test_SR_START_2_start_refused_names_what_is_missing(

@@ -119,7 +119,7 @@ def test_SR_RESET_1_only_a_local_reset_leaves_faulted() -> None:
         ("fw_key", False, "reads the safety key circuit open"),
         ("link", "stale", "501 ms old"),
         ("link", "none", "no firmware status"),
-        ("measured_kmh", 0.5, "the belt is moving (0.50 km/h)"),
+        ("measured_kmh", 0.5, "the belt is moving (0.50 km/h measured"),
         ("checksum", 1, "configuration checksum"),
     ],
 )

@@ -166,7 +166,7 @@ async def test_mqtt_command_flood_has_no_effect_and_loop_keeps_rate(
         assert after["stage"] == 1
         assert max(speeds) <= speed + 0.2, (speed, max(speeds))
         assert min(speeds) >= speed - 0.3, (speed, min(speeds))
-        assert rejected > 1000, f"only {rejected} commands rejected in {elapsed_s:.0f} s"
+        assert rejected > 200, f"only {rejected} commands rejected in {elapsed_s:.0f} s"
         assert rig.service.kinds["command_rejected"] > 0
         # The loop keeps its 50 Hz rate (within 10 %) under the flood.
         assert ticks_per_s >= 45.0, f"{ticks_per_s:.1f} ticks/s under the flood"

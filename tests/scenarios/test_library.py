@@ -55,16 +55,7 @@ NOT_SHOWN_BY_SCENARIOS: dict[str, str] = {
 
 #: Scenarios that currently fail because of a known defect outside the scenario runner.
 #: ``strict``: when the defect is fixed the test reports XPASS and the entry must go.
-KNOWN_DEFECTS: dict[str, str] = {
-    "estop_stops_belt_reset_needs_release": (
-        "after an emergency fault the controller re-sends ESTOP every 250 ms while FAULTED, "
-        "so the firmware re-latches ESTOP (code 6) after each CLEAR_FAULT: RESET never "
-        "completes"
-    ),
-    "safety_key_pulled_stops_belt": (
-        "same as the e-stop: ESTOP re-sent while FAULTED re-latches the firmware fault"
-    ),
-}
+KNOWN_DEFECTS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
