@@ -88,9 +88,7 @@ def _offset_momentum(bodies: list[Body]) -> None:
 
 
 def _advance(bodies: list[Body], steps: int, dt: float) -> None:
-    pairs = [
-        (bodies[i], bodies[j]) for i in range(len(bodies)) for j in range(i + 1, len(bodies))
-    ]
+    pairs = [(bodies[i], bodies[j]) for i in range(len(bodies)) for j in range(i + 1, len(bodies))]
     for _ in range(steps):
         for ([x1, y1, z1], v1, m1), ([x2, y2, z2], v2, m2) in pairs:
             dx, dy, dz = x1 - x2, y1 - y2, z1 - z2

@@ -32,8 +32,7 @@ def test_SR_STOP_4_a_zero_reading_is_not_rest_while_the_firmware_still_ramps() -
     rig.run_ms(500)
     assert rig.core.mode is Mode.STOPPING
     rig.fw_commanded_kmh = 0.0
-    rig.tick()
-    assert rig.core.mode is Mode.IDLE
+    assert rig.tick().state.mode is Mode.IDLE
 
 
 def test_SR_STOP_4_start_and_reset_wait_for_the_firmware_set_point() -> None:
@@ -65,8 +64,7 @@ def test_SR_FAULT_5_estop_repeats_while_pressed_then_stop_at_rest_lets_reset_com
     rig.fw_fault = 0
     rig.tick()
     assert rig.tick().motion == STOP
-    rig.press(Button.RESET)
-    assert rig.core.mode is Mode.IDLE
+    assert rig.press(Button.RESET).state.mode is Mode.IDLE
     assert not isinstance(rig.tick().motion, SetSpeed)  # a reset never starts the belt
 
 
