@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
+from controller.core import grip_watched
 from controller.model import GripLossAction, StageConfig
 from controller.scenario import (
     REST_KMH,
@@ -309,8 +310,7 @@ def _judge_grip_without_stop(
     if stop is not None:
         problems.append(f"the belt was stopped ({stop.cause})")
     policy = stage.on_grip_loss
-    watched = stage.grip_hands_required > 0 and policy is not GripLossAction.NONE
-    if not watched:
+    if not grip_watched(stage):
         note = "grip not watched at this stage (configured): belt kept running"
     elif policy is GripLossAction.WARN:
         note = "warning only (configured)"
@@ -405,12 +405,15 @@ def _num(value: float | None, unit: str, digits: int = 2) -> str:
 
 
 def _stage_title(stage: StageConfig) -> str:
-    grip = (
-        "grip not required"
-        if stage.grip_hands_required == 0
-        else f"{stage.grip_hands_required} hand(s), {stage.on_grip_loss.value}, "
-        f"grace {stage.grip_grace_ms} ms"
-    )
+    if stage.grip_hands_required == 0 and grip_watched(stage):
+        grip = f"grip optional, {stage.on_grip_loss.value}, grace {stage.grip_grace_ms} ms"
+    elif stage.grip_hands_required == 0:
+        grip = "grip not required"
+    else:
+        grip = (
+            f"{stage.grip_hands_required} hand(s), {stage.on_grip_loss.value}, "
+            f"grace {stage.grip_grace_ms} ms"
+        )
     return (
         f"Stage {stage.number}: {stage.name} (max {stage.max_kmh:.1f} km/h, "
         f"accel {stage.accel_kmh_s:.2f} km/h/s; {grip})"
