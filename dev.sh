@@ -18,7 +18,8 @@ ensure_python() {
 }
 
 ensure_venv() {
-    local extras=$1 stamp="$VENV/.installed-$extras"
+    local extras=$1
+    local stamp="$VENV/.installed-$extras"
     ensure_python
     if [ ! -x "$VENV/bin/python" ]; then
         "$PYTHON" -m venv "$VENV" || die "could not create $VENV: install python3-venv (sudo apt install python3-venv)"
