@@ -824,7 +824,16 @@ class Service:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 await self._start_parts(stack)
-                await self._run_tasks()
+                try:
+                    await self._run_tasks()
+                except BaseExceptionGroup:
+                    # Python 3.11's TaskGroup leaves this task marked as cancelled when a child
+                    # fails (CPython gh-116720, fixed in 3.12): the clean-up below (closing the
+                    # serial port, the simulator) would then be interrupted at its first await.
+                    task = asyncio.current_task()
+                    while task is not None and task.cancelling() > 0:
+                        task.uncancel()
+                    raise
         except* _ShutdownBeforeReadyError:
             logger.info("shutdown requested before the firmware answered; the belt never moved")
         except* Exception as group:

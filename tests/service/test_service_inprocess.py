@@ -29,6 +29,19 @@ def mode(service: Service) -> Mode:
     return service.state.mode
 
 
+async def hold_rails_and_start(service: Service) -> None:
+    """Both hands on the rails (past the grip debounce), then a local START press."""
+    panel = service.mock_panel
+    assert panel is not None
+    panel.grip("both")
+    await wait_until(
+        lambda: service.last_inputs is not None and service.last_inputs.grip_left,
+        timeout_s=2,
+        what="grip seen (debounced)",
+    )
+    panel.press("start")
+
+
 def true_kmh(service: object) -> float:
     return float(service.simulator.firmware.true_speed_kmh)  # type: ignore[attr-defined]
 
@@ -40,13 +53,7 @@ async def test_start_ramp_then_grip_release_stops_belt_and_latches(tmp_path: Pat
         commanded: list[tuple[int, float]] = []
         service.observers.append(lambda r: commanded.append((r.now_ms, r.state.commanded_kmh)))
 
-        panel.grip("both")
-        await wait_until(
-            lambda: service.last_inputs is not None and service.last_inputs.grip_left,
-            timeout_s=2,
-            what="grip seen (debounced)",
-        )
-        panel.press("start")
+        await hold_rails_and_start(service)
         panel.target(0.8)
         await wait_until(lambda: true_kmh(service) >= 0.75, timeout_s=10, what="belt at 0.8 km/h")
         assert service.state.mode is Mode.RUNNING
@@ -79,13 +86,7 @@ async def test_estop_sends_ESTOP_frame_and_latches(tmp_path: Path) -> None:
     async with running_service(tmp_path) as service:
         panel = service.mock_panel
         assert panel is not None
-        panel.grip("both")
-        await wait_until(
-            lambda: service.last_inputs is not None and service.last_inputs.grip_left,
-            timeout_s=2,
-            what="grip seen",
-        )
-        panel.press("start")
+        await hold_rails_and_start(service)
         await wait_until(lambda: true_kmh(service) >= 0.3, timeout_s=10, what="belt moving")
         panel.estop(True)
         firmware = service.simulator.firmware  # type: ignore[union-attr]
@@ -104,13 +105,7 @@ async def test_remote_stop_stops_belt_and_remote_speed_up_is_rejected(tmp_path: 
     async with running_service(tmp_path) as service:
         panel = service.mock_panel
         assert panel is not None
-        panel.grip("both")
-        await wait_until(
-            lambda: service.last_inputs is not None and service.last_inputs.grip_left,
-            timeout_s=2,
-            what="grip seen",
-        )
-        panel.press("start")
+        await hold_rails_and_start(service)
         panel.target(1.0)
         await wait_until(lambda: true_kmh(service) >= 0.3, timeout_s=10, what="belt moving")
         before = service.state.target_kmh
@@ -148,13 +143,7 @@ async def test_unexpected_task_error_sends_ESTOP_and_exits_nonzero(tmp_path: Pat
     await wait_until(service.ready.is_set, timeout_s=10, what="service ready")
     panel = service.mock_panel
     assert panel is not None
-    panel.grip("both")
-    await wait_until(
-        lambda: service.last_inputs is not None and service.last_inputs.grip_left,
-        timeout_s=2,
-        what="grip seen",
-    )
-    panel.press("start")
+    await hold_rails_and_start(service)
     await wait_until(lambda: true_kmh(service) >= 0.2, timeout_s=10, what="belt moving")
     crash.set()
     code = await asyncio.wait_for(task, timeout=10)
@@ -173,13 +162,7 @@ async def test_reload_tightens_at_once_and_loosens_only_at_rest(tmp_path: Path) 
         panel = service.mock_panel
         assert panel is not None
         assert service.config_path is not None
-        panel.grip("both")
-        await wait_until(
-            lambda: service.last_inputs is not None and service.last_inputs.grip_left,
-            timeout_s=2,
-            what="grip seen",
-        )
-        panel.press("start")
+        await hold_rails_and_start(service)
         panel.target(0.9)
         await wait_until(lambda: true_kmh(service) >= 0.85, timeout_s=10, what="belt at 0.9")
         original = service.config_path.read_text()
