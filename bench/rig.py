@@ -44,7 +44,6 @@ import yaml
 from firmware_bridge.codec import Frame
 from firmware_bridge.messages import Message
 from firmware_bridge.sim.firmware import SimConfig
-from firmware_bridge.sim.physics import PhysicsParams
 from firmware_bridge.sim.pty import PtySimulator
 
 __all__ = [
@@ -445,18 +444,14 @@ def write_service_config(
 
 
 def bench_sim_config(*, self_checks: bool = True) -> SimConfig:
-    """The simulated treadmill used by the benchmarks and the fault matrix.
+    """The simulated treadmill used by the benchmarks and the fault matrix: the stock one.
 
-    The firmware is the stock simulator. The belt's speed sensor has 10 magnets on the front
-    roller (25.09 mm of belt per pulse instead of one pulse per 250.9 mm turn, as the domain
-    notes advise): at the 0.5 km/h start speed a single pulse would come every 1.8 s and the
-    reading would need 2 s to show a stopped belt, which would make every trial wait for the
-    sensor rather than for the controller.
+    Its speed sensor has 20 magnets on the front roller (12.5 mm of belt per pulse, FW-15 in
+    docs/firmware-safety.md), so a stopped belt reads 0 within a fraction of a second even at
+    the 0.5 km/h start speed. ``self_checks=False`` models a firmware without its own
+    plausibility checks (the fault matrix's broken-firmware rows).
     """
-    return SimConfig(
-        physics=PhysicsParams(distance_per_pulse_mm=25.09),
-        self_checks=self_checks,
-    )
+    return SimConfig(self_checks=self_checks)
 
 
 # --------------------------------------------------------------------------------- the rig

@@ -1,6 +1,6 @@
 """Run every benchmark, print the table, write the figures as JSON.
 
-    python -m bench                 # full run (about 1.5 h on a 2-core x86 box)
+    python -m bench                 # full run (about 2 h on a 2-core x86 box)
     python -m bench --quick         # smoke run: a few trials of everything (about a minute)
     python -m bench --only loop --conditions healthy --loop-s 60
 
