@@ -178,7 +178,7 @@ class MockPanel:
 
     def status(self) -> dict[str, Any]:
         service = self.service
-        now_ms = service._clock_ms()
+        now_ms = service.now_ms()
         return service.telemetry(now_ms)
 
     def handle(self, line: str) -> str:

@@ -38,7 +38,6 @@ from controller import core
 from controller.commands import AssignClient, CommandRejected, ParsedCommand
 from controller.config import AppConfig, ConfigError, load_config
 from controller.gpio import InputSpec, PanelInputs, PanelReading, make_pin_factory
-from controller.mockpanel import MockPanel, serve_mock_socket
 from controller.model import (
     Button,
     CoreState,
@@ -64,7 +63,6 @@ from controller.reload import merge_for_running
 from controller.telemetry import event_payload, state_payload
 from controller.training.program import TrainingProgram
 from firmware_bridge.bridge import FirmwareBridge, FirmwareLimits, StatusSnapshot
-from firmware_bridge.sim.pty import PtySimulator
 
 logger = logging.getLogger(__name__)
 
@@ -279,7 +277,7 @@ class Service:
         self._rejected_logged_ms = -REJECT_LOG_EVERY_MS
         self._combo_since_ms: int | None = None
         self._combo_fired = False
-        self.mock_panel: MockPanel | None = None
+        self.mock_panel: Any | None = None  # a controller.mockpanel.MockPanel with mock pins
 
         self.panel: PanelInputs | None = None
         self.bridge: FirmwareBridge | None = None
@@ -288,6 +286,10 @@ class Service:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ inputs from outside
+
+    def now_ms(self) -> int:
+        """The service's clock (integer monotonic milliseconds), as the core sees it."""
+        return self._clock_ms()
 
     def submit_local(self, command: LocalCommand) -> None:
         """A local console action (mock panel, demo keys, scenario steps, training)."""
@@ -855,6 +857,9 @@ class Service:
             if self.simulator is None:
                 # A stable link, like /dev/serial/by-id: after a simulated replug the bridge
                 # reopens this simulator's new pty, never a recycled /dev/pts/N of another.
+                # The simulator is a developer tool: loaded only when the config asks for it.
+                from firmware_bridge.sim.pty import PtySimulator  # noqa: PLC0415
+
                 link_dir = Path(tempfile.mkdtemp(prefix="treadmill-sim-"))
                 stack.callback(shutil.rmtree, link_dir, ignore_errors=True)
                 self.simulator = PtySimulator(link_path=link_dir / "ttySIM0")
@@ -875,7 +880,10 @@ class Service:
         stack.callback(self.panel.close)
         if config.gpio.pin_factory == "mock":
             # Mock pins start at their pull level, which for fail-safe wiring means "e-stop
-            # pressed, key removed". Put the simulated console in its normal state.
+            # pressed, key removed". Put the simulated console in its normal state. The mock
+            # panel is a developer tool: loaded only with mock pins.
+            from controller.mockpanel import MockPanel  # noqa: PLC0415
+
             self.mock_panel = MockPanel(self)
             self.mock_panel.reset_inputs()
         self.bridge = FirmwareBridge(
@@ -917,6 +925,8 @@ class Service:
                     ("training-writer", self._guard("training-writer", self.training.run_writer()))
                 )
             if self.mock_panel is not None and self.config.gpio.mock_socket:
+                from controller.mockpanel import serve_mock_socket  # noqa: PLC0415
+
                 panel = self.mock_panel
                 spawn.append(
                     (
