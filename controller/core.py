@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from controller import transitions
 from controller.model import (
     Button,
     CoreState,
@@ -403,8 +404,22 @@ def _tick_dt_ms(last_tick_ms: int | None, now_ms: int) -> int:
 
 
 def _enter(step: _Record, mode: Mode, reason: str) -> None:
-    """Change mode and report it as ``old -> new (reason)`` (SR-MODE-1)."""
+    """Change mode and report it as ``old -> new (reason)`` (SR-MODE-1).
+
+    A change missing from the transition table is an internal error: the mode stays and
+    ``internal`` latches with a controlled stop instead (SR-MODE-3). Entering FAULTED is
+    never refused, so the fail-safe path always ends.
+    """
     old = step.state.mode
+    if mode is not Mode.FAULTED and not transitions.is_allowed(old, mode):
+        _latch(
+            step,
+            FaultCode.INTERNAL,
+            StopKind.CONTROLLED,
+            f"Internal error: mode change {old.value} -> {mode.value} ({reason}) is not in "
+            "the mode-transition table",
+        )
+        return
     step.state = replace(step.state, mode=mode)
     step.emit(
         "transition",
