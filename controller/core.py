@@ -167,6 +167,27 @@ def belt_at_rest(firmware: FirmwareStatus, config: SafetyConfig) -> bool:
     )
 
 
+def firmware_fresh(firmware: FirmwareStatus | None, config: SafetyConfig, now_ms: int) -> bool:
+    """A firmware status exists and is at most ``stale_ms`` old (SR-STALE-1).
+
+    The one definition of a fresh status: the core, the service (watchdog, shutdown) and
+    telemetry (``firmware.link``) all use it, through :attr:`Decision.firmware_fresh`.
+    """
+    return firmware is not None and now_ms - firmware.received_ms <= config.stale_ms
+
+
+def at_rest(state: CoreState, fresh: FirmwareStatus | None, config: SafetyConfig) -> bool:
+    """The belt is at rest for everything that needs it (reload, client change, trainer
+    action, shutdown): the mode is IDLE or FAULTED, the firmware status is usable
+    (``fresh``, see :func:`status_problem`) and :func:`belt_at_rest` holds, so a slowly
+    creeping belt with a speed sensor that already reads 0 does not count (SR-STOP-2)."""
+    return (
+        state.mode in (Mode.IDLE, Mode.FAULTED)
+        and fresh is not None
+        and belt_at_rest(fresh, config)
+    )
+
+
 def effective_stage_cap(state: CoreState, inputs: Inputs, config: SafetyConfig) -> int:
     """Highest stage allowed now: training cap, remote cap and stage count (SR-STAGE-4).
 
@@ -197,8 +218,8 @@ def status_problem(
     """
     if firmware is None:
         return "no firmware status has been received"
-    age_ms = now_ms - firmware.received_ms
-    if age_ms > config.stale_ms:
+    if not firmware_fresh(firmware, config, now_ms):
+        age_ms = now_ms - firmware.received_ms
         return f"the last firmware status is {age_ms} ms old (limit {config.stale_ms} ms)"
     if not (math.isfinite(firmware.measured_kmh) and firmware.measured_kmh >= 0.0):
         return f"the measured belt speed {firmware.measured_kmh!r} km/h is not a valid reading"
@@ -350,6 +371,8 @@ def decide(state: CoreState, inputs: Inputs, config: SafetyConfig, now_ms: int) 
         motion=_motion(step.state, config, previous_kmh),
         clear_firmware_fault=step.clear_firmware_fault,
         events=tuple(step.events),
+        belt_at_rest=at_rest(step.state, step.fresh, config),
+        firmware_fresh=firmware_fresh(inputs.firmware, config, now_ms),
     )
 
 
@@ -666,7 +689,7 @@ def _check_link_and_firmware(step: _Step) -> None:
         )
         return
     age_ms = step.now_ms - firmware.received_ms
-    if age_ms > config.stale_ms:
+    if not firmware_fresh(firmware, config, step.now_ms):
         _latch(
             step,
             FaultCode.LINK_STALE,

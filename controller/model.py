@@ -294,3 +294,7 @@ class Decision:
     motion: MotionCommand
     clear_firmware_fault: bool = False  # send CLEAR_FAULT (only on a valid local reset)
     events: tuple[Event, ...] = ()
+    # The core's verdicts, for the service, the training program and telemetry to read
+    # instead of deciding again (one definition each, in controller.core):
+    belt_at_rest: bool = False  # core.at_rest(): mode IDLE/FAULTED, belt standing still
+    firmware_fresh: bool = False  # core.firmware_fresh(): a status at most stale_ms old

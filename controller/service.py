@@ -41,6 +41,7 @@ from controller.gpio import InputSpec, PanelInputs, PanelReading, make_pin_facto
 from controller.model import (
     Button,
     CoreState,
+    Decision,
     EStop,
     Event,
     FirmwareState,
@@ -249,6 +250,7 @@ class Service:
         self.state: CoreState = core.initial_state(self._safety)
         self.last_inputs: Inputs | None = None
         self.last_motion: MotionCommand | None = None
+        self.last_decision: Decision | None = None
         self.loop_stats = LoopStats()
         self.observers: list[Callable[[TickRecord], None]] = []
         self.event_log: deque[tuple[int, Event]] = deque(maxlen=200)
@@ -387,21 +389,9 @@ class Service:
         self._new_events.append(event)
 
     def _belt_at_rest(self) -> bool:
-        """The belt is at rest: the controller is idle or faulted, and the firmware says so.
-
-        Both the measured speed and the firmware's own ramped set-point must be at or below
-        the standstill threshold: a coarse speed sensor reads 0 long before a slow belt stops.
-        """
-        if self.state.mode not in (Mode.IDLE, Mode.FAULTED):
-            return False
-        inputs = self.last_inputs
-        if inputs is None or inputs.firmware is None:
-            return self.state.commanded_kmh == 0
-        standstill = self._safety.standstill_kmh
-        return (
-            inputs.firmware.measured_kmh <= standstill
-            and inputs.firmware.commanded_kmh <= standstill
-        )
+        """The core's verdict of the last tick (``Decision.belt_at_rest``): idle or faulted,
+        a usable firmware status, measured speed and firmware set-point at standstill."""
+        return self.last_decision is not None and self.last_decision.belt_at_rest
 
     def status_line(self) -> str:
         state = self.state
@@ -411,13 +401,9 @@ class Service:
             measured = f" belt={self.last_inputs.firmware.measured_kmh:.2f}km/h"
         return f"{state.mode} stage={state.stage}{measured}{fault}"
 
-    def _firmware_fresh(self, now_ms: int) -> bool:
-        inputs = self.last_inputs
-        return (
-            inputs is not None
-            and inputs.firmware is not None
-            and now_ms - inputs.firmware.received_ms <= self._safety.stale_ms
-        )
+    def _firmware_fresh(self) -> bool:
+        """The core's verdict of the last tick (``Decision.firmware_fresh``)."""
+        return self.last_decision is not None and self.last_decision.firmware_fresh
 
     # ------------------------------------------------------------------ motion
 
@@ -489,6 +475,7 @@ class Service:
         self.state = decision.state
         self.last_inputs = inputs
         self.last_motion = decision.motion
+        self.last_decision = decision
         for event in decision.events:
             self._emit(event)
 
@@ -499,6 +486,7 @@ class Service:
                 utc=datetime.now(UTC),
                 core=self.state,
                 measured_kmh=measured,
+                belt_at_rest=decision.belt_at_rest,
                 events=decision.events,
                 trainer_action=self._trainer_action(reading, now_ms),
             )
@@ -520,7 +508,7 @@ class Service:
                 Event("config_applied", "loosened limits applied now that the belt is at rest")
             )
 
-        if self._firmware_fresh(now_ms) and now_ms - self._last_watchdog_ms >= WATCHDOG_EVERY_MS:
+        if self._firmware_fresh() and now_ms - self._last_watchdog_ms >= WATCHDOG_EVERY_MS:
             self.notifier.watchdog()
             self._last_watchdog_ms = now_ms
 
@@ -682,7 +670,7 @@ class Service:
         now_ms = self._clock_ms()
         if self._shutdown_started_ms is None:
             self._shutdown_started_ms = now_ms
-        if not self._firmware_fresh(now_ms):
+        if not self._firmware_fresh():
             logger.warning(
                 "shutting down with the firmware link down: the firmware lease (%d ms) "
                 "stops the belt",

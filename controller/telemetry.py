@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from controller.core import firmware_fresh
 from controller.model import CoreState, Event, Inputs, SafetyConfig
 
 __all__ = ["FLOAT_DECIMALS", "event_payload", "grip_reading", "iso_utc", "state_payload"]
@@ -106,7 +107,7 @@ def state_payload(
     else:
         age_ms = now_ms - fw.received_ms
         firmware = {
-            "link": 0 <= age_ms <= safety.stale_ms,
+            "link": firmware_fresh(fw, safety, now_ms),  # the core's definition (SR-STOP-5)
             "age_ms": age_ms,
             "state": fw.state.value,
             "fault_code": fw.fault_code,

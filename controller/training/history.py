@@ -546,6 +546,8 @@ class _Sim:
             utc=self.utc,
             core=state,
             measured_kmh=measured_kmh,
+            # The simulated belt is ideal: it stands still exactly when it reads 0.
+            belt_at_rest=state.mode in (Mode.IDLE, Mode.FAULTED) and measured_kmh == 0.0,
             events=(),
             trainer_action=trainer,
         )

@@ -151,6 +151,7 @@ class TrainingProgram:
         self._last_utc: datetime | None = None
         self._last_measured_kmh: float | None = None
         self._last_mode: Mode | None = None
+        self._belt_at_rest = False
 
         # writes waiting for the writer (coalesced: one entry per session / client)
         self._pending_sessions: dict[str, SessionRecord] = {}
@@ -298,10 +299,16 @@ class TrainingProgram:
         utc: datetime,
         core: CoreState,
         measured_kmh: float | None,
+        belt_at_rest: bool,
         events: tuple[Event, ...],
         trainer_action: bool,
     ) -> TrainingTick:
-        """One control tick: track the session, checkpoint it, guide it, handle the trainer."""
+        """One control tick: track the session, checkpoint it, guide it, handle the trainer.
+
+        ``belt_at_rest`` is the core's verdict (``Decision.belt_at_rest``): the trainer
+        action and a higher stage cap need it; this program does not judge rest itself.
+        """
+        self._belt_at_rest = belt_at_rest
         self._last_now_ms = now_ms
         self._last_utc = utc
         self._last_measured_kmh = measured_kmh
@@ -484,7 +491,7 @@ class TrainingProgram:
                 "trainer action: no client is assigned; assign the client first",
                 details,
             )
-        if not self._at_rest(core.mode, measured_kmh):
+        if not self._belt_at_rest:
             return Event(
                 "unlock_refused",
                 f"trainer action for client {client_id} ignored: stop the belt first",
@@ -665,13 +672,6 @@ class TrainingProgram:
 
     # ------------------------------------------------------------------ caps
 
-    def _at_rest(self, mode: Mode | None, measured_kmh: float | None) -> bool:
-        return (
-            mode in (Mode.IDLE, Mode.FAULTED)
-            and measured_kmh is not None
-            and measured_kmh <= self._standstill_kmh
-        )
-
     def _wanted_cap(self) -> int:
         if self._client_id is None or not self._client_confirmed or not self._loaded:
             return 1
@@ -683,7 +683,7 @@ class TrainingProgram:
 
     def _update_cap(self, core: CoreState, measured_kmh: float | None, out: list[Event]) -> None:
         wanted = self._wanted_cap()
-        if wanted < self._cap or (wanted > self._cap and self._at_rest(core.mode, measured_kmh)):
+        if wanted < self._cap or (wanted > self._cap and self._belt_at_rest):
             if wanted != self._cap:
                 out.append(
                     Event(

@@ -42,6 +42,7 @@ NOT_SHOWN_BY_SCENARIOS: dict[str, str] = {
     "SR-FAULT-2": "fault upgrade rules: tests/core",
     "SR-FAULT-3": "secondary faults: tests/core",
     "SR-FAULT-4": "internal error path: tests/core and tests/service",
+    "SR-STOP-5": "the verdicts the service, training and telemetry read: tests/core, training",
     "SR-MODE-3": "a mode change missing from the table is unreachable by design: tests/core",
     "SR-PLAUS-3": "belt moving at rest: the simulator cannot move an unpowered belt, tests/core",
     "SR-PLAUS-4": "invalid speed reading: not producible over the wire codec, tests/core",

@@ -86,13 +86,24 @@ class Driver:
         *,
         events: tuple[Event, ...] = (),
         trainer_action: bool = False,
+        belt_at_rest: bool | None = None,
     ) -> TrainingTick:
+        """``belt_at_rest`` is the core's verdict; by default that of an ideal belt, which
+        stands still exactly when it reads at most the default ``standstill_kmh`` (0.1) in
+        IDLE or FAULTED."""
         self.clock.now_ms += self.tick_ms
+        if belt_at_rest is None:
+            belt_at_rest = (
+                state.mode in (Mode.IDLE, Mode.FAULTED)
+                and measured_kmh is not None
+                and measured_kmh <= 0.1
+            )
         result = self.program.on_tick(
             now_ms=self.clock.now_ms,
             utc=self.clock.utc,
             core=state,
             measured_kmh=measured_kmh,
+            belt_at_rest=belt_at_rest,
             events=events,
             trainer_action=trainer_action,
         )

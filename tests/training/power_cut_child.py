@@ -44,6 +44,7 @@ async def main(db_path: Path) -> None:
                 utc=datetime.now(UTC),
                 core=walking,
                 measured_kmh=2.0,
+                belt_at_rest=False,
                 events=(),
                 trainer_action=False,
             )

@@ -372,6 +372,20 @@ async def test_trainer_action_refused_while_moving_or_without_a_client() -> None
         assert "stop the belt first" in refused[0].message
 
 
+async def test_trainer_action_refused_while_the_belt_creeps_with_the_sensor_at_zero() -> None:
+    """IDLE and the speed sensor reads 0, but the firmware set-point still ramps down: the
+    core says the belt is not at rest, and the program takes the core's word for it."""
+    program = make()
+    drive = Driver(program)
+    async with running(program):
+        program.assign_client("c1", belt_at_rest=True, source="console")
+        tick = drive.tick(IDLE, 0.0, trainer_action=True, belt_at_rest=False)
+        refused = [e for e in tick.events if e.kind == "unlock_refused"]
+        assert "stop the belt first" in refused[0].message
+        tick = drive.tick(IDLE, 0.0, trainer_action=True, belt_at_rest=True)
+        assert all("stop the belt first" not in e.message for e in tick.events)
+
+
 async def test_demotion_after_grip_stops(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
     earlier = record(
