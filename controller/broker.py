@@ -29,6 +29,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal
 
+from controller.errors import BrokerUnavailableError
+
 __all__ = ["LOOPBACK", "BrokerUnavailableError", "DemoBroker", "free_port"]
 
 logger = logging.getLogger(__name__)
@@ -38,10 +40,6 @@ START_TIMEOUT_S: Final[float] = 5.0
 STOP_TIMEOUT_S: Final[float] = 3.0
 
 BrokerKind = Literal["auto", "mosquitto", "amqtt"]
-
-
-class BrokerUnavailableError(RuntimeError):
-    """No demo broker could be started; the message says what to install."""
 
 
 def free_port(host: str = LOOPBACK) -> int:

@@ -54,7 +54,7 @@ def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from controller.config import ConfigError, load_config
-    from controller.gpio import GpioError
+    from controller.errors import GpioError
     from controller.service import Service
 
     path = Path(args.config)

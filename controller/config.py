@@ -54,12 +54,11 @@ from controller.config_rules import (
     STOP_DECEL_MIN_KMH_S,
     check_safety_config,
 )
+from controller.errors import ConfigError, ConfigIssue, CredentialsError
 from controller.model import GripLossAction, SafetyConfig, StageConfig
 from controller.training.config import TrainingConfig, check_against_stages
 from controller.yaml_loader import (
     EXIT_CONFIG,
-    ConfigError,
-    ConfigIssue,
     KeyPart,
     KeyPath,
     YamlDocument,
@@ -967,10 +966,15 @@ def _unreadable(path: Path) -> str | None:
 
 @dataclass(frozen=True)
 class MqttCredentials:
-    """Broker user name and password from ``mqtt.credentials_file``."""
+    """Broker user name and password from ``mqtt.credentials_file``.
+
+    ``open_to_others``: the file can be read by its group or by other users (it should be
+    ``chmod 600``); check-config warns, the service logs a warning.
+    """
 
     username: str
     password: str = ""
+    open_to_others: bool = False
 
     def __repr__(self) -> str:  # never print the password
         return f"MqttCredentials(username={self.username!r}, password='***')"
@@ -979,27 +983,36 @@ class MqttCredentials:
 def read_mqtt_credentials(path: Path) -> MqttCredentials:
     """Read ``username:password`` (one line; the password may contain ':') from ``path``.
 
-    The same rules as the MQTT client's reader (:func:`controller.mqtt.read_credentials_file`),
-    so a file that passes check-config also works at run time. Raises :class:`ValueError`
-    naming the file and what is wrong (never quoting the password), or :class:`OSError` when
-    it cannot be read.
+    The one reader of the credentials file: check-config, the service and ``treadmill
+    monitor`` all use it, so a file that passes check-config also works at run time. Raises
+    :class:`~controller.errors.CredentialsError` (a :class:`ValueError`) naming the file and
+    what is wrong, never quoting the password.
     """
     hint = "it must hold exactly one line 'username:password'"
     try:
         text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text; {hint}") from None
+        mode = path.stat().st_mode
+    except OSError as exc:
+        msg = f"{path}: cannot read the MQTT credentials file ({exc.strerror or exc}); {hint}"
+        raise CredentialsError(msg) from exc
+    except UnicodeDecodeError as exc:
+        msg = f"{path}: the MQTT credentials file is not UTF-8 text; {hint}"
+        raise CredentialsError(msg) from exc
     lines = [line for line in text.splitlines() if line.strip()]
     if len(lines) != 1:
-        raise ValueError(f"{path} has {len(lines)} non-empty lines; {hint}")
+        raise CredentialsError(f"{path}: found {len(lines)} non-empty lines; {hint}")
     username, sep, password = lines[0].partition(":")
     if not sep:
-        raise ValueError(f"{path}: the line has no ':' between user name and password; {hint}")
+        raise CredentialsError(f"{path}: line has no ':' between username and password; {hint}")
     if not username or username != username.strip():
-        raise ValueError(f"{path}: the user name is empty or has spaces around it; {hint}")
+        raise CredentialsError(f"{path}: the username is empty or has spaces around it; {hint}")
     if not password:
-        raise ValueError(f"{path}: the password after ':' is empty; {hint}")
-    return MqttCredentials(username=username, password=password)
+        raise CredentialsError(f"{path}: the password after ':' is empty; {hint}")
+    return MqttCredentials(
+        username=username,
+        password=password,
+        open_to_others=bool(mode & (stat.S_IRWXG | stat.S_IRWXO)),
+    )
 
 
 def _training_problems(config: AppConfig) -> list[Problem]:

@@ -27,6 +27,7 @@ from typing import Any
 from gpiozero import DigitalInputDevice
 from gpiozero.pins.mock import MockFactory
 
+from controller.errors import GpioError
 from controller.model import Button
 
 logger = logging.getLogger(__name__)
@@ -36,10 +37,6 @@ SAFETY_INPUTS = ("estop", "safety_key")
 BUTTON_INPUTS: tuple[str, ...] = tuple(b.value for b in Button)
 OPTIONAL_INPUTS = ("trainer_key",)
 BUTTON_LOCKOUT_MS = 150
-
-
-class GpioError(RuntimeError):
-    """A GPIO input could not be opened. The message names the input, the pin and what to do."""
 
 
 @dataclass(frozen=True)

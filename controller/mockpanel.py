@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.commands import parse_command
+from controller.errors import MockPanelError
 from controller.model import Button, SelectStage, SetTarget
 from firmware_bridge.sim.firmware import SimFault
 
@@ -48,10 +49,6 @@ def sim_fault(name: str) -> Any:
             return fault
     names = ", ".join(f.name.lower() for f in SimFault)
     raise MockPanelError(f"unknown simulator fault {name!r}: use one of {names}")
-
-
-class MockPanelError(ValueError):
-    """A mock-panel command that cannot be carried out; the message says what is accepted."""
 
 
 class MockPanel:

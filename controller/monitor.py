@@ -346,12 +346,10 @@ def _credentials(args: argparse.Namespace) -> tuple[str | None, str | None]:
     if args.credentials_file is not None:
         if args.username or args.password_file:
             raise ValueError("use either --credentials-file or --username/--password-file")
-        from controller.mqtt import CredentialsError, read_credentials_file  # noqa: PLC0415
+        from controller.config import read_mqtt_credentials  # noqa: PLC0415
 
-        try:
-            return read_credentials_file(args.credentials_file)
-        except CredentialsError as exc:
-            raise ValueError(str(exc)) from None
+        credentials = read_mqtt_credentials(args.credentials_file)  # ValueError names the file
+        return credentials.username, credentials.password
     if args.password_file is not None:
         if not args.username:
             raise ValueError("--password-file needs --username")

@@ -40,7 +40,6 @@ import math
 import random
 import re
 import socket
-import stat
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -54,6 +53,7 @@ from aiomqtt.exceptions import MqttConnectError
 
 from controller.commands import CommandRejected, ParsedCommand, excerpt, parse_command
 from controller.discovery import discovery_messages
+from controller.errors import CredentialsError
 from controller.model import Event
 from controller.telemetry import event_payload
 
@@ -65,7 +65,6 @@ __all__ = [
     "MqttSettings",
     "MqttStats",
     "TlsSettings",
-    "read_credentials_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,10 +89,6 @@ LOG_INTERVAL_S: Final[float] = 5.0
 _ID_RE: Final[re.Pattern[str]] = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _UNSUPPORTED_PROTOCOL_CODES: Final[frozenset[int]] = frozenset({1, 132})
 """CONNACK codes meaning "unsupported protocol version": 1 in MQTT 3.1.1, 0x84 in MQTT 5."""
-
-
-class CredentialsError(ValueError):
-    """The MQTT credentials file is missing, unreadable or not ``username:password``."""
 
 
 @dataclass(frozen=True)
@@ -232,42 +227,6 @@ class MqttStats:
     commands_rejected: int
     last_error: str | None
     commands_dropped: int = 0
-
-
-def read_credentials_file(path: Path) -> tuple[str, str]:
-    """Read ``username:password`` from the one line of ``path``.
-
-    The password may contain ``:``; the username may not. Errors name the file and say
-    what is wrong without ever quoting the password. A file readable by group or others
-    is accepted with a warning (``chmod 600`` it).
-    """
-    hint = "it must hold exactly one line 'username:password'"
-    try:
-        text = path.read_text(encoding="utf-8")
-        mode = path.stat().st_mode
-    except OSError as exc:
-        msg = f"{path}: cannot read the MQTT credentials file ({exc.strerror or exc}); {hint}"
-        raise CredentialsError(msg) from exc
-    except UnicodeDecodeError as exc:
-        msg = f"{path}: the MQTT credentials file is not UTF-8 text; {hint}"
-        raise CredentialsError(msg) from exc
-    lines = [line for line in text.splitlines() if line.strip()]
-    if len(lines) != 1:
-        msg = f"{path}: found {len(lines)} non-empty lines; {hint}"
-        raise CredentialsError(msg)
-    username, sep, password = lines[0].partition(":")
-    if not sep:
-        msg = f"{path}: line has no ':' between username and password; {hint}"
-        raise CredentialsError(msg)
-    if not username or username != username.strip():
-        msg = f"{path}: the username is empty or has spaces around it; {hint}"
-        raise CredentialsError(msg)
-    if not password:
-        msg = f"{path}: the password after ':' is empty; {hint}"
-        raise CredentialsError(msg)
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        logger.warning("%s: credentials file is readable by others; run chmod 600 on it", path)
-    return username, password
 
 
 def _utc_now() -> datetime:

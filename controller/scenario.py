@@ -46,10 +46,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TextIO, TypeVa
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from controller.errors import ConfigError, ConfigIssue, ScenarioError, ScenarioRunError
 from controller.model import Button, FaultCode, Mode
 from controller.yaml_loader import (
-    ConfigError,
-    ConfigIssue,
     KeyPart,
     YamlDocument,
     format_key_path,
@@ -390,14 +389,6 @@ class Scenario:
         if self.document is None:
             return ConfigIssue(self.source, 0, 0, format_key_path(path), message)
         return self.document.issue(path, message)
-
-
-class ScenarioError(ConfigError):
-    """The scenario file (or its config) is invalid; ``lines()`` gives one line per problem."""
-
-
-class ScenarioRunError(RuntimeError):
-    """The scenario could not be carried out (the service did not start, a step failed...)."""
 
 
 # --------------------------------------------------------------------------- loading

@@ -36,7 +36,7 @@ from typing import Any
 
 from controller import core
 from controller.commands import AssignClient, CommandRejected, ParsedCommand
-from controller.config import AppConfig, ConfigError, load_config
+from controller.config import AppConfig, ConfigError, load_config, read_mqtt_credentials
 from controller.gpio import InputSpec, PanelInputs, PanelReading, make_pin_factory
 from controller.model import (
     Button,
@@ -58,7 +58,7 @@ from controller.model import (
     SetSpeed,
     Stop,
 )
-from controller.mqtt import MqttPublisher, MqttSettings, TlsSettings, read_credentials_file
+from controller.mqtt import MqttPublisher, MqttSettings, TlsSettings
 from controller.notify import Notifier
 from controller.reload import merge_for_running
 from controller.telemetry import event_payload, state_payload
@@ -173,7 +173,13 @@ def mqtt_settings(config: AppConfig) -> MqttSettings:
     section = config.mqtt
     username = password = None
     if section.credentials_file is not None:
-        username, password = read_credentials_file(Path(section.credentials_file))
+        credentials = read_mqtt_credentials(Path(section.credentials_file))
+        if credentials.open_to_others:
+            logger.warning(
+                "%s: credentials file is readable by others; run chmod 600 on it",
+                section.credentials_file,
+            )
+        username, password = credentials.username, credentials.password
     tls = None
     if section.tls is not None:
         tls = TlsSettings(

@@ -21,13 +21,15 @@ problem.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from controller.errors import ConfigError, ConfigIssue
 
 #: sysexits.h EX_CONFIG: the exit status of every command that refuses a configuration.
 EXIT_CONFIG = 78
@@ -64,44 +66,6 @@ def format_key_path(path: Sequence[KeyPart]) -> str:
         else:
             text += f".{part}" if text else part
     return text or "(top level)"
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem (or warning) in a configuration file.
-
-    ``line`` and ``col`` are 1-based; ``line == 0`` means the problem concerns the whole
-    file (it cannot be read, for example), and then ``key_path`` is empty.
-    """
-
-    path: str
-    line: int
-    col: int
-    key_path: str
-    message: str
-
-    def text(self) -> str:
-        """``PATH:LINE:COL: key.path: message``, the format editors and CI understand."""
-        if self.line <= 0:
-            return f"{self.path}: {self.message}"
-        return f"{self.path}:{self.line}:{self.col}: {self.key_path}: {self.message}"
-
-
-class ConfigError(ValueError):
-    """A configuration was refused. ``problems`` lists every problem found, in file order.
-
-    A subclass of :class:`ValueError`, so code that only knows "bad value" still catches it.
-    """
-
-    def __init__(self, problems: Iterable[ConfigIssue]) -> None:
-        self.problems: list[ConfigIssue] = sorted(
-            problems, key=lambda issue: (issue.path, issue.line, issue.col)
-        )
-        super().__init__("\n".join(self.lines()) or "invalid configuration")
-
-    def lines(self) -> list[str]:
-        """One ``PATH:LINE:COL: key.path: message`` line per problem."""
-        return [issue.text() for issue in self.problems]
 
 
 @dataclass(frozen=True)

@@ -35,15 +35,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
+from controller.errors import MessageError
 from firmware_bridge.crc import crc16
-from firmware_bridge.messages import (
-    MESSAGE_TYPES,
-    Message,
-    MessageError,
-    MsgId,
-    decode_message,
-    encode_message,
-)
+from firmware_bridge.messages import MESSAGE_TYPES, Message, MsgId, decode_message, encode_message
 
 SYNC: Final = 0xA5
 HEADER_BYTES: Final = 4  # SYNC, LEN, SEQ, MSG_ID

@@ -34,6 +34,7 @@ from enum import Enum, IntEnum
 from types import MappingProxyType
 from typing import Any, ClassVar, Final
 
+from controller.errors import MessageError, UnknownMessageError
 from firmware_bridge.crc import crc16
 
 PROTOCOL_VERSION: Final = 1
@@ -41,19 +42,6 @@ PROTOCOL_VERSION: Final = 1
 # --------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------
-
-
-class MessageError(ValueError):
-    """A message field or payload is not valid. ``field`` and ``value`` say what was seen."""
-
-    def __init__(self, text: str, *, field: str | None = None, value: object = None) -> None:
-        super().__init__(text)
-        self.field = field
-        self.value = value
-
-
-class UnknownMessageError(MessageError):
-    """A message id that this protocol version does not define."""
 
 
 # --------------------------------------------------------------------------

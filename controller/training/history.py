@@ -30,6 +30,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from controller.errors import StoreError
 from controller.model import (
     CoreState,
     Fault,
@@ -43,7 +44,7 @@ from controller.training.config import TrainingConfig, WeeklyGoalConfig
 from controller.training.program import TrainingProgram
 from controller.training.progression import UnlockStatus, unlock_status
 from controller.training.sessions import SessionRecord
-from controller.training.store import ClientRecord, SessionStore, StoreError
+from controller.training.store import ClientRecord, SessionStore
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -34,6 +34,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from controller.errors import (
+    StoreCorruptError,
+    StoreError,
+    StoreLockedError,
+    StoreSchemaTooNewError,
+)
 from controller.model import CoreState, Event, Mode, StageConfig
 from controller.training.config import CLIENT_ID_PATTERN, TrainingConfig, check_against_stages
 from controller.training.progression import (
@@ -48,15 +54,7 @@ from controller.training.sessions import (
     SessionRecord,
     SessionTracker,
 )
-from controller.training.store import (
-    ClientRecord,
-    SessionStore,
-    StoreCorruptError,
-    StoreError,
-    StoreLockedError,
-    StoreSchemaTooNewError,
-    UnlockLogEntry,
-)
+from controller.training.store import ClientRecord, SessionStore, UnlockLogEntry
 
 logger = logging.getLogger(__name__)
 

@@ -29,31 +29,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from controller.errors import (
+    StoreCorruptError,
+    StoreError,
+    StoreLockedError,
+    StoreSchemaTooNewError,
+    StoreUnavailableError,
+)
 from controller.training.sessions import EndReason, SessionRecord, SessionStatus, interrupted
 
 SCHEMA_VERSION = 1
 _T = TypeVar("_T")
 SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-class StoreError(RuntimeError):
-    """The session log cannot be used. The message says what was seen and what to do."""
-
-
-class StoreCorruptError(StoreError):
-    """The file is not a readable SQLite database. It is left exactly as it was."""
-
-
-class StoreLockedError(StoreError):
-    """Another process holds a lock on the database longer than the busy timeout."""
-
-
-class StoreUnavailableError(StoreError):
-    """The file cannot be opened or written (missing directory, permissions, disk full, I/O)."""
-
-
-class StoreSchemaTooNewError(StoreError):
-    """The file was written by a newer controller. It is left exactly as it was."""
 
 
 @dataclass(frozen=True)

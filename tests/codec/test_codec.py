@@ -6,6 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from controller.errors import MessageError
 from firmware_bridge.codec import (
     MAX_FRAME_BYTES,
     MAX_PAYLOAD_BYTES,
@@ -25,7 +26,6 @@ from firmware_bridge.messages import (
     FwState,
     GetStatus,
     Message,
-    MessageError,
     MsgId,
     SetSpeed,
     Status,

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from controller.errors import MessageError, UnknownMessageError
 from firmware_bridge.codec import MAX_PAYLOAD_BYTES
 from firmware_bridge.crc import crc16
 from firmware_bridge.messages import (
@@ -31,7 +32,6 @@ from firmware_bridge.messages import (
     GetStatus,
     Hello,
     Message,
-    MessageError,
     MsgId,
     Nak,
     NakReason,
@@ -39,7 +39,6 @@ from firmware_bridge.messages import (
     SetSpeed,
     Status,
     Stop,
-    UnknownMessageError,
     config_checksum,
     decode_message,
     encode_message,

@@ -305,12 +305,12 @@ def test_credentials_open_to_other_users_give_a_warning(tmp_path: Path, mode: in
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
-        ("", "has 0 non-empty lines"),
+        ("", "found 0 non-empty lines"),
         ("justaname\n", "no ':'"),
-        ("a:b\nc:d\n", "has 2 non-empty lines"),
-        (":s3cret\n", "user name is empty"),
+        ("a:b\nc:d\n", "found 2 non-empty lines"),
+        (":s3cret\n", "username is empty"),
         (" user:s3cret\n", "spaces around it"),
-        ("a:s3cret\nb:s3cret\n", "has 2 non-empty lines"),
+        ("a:s3cret\nb:s3cret\n", "found 2 non-empty lines"),
         ("user:\n", "password after ':' is empty"),
     ],
 )

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from controller.errors import ConfigError, ConfigIssue
 from controller.yaml_loader import (
     MAX_CONFIG_BYTES,
     MAX_DEPTH,
-    ConfigError,
-    ConfigIssue,
     format_key_path,
     parse_yaml,
     read_config_text,

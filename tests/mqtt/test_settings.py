@@ -4,19 +4,18 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from controller.config import read_mqtt_credentials
+from controller.errors import CredentialsError
 from controller.mqtt import (
-    CredentialsError,
     MqttPublisher,
     MqttSettings,
     TlsSettings,
-    read_credentials_file,
 )
 from tests.mqtt.helpers import CommandLog, wait_until
 
@@ -91,16 +90,15 @@ def test_tls_needs_cert_and_key_together(tmp_path: Path) -> None:
         TlsSettings(tmp_path / "ca.crt", cert_file=tmp_path / "c.crt")
 
 
-def test_credentials_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_credentials_file(tmp_path: Path) -> None:
     path = tmp_path / "mqtt.credentials"
     path.write_text("controller:pa:ss word\n", encoding="utf-8")
     path.chmod(0o600)
-    assert read_credentials_file(path) == ("controller", "pa:ss word")
-    assert "readable by others" not in caplog.text
+    credentials = read_mqtt_credentials(path)
+    assert (credentials.username, credentials.password) == ("controller", "pa:ss word")
+    assert not credentials.open_to_others
     path.chmod(0o644)
-    with caplog.at_level(logging.WARNING):
-        read_credentials_file(path)
-    assert "chmod 600" in caplog.text
+    assert read_mqtt_credentials(path).open_to_others
 
 
 @pytest.mark.parametrize(
@@ -120,7 +118,7 @@ def test_bad_credentials_files_name_the_file_and_never_the_password(
     path = tmp_path / "creds"
     path.write_text(content, encoding="utf-8")
     with pytest.raises(CredentialsError) as info:
-        read_credentials_file(path)
+        read_mqtt_credentials(path)
     message = str(info.value)
     assert str(path) in message
     assert "username:password" in message
@@ -131,11 +129,11 @@ def test_bad_credentials_files_name_the_file_and_never_the_password(
 
 def test_missing_and_binary_credentials_files(tmp_path: Path) -> None:
     with pytest.raises(CredentialsError, match="cannot read"):
-        read_credentials_file(tmp_path / "nope")
+        read_mqtt_credentials(tmp_path / "nope")
     binary = tmp_path / "bin"
     binary.write_bytes(b"\xff\xfe:\x00")
     with pytest.raises(CredentialsError, match="not UTF-8"):
-        read_credentials_file(binary)
+        read_mqtt_credentials(binary)
 
 
 async def test_handing_over_data_never_blocks_and_keeps_bounds() -> None:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from controller.errors import StoreSchemaTooNewError
 from controller.model import Event, FaultCode, Mode
 from controller.training.config import TrainingConfig
 from controller.training.program import TrainingProgram
 from controller.training.sessions import SessionRecord, SessionStatus
-from controller.training.store import ClientRecord, SessionStore, StoreSchemaTooNewError
+from controller.training.store import ClientRecord, SessionStore
 from tests.training.helpers import (
     IDLE,
     STAGES,

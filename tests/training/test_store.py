@@ -10,16 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from controller.errors import (
+    StoreCorruptError,
+    StoreLockedError,
+    StoreSchemaTooNewError,
+    StoreUnavailableError,
+)
 from controller.training.sessions import EndReason, SessionStatus
 from controller.training.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     ClientRecord,
     SessionStore,
-    StoreCorruptError,
-    StoreLockedError,
-    StoreSchemaTooNewError,
-    StoreUnavailableError,
     UnlockLogEntry,
 )
 from tests.training.helpers import T0, days, record

@@ -1,0 +1,39 @@
+"""One errors module: a common base, and a fitting builtin as the second base of each error."""
+
+from __future__ import annotations
+
+import doctest
+import inspect
+
+import controller.errors
+from controller.errors import TreadmillError
+
+ERRORS = [
+    cls
+    for _, cls in inspect.getmembers(controller.errors, inspect.isclass)
+    if issubclass(cls, BaseException)
+]
+
+
+def test_every_error_has_the_common_base_and_a_builtin() -> None:
+    assert len(ERRORS) >= 15
+    for cls in ERRORS:
+        assert issubclass(cls, TreadmillError), cls
+        if cls is TreadmillError:
+            continue
+        builtins = [b for b in cls.__mro__ if b.__module__ == "builtins"]
+        assert builtins[0] is not Exception, f"{cls.__name__} has no builtin besides Exception"
+
+
+def test_every_error_is_listed_and_documented() -> None:
+    assert sorted(controller.errors.__all__) == sorted(
+        [c.__name__ for c in ERRORS] + ["ConfigIssue"]
+    )
+    for cls in ERRORS:
+        assert cls.__doc__, cls
+
+
+def test_the_examples_in_the_errors_module_run() -> None:
+    result = doctest.testmod(controller.errors)
+    assert result.attempted > 0
+    assert result.failed == 0
