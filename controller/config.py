@@ -56,6 +56,10 @@ from controller.config_rules import (
 )
 from controller.errors import ConfigError, ConfigIssue, CredentialsError
 from controller.model import GripLossAction, SafetyConfig, StageConfig
+from controller.schema_errors import model_of as _model_of
+from controller.schema_errors import number_text as _number
+from controller.schema_errors import schema_issue
+from controller.schema_errors import shown as _shown
 from controller.training.config import TrainingConfig, check_against_stages
 from controller.yaml_loader import (
     EXIT_CONFIG,
@@ -100,13 +104,6 @@ MAX_UNIX_SOCKET_PATH = 107
 # --------------------------------------------------------------------------
 # Range: a bound with a message that states the range and the unit
 # --------------------------------------------------------------------------
-
-
-def _number(value: float) -> str:
-    """``10.0`` -> ``"10"``, ``0.05`` -> ``"0.05"``, ``1800000`` -> ``"1800000"``."""
-    if float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
 
 
 @dataclass(frozen=True)
@@ -1083,120 +1080,6 @@ def _safety_rule_problems(config: AppConfig) -> list[Problem]:
 # --------------------------------------------------------------------------
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _field_info(loc: Sequence[KeyPart]) -> Any:
-    """The pydantic FieldInfo of the key at ``loc``, or None when it cannot be found."""
-    model: Any = AppConfig
-    info: Any = None
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        fields = getattr(model, "model_fields", None)
-        if not isinstance(fields, dict) or part not in fields:
-            return None
-        info = fields[part]
-        model = _model_of(info.annotation)
-    return info
-
-
-_BOUND_WORDS = {"ge": "at least", "gt": "more than", "le": "at most", "lt": "less than"}
-
-
-def _bounds_text(loc: Sequence[KeyPart], ctx: dict[str, Any]) -> str:
-    """'must be from 1000 to 10000' from the field's own constraints (both ends), or from the
-    one bound pydantic reports."""
-    bounds: dict[str, Any] = {}
-    info = _field_info(loc)
-    for item in getattr(info, "metadata", ()):
-        for name in _BOUND_WORDS:
-            value = getattr(item, name, None)
-            if isinstance(value, int | float):
-                bounds[name] = value
-    for name in _BOUND_WORDS:
-        if name in ctx and isinstance(ctx[name], int | float):
-            bounds.setdefault(name, ctx[name])
-    if "ge" in bounds and "le" in bounds:
-        return f"must be from {_number(bounds['ge'])} to {_number(bounds['le'])}"
-    return "must be " + " and ".join(
-        f"{_BOUND_WORDS[name]} {_number(value)}" for name, value in bounds.items()
-    )
-
-
-def _allowed_keys(loc: Sequence[KeyPart]) -> list[str]:
-    """Names allowed in the mapping at ``loc`` (empty when it is not a known section)."""
-    model: Any = AppConfig
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        fields = getattr(model, "model_fields", None)
-        if not isinstance(fields, dict) or part not in fields:
-            return []
-        model = _model_of(fields[part].annotation)
-    fields = getattr(model, "model_fields", None)
-    return sorted(fields) if isinstance(fields, dict) else []
-
-
-def _model_of(annotation: Any) -> Any:
-    """The BaseModel inside ``X``, ``X | None``, ``tuple[X, ...]`` or ``Annotated[X, ...]``."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _model_of(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _schema_issue(document: YamlDocument, error: Any) -> ConfigIssue:
-    loc: tuple[KeyPart, ...] = tuple(part for part in error["loc"] if isinstance(part, str | int))
-    kind: str = error["type"]
-    value = error.get("input")
-    if kind == "missing":
-        parent = format_key_path(loc[:-1])
-        where = "at the top level" if len(loc) == 1 else f"in {parent}"
-        message = f"required key {loc[-1]!r} is missing {where}"
-        return document.issue(loc, message)
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        message = f"unknown key {loc[-1]!r}"
-        if allowed:
-            close = _closest(str(loc[-1]), allowed)
-            if close:
-                message += f" (did you mean {close!r}?)"
-            message += f"; allowed here: {', '.join(allowed)}"
-        return document.issue(loc, message)
-    if kind == "out_of_range":
-        return document.issue(loc, str(error["msg"]))
-    if kind == "value_error":
-        text = str(error["msg"]).removeprefix("Value error, ")
-        return document.issue(loc, text)
-    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        ctx = error.get("ctx") or {}
-        return document.issue(loc, f"{_bounds_text(loc, ctx)}; got {_shown(value)}")
-    if loc and loc[-1] == "[key]":
-        # A key of a table keyed by number (training.session_length_min) that is not one.
-        loc = loc[:-1]
-        return document.issue(loc, f"{_shown(loc[-1])} is not a valid key here: use a number")
-    message = str(error["msg"])
-    message = message[0].lower() + message[1:] if message else kind
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        message = "expected a mapping of keys (key: value lines)"
-    elif kind == "tuple_type":
-        message = "expected a list (lines starting with '- ')"
-    return document.issue(loc, f"{message}; got {_shown(value)}")
-
-
-def _closest(name: str, allowed: Sequence[str]) -> str | None:
-    import difflib  # noqa: PLC0415  (only needed for a misspelt key)
-
-    matches = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
-    return matches[0] if matches else None
-
-
 # --------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------
@@ -1229,7 +1112,7 @@ def validate_document(document: YamlDocument) -> LoadReport:
         config = AppConfig.model_validate(document.data)
     except ValidationError as exc:
         raise ConfigError(
-            [_schema_issue(document, error) for error in exc.errors(include_url=False)]
+            [schema_issue(document, error, AppConfig) for error in exc.errors(include_url=False)]
         ) from None
     errors: list[Problem] = []
     checks: tuple[RuleCheck, ...] = (

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import difflib
 import itertools
 import json
 import logging
@@ -48,6 +47,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from controller.errors import ConfigError, ConfigIssue, ScenarioError, ScenarioRunError
 from controller.model import Button, FaultCode, Mode
+from controller.schema_errors import closest, schema_issue
+from controller.schema_errors import shown as _shown
 from controller.yaml_loader import (
     KeyPart,
     YamlDocument,
@@ -395,44 +396,12 @@ class Scenario:
 
 
 def _closest(name: str, allowed: Iterable[str]) -> str:
-    matches = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.6)
-    return f" (did you mean {matches[0]!r}?)" if matches else ""
+    match = closest(name, allowed)
+    return f" (did you mean {match!r}?)" if match else ""
 
 
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _schema_issue(document: YamlDocument, error: Mapping[str, Any]) -> ConfigIssue:
-    loc = tuple(part for part in error["loc"] if isinstance(part, str | int))
-    # pydantic puts the member of a union (``int``, ``str``, ``function-after[...]``) in the
-    # location; keep only the key path of the file.
-    loc = tuple(
-        part
-        for part in loc
-        if not (
-            isinstance(part, str)
-            and (part in ("int", "str", "float", "bool", "dict[str,any]", "none") or "[" in part)
-        )
-    )
-    kind = str(error["type"])
-    if kind == "missing":
-        where = "at the top level" if len(loc) == 1 else f"in {format_key_path(loc[:-1])}"
-        return document.issue(loc, f"required key {loc[-1]!r} is missing {where}")
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        message = f"unknown key {loc[-1]!r}{_closest(str(loc[-1]), allowed)}"
-        if allowed:
-            message += f"; allowed here: {', '.join(allowed)}"
-        return document.issue(loc, message)
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if kind != "value_error":
-        message = f"{message[:1].lower()}{message[1:]}; got {_shown(error.get('input'))}"
-    return document.issue(loc, message)
-
-
-def _allowed_keys(loc: Sequence[KeyPart]) -> list[str]:
+def _scenario_keys(loc: Sequence[KeyPart]) -> list[str]:
+    """Names allowed at ``loc``: a step is one of two models, told apart by its first key."""
     names = [part for part in loc if isinstance(part, str)]
     model: type[BaseModel] = ScenarioSpec
     if names[:1] == ["simulator"]:
@@ -551,7 +520,10 @@ def load_scenario_text(text: str, source: str, *, base_dir: Path | None = None) 
         spec = ScenarioSpec.model_validate(document.data)
     except ValidationError as exc:
         raise ScenarioError(
-            [_schema_issue(document, error) for error in exc.errors(include_url=False)]
+            [
+                schema_issue(document, error, ScenarioSpec, keys_at=_scenario_keys)
+                for error in exc.errors(include_url=False)
+            ]
         ) from None
     scenario = Scenario(
         spec=spec,
