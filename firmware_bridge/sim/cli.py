@@ -8,8 +8,14 @@ and each gets a one-line answer starting with ``OK`` or ``ERR``::
     clear runaway             key open                    key closed
     status                    help
 
-``inject disconnect`` unplugs the simulated cable and ``clear disconnect`` plugs it back in;
+``inject disconnect`` unplugs the simulated cable and ``clear disconnect`` plugs it back in
+(the new pty is announced with a new ``PTY <path>`` line before the answer);
 ``inject reboot`` resets the firmware.
+
+``--avr FIRMWARE.elf`` runs the real firmware instead, on an emulated ATmega328P and treadmill
+(the simavr harness ``firmware/build/emu/treadmill-emu``, built on first use), and
+``--native [BINARY]`` runs the native host build of the firmware's C core. Both speak the same
+stdin commands and print the same ``PTY <path>`` line (docs/firmware.md).
 """
 
 from __future__ import annotations
@@ -21,17 +27,30 @@ import logging
 import os
 import signal
 import stat
+import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 from firmware_bridge.sim.firmware import InjectedFault, SimConfig, SimFault
 from firmware_bridge.sim.physics import PhysicsParams
 from firmware_bridge.sim.pty import PtySimulator
 
-__all__ = ["execute_command", "sim_main"]
+__all__ = ["EMU_BINARY", "NATIVE_BINARY", "execute_command", "sim_main"]
 
 _LOG = logging.getLogger(__name__)
+
+#: The firmware sources of this checkout (``firmware/``), next to the Python packages.
+FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
+#: The simavr harness that runs the AVR ELF (``make -C firmware/emu``).
+EMU_BINARY = FIRMWARE_DIR / "build" / "emu" / "treadmill-emu"
+#: The native host build of the firmware's C core (``make -C firmware host``).
+NATIVE_BINARY = FIRMWARE_DIR / "build" / "host" / "treadmill-native"
+#: MC2100 drive: 85 % duty gives the top speed (docs/firmware.md); the ``duty_pct`` of
+#: ``status`` is the simulated set-point expressed that way.
+_MC2100_TOP_KMH = 12.9
+_MC2100_TOP_DUTY_PCT = 85.0
 
 _HELP = (
     "commands: inject FAULT [VALUE] | clear FAULT | key open | key closed | status | help; "
@@ -90,6 +109,21 @@ def _build_parser() -> argparse.ArgumentParser:
         default=PhysicsParams().distance_per_pulse_mm,
         help="belt travel per speed-sensor pulse (default 12.5: 20 magnets on a 250.9 mm roller)",
     )
+    runner = parser.add_mutually_exclusive_group()
+    runner.add_argument(
+        "--avr",
+        metavar="ELF",
+        help="run this firmware ELF on an emulated ATmega328P (simavr) instead of the "
+        "Python simulation",
+    )
+    runner.add_argument(
+        "--native",
+        metavar="BINARY",
+        nargs="?",
+        const=str(NATIVE_BINARY),
+        help="run the native host build of the firmware's C core (default: "
+        "firmware/build/host/treadmill-native)",
+    )
     parser.add_argument(
         "--log-level",
         default="WARNING",
@@ -102,8 +136,13 @@ def _build_parser() -> argparse.ArgumentParser:
 def _status_line(sim: PtySimulator) -> str:
     fw = sim.firmware
     faults = ",".join(sorted(f.value for f in fw.active_faults)) or "none"
+    duty_pct = (
+        fw.commanded_kmh / _MC2100_TOP_KMH * _MC2100_TOP_DUTY_PCT if fw.motor_enabled else 0.0
+    )
     return (
         f"OK status state={fw.state.name.lower()} fault={fw.fault.name.lower()} "
+        f"belt_kmh={fw.true_speed_kmh:.3f} duty_pct={duty_pct:.2f} "
+        f"motor_enabled={int(fw.motor_enabled)} motor_powered={int(fw.motor_powered)} "
         f"true_kmh={fw.true_speed_kmh:.2f} measured_kmh={fw.measured_kmh:.2f} "
         f"commanded_kmh={fw.commanded_kmh:.2f} key={'closed' if fw.safety_key_closed else 'open'} "
         f"boot_id={fw.boot_id:#010x} cable={'in' if sim.connected else 'out'} injected={faults}"
@@ -190,16 +229,66 @@ async def _read_commands(sim: PtySimulator, out: TextIO) -> None:
         raw = await reader.readline()
         if not raw:
             return
+        was_connected = sim.connected
         answer = await execute_command(sim, raw.decode("utf-8", errors="replace"))
+        if sim.connected and not was_connected:
+            # A re-plug makes a new pty: say where, before the answer.
+            out.write(f"PTY {sim.port}\n")
         if answer:
             out.write(answer + "\n")
             out.flush()
+
+
+def _ensure_emulator() -> Path:
+    """The simavr harness, built with ``make -C firmware/emu`` when missing or out of date."""
+    sources = [FIRMWARE_DIR / "emu" / "harness.c", FIRMWARE_DIR / "host" / "belt_model.c"]
+    newest = max((p.stat().st_mtime for p in sources if p.exists()), default=0.0)
+    if EMU_BINARY.exists() and EMU_BINARY.stat().st_mtime >= newest:
+        return EMU_BINARY
+    if not (FIRMWARE_DIR / "emu" / "Makefile").exists():
+        raise SystemExit(
+            f"treadmill sim --avr: {EMU_BINARY} is missing and there are no firmware sources "
+            "to build it from: run it from a checkout of the repository"
+        )
+    # make from $PATH, on the repository's own Makefile: a developer tool, no outside input.
+    done = subprocess.run(  # noqa: S603
+        ["make", "-s", "-C", str(FIRMWARE_DIR / "emu")],  # noqa: S607
+        stdout=sys.stderr,
+        check=False,
+    )
+    if done.returncode != 0 or not EMU_BINARY.exists():
+        raise SystemExit(
+            "treadmill sim --avr: building the simavr harness failed (see above); it needs "
+            "gcc and the Debian packages simavr libsimavr-dev libelf-dev"
+        )
+    return EMU_BINARY
+
+
+def _exec_firmware(argv: list[str]) -> int:
+    """Replace this process with a firmware runner (same stdin, stdout, signals)."""
+    os.execv(argv[0], argv)  # noqa: S606 - a path the user named on the command line
+    return 1  # pragma: no cover - execv does not return
 
 
 def sim_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``treadmill sim``. Returns the process exit code."""
     parser = _build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.avr is not None or args.native is not None:
+        if args.fault or args.link:
+            parser.error("--fault and --link work with the Python simulation only")
+        per_pulse = ["--mm-per-pulse", str(args.distance_per_pulse_mm)]
+        if args.avr is not None:
+            elf = Path(args.avr)
+            if not elf.is_file():
+                parser.error(f"--avr {args.avr}: no such file (build it with `make -C firmware`)")
+            return _exec_firmware([str(_ensure_emulator()), *per_pulse, str(elf)])
+        native = Path(args.native)
+        if not native.is_file():
+            parser.error(
+                f"--native {args.native}: no such file (build it with `make -C firmware host`)"
+            )
+        return _exec_firmware([str(native), *per_pulse])
     logging.basicConfig(
         level=args.log_level,
         stream=sys.stderr,

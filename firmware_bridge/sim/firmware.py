@@ -305,6 +305,11 @@ class SimFirmware:
         return self._configure
 
     @property
+    def motor_enabled(self) -> bool:
+        """True while the firmware's motor enable output (the power contactor) is on."""
+        return self._contactor
+
+    @property
     def motor_powered(self) -> bool:
         """True while the motor has power (contactor closed and safety key closed)."""
         return self._contactor and self._key_closed
