@@ -1,7 +1,7 @@
 /*
  * treadmill-emu: the AVR firmware ELF running in simavr on an emulated treadmill.
  *
- * Usage: treadmill-emu [--fast] [--mm-per-pulse MM] FIRMWARE.elf
+ * Usage: treadmill-emu [--fast] [--distance-per-pulse-mm MM] FIRMWARE.elf
  *
  * What it does (pins and process interface: docs/firmware.md, "Running the firmware in
  * simavr"):
@@ -261,10 +261,12 @@ static void update_duty(void)
     if (!pwm_out) {
         duty = 0.0;
     } else if ((tccr1a & 0xC0) == 0x80 && (tccr1b & 0x07) != 0) {
-        /* OC1A non-inverting, timer clocked: duty = OCR1A / (TOP + 1), TOP = ICR1 (mode 14) */
+        /* OC1A non-inverting fast PWM, TOP = ICR1 (mode 14), timer clocked: the pin is high
+         * from BOTTOM through the compare match, OCR1A + 1 of the TOP + 1 counts (so even
+         * OCR1A = 0 leaves a one-count spike, as on the chip) */
         unsigned top = avr->data[REG_ICR1L] | (avr->data[REG_ICR1H] << 8);
         unsigned ocr = avr->data[REG_OCR1AL] | (avr->data[REG_OCR1AH] << 8);
-        duty = ocr == 0 ? 0.0 : (double)(ocr > top ? top + 1 : ocr) / (double)(top + 1);
+        duty = ocr >= top ? 1.0 : (double)(ocr + 1u) / (double)(top + 1u);
     } else if ((tccr1a & 0xC0) == 0) {
         duty = ((avr->data[REG_PORTB] >> PIN_PWM) & 1) ? 1.0 : 0.0;   /* plain output pin */
     } else {
@@ -719,7 +721,7 @@ static void pump_stdin(bool *open)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: treadmill-emu [--fast] [--mm-per-pulse MM] FIRMWARE.elf\n");
+    fprintf(stderr, "usage: treadmill-emu [--fast] [--distance-per-pulse-mm MM] FIRMWARE.elf\n");
 }
 
 int main(int argc, char **argv)
@@ -737,10 +739,10 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--fast")) {
             E.fast = true;
-        } else if (!strcmp(argv[i], "--mm-per-pulse") && i + 1 < argc) {
+        } else if (!strcmp(argv[i], "--distance-per-pulse-mm") && i + 1 < argc) {
             E.mm_per_pulse = strtod(argv[++i], NULL);
-            if (!(E.mm_per_pulse > 0)) {
-                fprintf(stderr, "treadmill-emu: --mm-per-pulse must be > 0\n");
+            if (!(E.mm_per_pulse >= 0.1 && E.mm_per_pulse <= 300.0)) {
+                fprintf(stderr, "treadmill-emu: --distance-per-pulse-mm must be 0.1..300\n");
                 return 2;
             }
         } else if (argv[i][0] == '-') {

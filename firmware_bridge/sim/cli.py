@@ -45,8 +45,8 @@ _LOG = logging.getLogger(__name__)
 FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
 #: The simavr harness that runs the AVR ELF (``make -C firmware/emu``).
 EMU_BINARY = FIRMWARE_DIR / "build" / "emu" / "treadmill-emu"
-#: The native host build of the firmware's C core (``make -C firmware host``).
-NATIVE_BINARY = FIRMWARE_DIR / "build" / "host" / "treadmill-native"
+#: The native host build of the firmware's C core (``make -C firmware native``).
+NATIVE_BINARY = FIRMWARE_DIR / "build" / "treadmill-native"
 #: MC2100 drive: 85 % duty gives the top speed (docs/firmware.md); the ``duty_pct`` of
 #: ``status`` is the simulated set-point expressed that way.
 _MC2100_TOP_KMH = 12.9
@@ -122,7 +122,7 @@ def _build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const=str(NATIVE_BINARY),
         help="run the native host build of the firmware's C core (default: "
-        "firmware/build/host/treadmill-native)",
+        "firmware/build/treadmill-native)",
     )
     parser.add_argument(
         "--log-level",
@@ -277,7 +277,7 @@ def sim_main(argv: Sequence[str] | None = None) -> int:
     if args.avr is not None or args.native is not None:
         if args.fault or args.link:
             parser.error("--fault and --link work with the Python simulation only")
-        per_pulse = ["--mm-per-pulse", str(args.distance_per_pulse_mm)]
+        per_pulse = ["--distance-per-pulse-mm", str(args.distance_per_pulse_mm)]
         if args.avr is not None:
             elf = Path(args.avr)
             if not elf.is_file():
@@ -286,7 +286,7 @@ def sim_main(argv: Sequence[str] | None = None) -> int:
         native = Path(args.native)
         if not native.is_file():
             parser.error(
-                f"--native {args.native}: no such file (build it with `make -C firmware host`)"
+                f"--native {args.native}: no such file (build it with `make -C firmware native`)"
             )
         return _exec_firmware([str(native), *per_pulse])
     logging.basicConfig(

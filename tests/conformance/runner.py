@@ -85,7 +85,7 @@ def implementations() -> list[Implementation]:
     python = Implementation("python", (sys.executable, "-m", "controller.cli", "sim"))
     native_missing = None
     if not NATIVE_BINARY.exists():
-        native_missing = f"{NATIVE_BINARY.relative_to(REPO)} is not built (make -C firmware host)"
+        native_missing = f"{NATIVE_BINARY.relative_to(REPO)} is not built (make -C firmware native)"
     native = Implementation("native", (str(NATIVE_BINARY),), native_missing)
     avr_missing = None
     if not FIRMWARE_ELF.exists():
