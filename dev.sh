@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Developer entry point. On a fresh machine with Python 3.11+ and apt:
 #   ./dev.sh demo    simulated treadmill, mock GPIO, embedded MQTT broker, live terminal view
-#   ./dev.sh test    lint, type checks, architecture check and the whole test suite
-# Both create .venv on first use; `test` installs mosquitto with apt when it is missing.
+#   ./dev.sh test    lint, type checks, architecture check, firmware build and tests, whole suite
+# Both create .venv on first use; `test` installs mosquitto and the AVR toolchain and simavr
+# with apt when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -43,6 +44,19 @@ ensure_mosquitto() {
     as_root systemctl disable --now mosquitto >/dev/null 2>&1 || true
 }
 
+ensure_firmware_toolchain() {
+    # avr-gcc + avr-libc + binutils-avr build the firmware; simavr + libsimavr-dev + libelf-dev
+    # build the harness that runs it on an emulated ATmega328P (firmware/emu).
+    if command -v avr-gcc >/dev/null && command -v avr-size >/dev/null \
+        && [ -f /usr/lib/avr/include/avr/io.h ] && [ -f /usr/include/simavr/sim_avr.h ] \
+        && [ -f /usr/include/libelf.h ]; then return; fi
+    command -v apt-get >/dev/null || die "the AVR toolchain or simavr is missing and apt-get is not available: install gcc-avr avr-libc binutils-avr simavr libsimavr-dev libelf-dev"
+    echo "dev.sh: installing the AVR toolchain and simavr (Debian packages) for the firmware" >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq \
+        gcc-avr avr-libc binutils-avr simavr libsimavr-dev libelf-dev make gcc >/dev/null
+}
+
 cmd=${1:-help}
 shift || true
 case "$cmd" in
@@ -53,6 +67,12 @@ case "$cmd" in
     test)
         ensure_venv dev,demo,plot
         ensure_mosquitto
+        ensure_firmware_toolchain
+        echo "== firmware: AVR image and budgets, native unit tests (ASan/UBSan), decoder fuzz"
+        make -s -C firmware all native test fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-10}"
+        make -s -C firmware/emu
+        # The conformance suite (tests/conformance) must run all three implementations here.
+        export TREADMILL_CONFORMANCE_REQUIRED=1
         echo "== ruff"; "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check .
         echo "== mypy (strict)"; "$VENV/bin/mypy"
         echo "== safety core: 100 % branch coverage"
