@@ -19,7 +19,7 @@
 #define FW_VERSION_MINOR 0
 #endif
 #ifndef FW_VERSION_PATCH
-#define FW_VERSION_PATCH 0
+#define FW_VERSION_PATCH 0 /* the build number, set by the Makefile */
 #endif
 #ifndef FW_BUILD_ID
 #define FW_BUILD_ID "unknown"

@@ -408,6 +408,10 @@ int main(int argc, char **argv) {
             h.rng = (uint64_t)strtoull(argv[++i], NULL, 0) * 2654435761ull + 0x9E3779B97F4A7C15ull;
         } else if (strcmp(argv[i], "--link") == 0 && i + 1 < argc) {
             h.link = argv[++i];
+        } else if (strcmp(argv[i], "--version") == 0) {
+            printf("treadmill-native %d.%d.%d build %s, protocol v%u\n", FW_VERSION_MAJOR,
+                   FW_VERSION_MINOR, FW_VERSION_PATCH, FW_BUILD_ID, PROTOCOL_VERSION);
+            return 0;
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage();
             return 0;

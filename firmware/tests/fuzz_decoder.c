@@ -24,6 +24,7 @@
 #include <time.h>
 
 #include "crc16.h"
+#include "fw.h"
 #include "proto.h"
 
 #define STREAM_MAX 65536
@@ -142,6 +143,46 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 }
 #else
 
+/* ------------------------------------------------------------------ the whole core */
+
+static void null_send(void *ctx, const uint8_t *frame, uint8_t len) {
+    (void)ctx;
+    (void)frame;
+    (void)len;
+}
+
+/* The same stream into the firmware core after a real handshake and CONFIGURE, with time
+ * passing: it never crashes and never commands above its ceiling. */
+static void fuzz_core(const uint8_t *s, uint32_t n) {
+    static fw_t fw;
+    fw_boot_t b = {.reset_cause = RESET_POWER_ON, .boot_id = 1, .um_per_pulse = SENSOR_UM_PER_PULSE};
+    fw_io_t io = {.send = null_send, .drop_rx = NULL, .ctx = NULL};
+    uint32_t t = rnd();
+    fw_init(&fw, &b, io, t);
+    t += SELF_TEST_MS;
+    fw_tick(&fw, t, t * 1000u);
+    uint8_t hello[MSG_HELLO_LEN] = {PROTOCOL_VERSION};
+    uint8_t conf[MSG_CONFIGURE_LEN] = {0x20, 0x03, 0x64, 0x00, 0x68, 0x01, 0x2c, 0x01};
+    put_u16(conf + 8, crc16(conf, 8, CRC16_INIT));
+    uint8_t f[PROTO_MAX_FRAME];
+    uint8_t m = proto_encode(f, 0, MSG_HELLO, hello, sizeof hello);
+    for (uint8_t i = 0; i < m; i++) fw_rx_byte(&fw, f[i]);
+    m = proto_encode(f, 1, MSG_CONFIGURE, conf, sizeof conf);
+    for (uint8_t i = 0; i < m; i++) fw_rx_byte(&fw, f[i]);
+    if (!fw.configured) FAILF("core: handshake and CONFIGURE not accepted");
+    for (uint32_t i = 0; i < n; i++) {
+        fw_rx_byte(&fw, s[i]);
+        if (i % 23u == 0u) {
+            t += rnd() % 3u;
+            fw_tick(&fw, t, t * 1000u);
+        }
+        if (fw_commanded_x100(&fw) > CEIL_SPEED_X100 || fw.target_x100 > CEIL_SPEED_X100) {
+            FAILF("core: set-point above the ceiling");
+            return;
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ stream generator */
 
 static uint8_t make_valid(uint8_t *out) {
@@ -242,6 +283,7 @@ int main(int argc, char **argv) {
         bytes += n;
         int nref;
         compare(stream, n, rnd(), ref, &nref);
+        if (it % 8 == 0) fuzz_core(stream, n);
         /* Every planted frame delivered, or overlapped by a delivered garbage candidate. */
         int j = 0;
         for (int i = 0; i < nstarts; i++) {
