@@ -296,6 +296,38 @@ bool hw_stack_guard_ok(void) {
     return true;
 }
 
+/* ---------------------------------------------------------------- clock cross-check */
+
+#define PWM_PERIOD_MS 50u /* (ICR1 + 1) * 256 / 16 MHz */
+_Static_assert((HW_PWM_TOP + 1ul) * 256ul * 1000ul / F_CPU == PWM_PERIOD_MS, "PWM period");
+
+static uint32_t clock_last_ms;
+static uint8_t clock_phase; /* 0: not started, 1: waiting for the first period, 2: checking */
+
+bool hw_clock_ok(uint32_t now_ms) {
+    if (clock_phase == 0u) {
+        TIFR1 = _BV(TOV1);
+        clock_last_ms = now_ms;
+        clock_phase = 1;
+        return true;
+    }
+    uint32_t elapsed = now_ms - clock_last_ms;
+    if (TIFR1 & _BV(TOV1)) {
+        TIFR1 = _BV(TOV1);
+        clock_last_ms = now_ms;
+        if (clock_phase == 1u) {
+            clock_phase = 2; /* the first period was partial: start counting from here */
+            return true;
+        }
+        /* One Timer1 period since the last one, seen by a loop that takes well under 5 ms a
+         * pass: the tick must have counted 50 ms, +-10 %. A stopped tick gives 0. */
+        return elapsed >= PWM_PERIOD_MS - PWM_PERIOD_MS / 10u &&
+               elapsed <= PWM_PERIOD_MS + PWM_PERIOD_MS / 10u;
+    }
+    /* No Timer1 period for 1.5 of them by the tick: Timer1 stopped or the tick runs fast. */
+    return elapsed <= PWM_PERIOD_MS + PWM_PERIOD_MS / 2u;
+}
+
 /* ---------------------------------------------------------------- init */
 
 void hw_init(void) {

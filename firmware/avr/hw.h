@@ -36,6 +36,10 @@ void hw_watchdog_start(void);
 void hw_watchdog_feed(void);
 /* False when the stack has grown into the guard above .bss (FW-12 INTERNAL). */
 bool hw_stack_guard_ok(void);
+/* Clock cross-check (FW-12 INTERNAL): the 1 kHz tick (Timer0) against the PWM period
+ * (Timer1, 50 ms), both from the crystal. Call every main-loop pass; false when the tick
+ * stopped or runs off by more than 10 %, or when Timer1 stopped. */
+bool hw_clock_ok(uint32_t now_ms);
 
 /* Diagnostics. */
 extern volatile uint16_t hw_rx_overruns;

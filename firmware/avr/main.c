@@ -49,6 +49,9 @@ int main(void) {
         if (!hw_stack_guard_ok()) {
             fw_internal_fault(&fw, 1u); /* check id 1: stack guard */
         }
+        if (!hw_clock_ok(now_ms)) {
+            fw_internal_fault(&fw, 2u); /* check id 2: the ms tick disagrees with Timer1 */
+        }
         hw_set_drive(fw_pwm_counts(&fw, HW_PWM_TOP), fw_motor_enable(&fw));
         /* LED: steady while driving, 1 Hz in IDLE, 5 Hz in FAULT. */
         bool led;
