@@ -35,8 +35,17 @@ void hw_early_init(void) {
 
 uint8_t hw_reset_cause(void) {
     uint8_t f = reset_mcusr != 0 ? reset_mcusr : reset_r2;
+    const uint8_t flags = _BV(PORF) | _BV(EXTRF) | _BV(BORF) | _BV(WDRF);
+    if (f == 0u || (f & (uint8_t)~flags) != 0u) {
+        return RESET_UNKNOWN; /* nothing recorded, or r2 not set by the bootloader */
+    }
     if (f & _BV(PORF)) {
         return RESET_POWER_ON; /* power-on may also set BORF */
+    }
+    if ((f & _BV(EXTRF)) && (f & _BV(WDRF))) {
+        /* Optiboot 8: a reset-pin (DTR) reset runs the bootloader, which leaves through its
+         * own watchdog timeout; it keeps EXTRF so that the cause can be told apart. */
+        return RESET_EXTERNAL;
     }
     if (f & _BV(WDRF)) {
         return RESET_WATCHDOG;
@@ -44,10 +53,7 @@ uint8_t hw_reset_cause(void) {
     if (f & _BV(BORF)) {
         return RESET_BROWNOUT;
     }
-    if (f & _BV(EXTRF)) {
-        return RESET_EXTERNAL;
-    }
-    return RESET_UNKNOWN;
+    return RESET_EXTERNAL;
 }
 
 /* ---------------------------------------------------------------- boot id */
