@@ -1103,6 +1103,55 @@ static void test_belt_model_follows_duty_with_lag(void) {
     CHECK(belt_speed_kmh(&b) == 0.0);
 }
 
+static void count_pulse(void *ctx, uint64_t t_us) {
+    (void)t_us;
+    (*(int *)ctx)++;
+}
+
+static void test_belt_model_faults(void) {
+    belt_params_t p;
+    belt_default_params(&p);
+    belt_t b;
+    belt_init(&b, &p, 0);
+    belt_set_drive(&b, 0.85 * 300.0 / 1290.0, true);
+    belt_advance(&b, 5000000u, NULL, NULL);
+    /* sensor_freeze: pulses go on at the frozen speed whatever the belt does */
+    belt_set_sensor_frozen(&b, true);
+    belt_set_drive(&b, 0.0, false);
+    int pulses = 0;
+    belt_advance(&b, 6000000u, count_pulse, &pulses);
+    /* 3.00 km/h = 0.833 mm/ms: 66.7 pulses of 12.5 mm per second */
+    CHECK(pulses >= 66 && pulses <= 67);
+    CHECK(belt_speed_kmh(&b) < 1.0); /* the belt itself stopped */
+    belt_set_sensor_frozen(&b, false);
+    pulses = 0;
+    belt_advance(&b, 8000000u, count_pulse, &pulses);
+    CHECK(pulses <= 2);
+    /* frozen at rest: no pulses */
+    belt_set_sensor_frozen(&b, true);
+    belt_set_drive(&b, 0.5, true);
+    pulses = 0;
+    belt_advance(&b, 9000000u, count_pulse, &pulses);
+    CHECK_EQ(pulses, 0);
+    CHECK(belt_speed_kmh(&b) > 3.0);
+    belt_set_sensor_frozen(&b, false);
+    /* runaway climbs whatever the duty; stuck holds; neither without power */
+    belt_init(&b, &p, 0);
+    belt_set_drive(&b, 0.85 * 200.0 / 1290.0, true);
+    belt_advance(&b, 3000000u, NULL, NULL);
+    belt_set_runaway(&b, 2.0);
+    belt_advance(&b, 4000000u, NULL, NULL);
+    CHECK(belt_motor_kmh(&b) > 3.9 && belt_motor_kmh(&b) < 4.1);
+    belt_set_runaway(&b, 0.0);
+    belt_set_stuck(&b, true);
+    belt_set_drive(&b, 0.0, true);
+    belt_advance(&b, 5000000u, NULL, NULL);
+    CHECK(belt_motor_kmh(&b) > 3.9);
+    belt_set_key(&b, false);
+    belt_advance(&b, 6000000u, NULL, NULL);
+    CHECK(belt_motor_kmh(&b) == 0.0);
+}
+
 /* ================================================================== random operations */
 
 static uint32_t rng_state = 12345u;
@@ -1199,6 +1248,7 @@ int main(int argc, char **argv) {
     RUN(test_FW_15_reading_tracks_belt_in_closed_loop);
     RUN(test_pwm_mapping);
     RUN(test_belt_model_follows_duty_with_lag);
+    RUN(test_belt_model_faults);
     RUN(test_FW_random_operations_keep_invariants);
     fprintf(stderr, "%d tests, %d checks, %d failed\n", tests_run, g_checks, g_failures);
     return g_failures == 0 ? 0 : 1;
