@@ -226,7 +226,7 @@ int16_t hw_rx_pop(void) {
 bool hw_tx_frame(const uint8_t *data, uint8_t len) {
     bool ok = false;
     ATOMIC_BLOCK(ATOMIC_RESTORESTATE) {
-        uint8_t used = (uint8_t)((tx_head - tx_tail) & (TX_RING - 1u));
+        uint8_t used = (uint8_t)((uint8_t)(tx_head - tx_tail) & (uint8_t)(TX_RING - 1u));
         if ((uint16_t)used + len < TX_RING) {
             for (uint8_t i = 0; i < len; i++) {
                 tx_buf[tx_head] = data[i];
