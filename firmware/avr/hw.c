@@ -138,17 +138,27 @@ uint32_t hw_micros(void) {
 /* ---------------------------------------------------------------- belt pulses: INT0 */
 
 #define PULSE_RING 16u
-static volatile uint32_t pulse_t[PULSE_RING];
+/* The interrupt stores the raw tick and counter (no multiplication in the ISR); the main loop
+ * converts them to microseconds. */
+static volatile uint32_t pulse_ms[PULSE_RING];
+static volatile uint8_t pulse_cnt[PULSE_RING];
 static volatile uint8_t pulse_head, pulse_tail;
 volatile uint16_t hw_pulse_overruns;
 
 ISR(INT0_vect) {
     ISR_BUSY_ON();
-    uint8_t next = (uint8_t)((pulse_head + 1u) & (PULSE_RING - 1u));
+    uint8_t t = TCNT0;
+    uint32_t ms = ms_ticks;
+    if ((TIFR0 & _BV(OCF0A)) && t < 249u) {
+        ms++; /* the tick's interrupt is pending behind this one */
+    }
+    uint8_t head = pulse_head;
+    uint8_t next = (uint8_t)((head + 1u) & (PULSE_RING - 1u));
     if (next == pulse_tail) {
         hw_pulse_overruns++;
     } else {
-        pulse_t[pulse_head] = micros_locked();
+        pulse_ms[head] = ms;
+        pulse_cnt[head] = t;
         pulse_head = next;
     }
     ISR_BUSY_OFF();
@@ -156,12 +166,18 @@ ISR(INT0_vect) {
 
 bool hw_pulse_pop(uint32_t *t_us) {
     bool got = false;
+    uint32_t ms = 0;
+    uint8_t t = 0;
     ATOMIC_BLOCK(ATOMIC_RESTORESTATE) {
         if (pulse_tail != pulse_head) {
-            *t_us = pulse_t[pulse_tail];
+            ms = pulse_ms[pulse_tail];
+            t = pulse_cnt[pulse_tail];
             pulse_tail = (uint8_t)((pulse_tail + 1u) & (PULSE_RING - 1u));
             got = true;
         }
+    }
+    if (got) {
+        *t_us = ms * 1000ul + (uint32_t)t * 4u;
     }
     return got;
 }
