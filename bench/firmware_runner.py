@@ -1,5 +1,8 @@
 """Run one firmware implementation as a process and talk to it as the controller would.
 
+Used by the conformance suite (tests/conformance) and the emulated-chip measurements
+(bench/firmware_emu.py).
+
 Every implementation of docs/firmware-safety.md follows the same process interface
 (docs/firmware.md, "One contract, three implementations"): the first line on stdout is
 ``PTY <path>``, run-time commands go to stdin one a line and each gets a one-line answer
@@ -7,7 +10,7 @@ starting with ``OK`` or ``ERR``. :class:`FirmwareProcess` drives that interface;
 :class:`Link` is the host end of the wire on the pseudo-terminal, speaking the project's
 codec (``firmware_bridge.codec`` / ``messages``). Both are synchronous with reader threads, so
 one process per implementation can serve a whole test module. Waiting is always on a
-condition with a timeout (:func:`tests.waiting.wait_until_sync`).
+condition with a timeout (:func:`wait_until_sync`).
 """
 
 from __future__ import annotations
@@ -28,25 +31,36 @@ from pathlib import Path
 from firmware_bridge.codec import Frame, FrameDecoder, encode_frame
 from firmware_bridge.messages import (
     Ack,
-    ClearFault,
     Configure,
     EStop,
     FwFault,
     FwState,
-    GetStatus,
     Hello,
     Message,
     Nak,
     NakReason,
     SetSpeed,
     Status,
-    Stop,
     host_hello,
 )
 from firmware_bridge.sim.cli import EMU_BINARY, NATIVE_BINARY
-from tests.waiting import wait_until_sync
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = [
+    "FEATURES",
+    "STANDSTILL_KMH",
+    "FirmwareProcess",
+    "Implementation",
+    "Link",
+    "RunnerError",
+    "Rx",
+    "Session",
+    "implementations",
+    "session",
+    "start_session",
+    "wait_until_sync",
+]
+
+REPO = Path(__file__).resolve().parents[1]
 FIRMWARE_ELF = REPO / "firmware" / "build" / "treadmill.elf"
 STANDSTILL_KMH = 0.1
 TICK_S = 0.02  # the controller's SET_SPEED period (50 Hz)
@@ -54,6 +68,17 @@ TICK_S = 0.02  # the controller's SET_SPEED period (50 Hz)
 
 class RunnerError(AssertionError):
     """The firmware process did not do what the interface promises (says what was seen)."""
+
+
+def wait_until_sync(
+    predicate: Callable[[], bool], *, timeout_s: float, what: str, poll_s: float = 0.005
+) -> None:
+    """Poll ``predicate`` until it is true; :class:`RunnerError` naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RunnerError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(poll_s)
 
 
 # --------------------------------------------------------------------------- implementations
@@ -322,7 +347,10 @@ class Link:
                         return item
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    tail = [type(r.message).__name__ for r in self.rx[-8:]]
+                    tail = [
+                        str(r.message) if isinstance(r.message, Nak) else type(r.message).__name__
+                        for r in self.rx[-6:]
+                    ]
                     raise RunnerError(f"timed out after {timeout_s} s waiting for {what}; {tail}")
                 self._cond.wait(left)
 
@@ -524,20 +552,3 @@ def session(impl: Implementation) -> Iterator[Session]:
         code = s.process.close()
         if code != 0:
             raise RunnerError(f"{impl.name} exited with {code} on SIGTERM:\n{s.process.log()}")
-
-
-__all__ = [
-    "FEATURES",
-    "STANDSTILL_KMH",
-    "ClearFault",
-    "FirmwareProcess",
-    "GetStatus",
-    "Implementation",
-    "Link",
-    "RunnerError",
-    "Rx",
-    "Session",
-    "Stop",
-    "implementations",
-    "session",
-]

@@ -518,14 +518,11 @@ class Rig:
         else:
             self.workdir = opts.workdir
             self.workdir.mkdir(parents=True, exist_ok=True)
-        sim_config = opts.sim_config if opts.sim_config is not None else bench_sim_config()
-        self.sim = PtySimulator(sim_config, seed=opts.seed, link_path=self.workdir / "ttyFW")
-        await self.sim.__aenter__()
-        self.sim.firmware.on_host_frame = self.wire.on_host_frame
+        port = await self._start_firmware()
         self.mock_socket = self.workdir / "gpio.sock"
         self.config_path = write_service_config(
             self.workdir,
-            port=self.sim.port,
+            port=port,
             mock_socket=self.mock_socket,
             mqtt=opts.mqtt,
             training=opts.training,
@@ -542,6 +539,19 @@ class Rig:
         await self.wait_ready(opts.ready_timeout_s)
         await poll_until(self.mock_socket.exists, timeout_s=10, what="the mock-panel socket")
         await self.panel.open(self.mock_socket)
+
+    async def _start_firmware(self) -> str:
+        """Start the firmware the service talks to; returns the port to give the service."""
+        opts = self.options
+        sim_config = opts.sim_config if opts.sim_config is not None else bench_sim_config()
+        self.sim = PtySimulator(sim_config, seed=opts.seed, link_path=self.workdir / "ttyFW")
+        await self.sim.__aenter__()
+        self.sim.firmware.on_host_frame = self.wire.on_host_frame
+        return self.sim.port
+
+    async def _stop_firmware(self) -> None:
+        if self.sim is not None:
+            await self.sim.aclose()
 
     async def wait_ready(self, timeout_s: float) -> int:
         """Wait for READY=1; returns its arrival time (monotonic ns)."""
@@ -568,8 +578,7 @@ class Rig:
         if self.notify is not None:
             self.notify.close()
             self.notify = None
-        if self.sim is not None:
-            await self.sim.aclose()
+        await self._stop_firmware()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self._own_workdir = False

@@ -220,6 +220,7 @@ typedef struct {
 
     /* resets */
     unsigned resets;
+    bool timers_lost;
     void (*mcu_reset)(struct avr_t *);
 
     /* time */
@@ -462,6 +463,12 @@ static avr_cycle_count_t uart_feed(struct avr_t *avr, avr_cycle_count_t when, vo
 
 /* ---------------------------------------------------------------- reset */
 
+static void restore_inputs(void)
+{
+    drive_pd(PIN_BELT, true);
+    drive_pd(PIN_KEY, !E.key_closed);
+}
+
 static void start_timers(void)
 {
     avr_cycle_timer_register(E.avr, BELT_STEP_CYCLES, belt_step, NULL);
@@ -469,7 +476,9 @@ static void start_timers(void)
 }
 
 /* Called by avr_reset() after the core cleared its registers and cycle timers: whatever
- * reset the chip (watchdog, `inject reboot`), the world outside it carries on. */
+ * reset the chip (watchdog, `inject reboot`), the world outside it carries on. The timers are
+ * registered again once avr_reset() has returned (some simavr versions zero the cycle count
+ * at its very end, which would push timers registered here far into the future). */
 static void on_mcu_reset(struct avr_t *avr)
 {
     if (E.mcu_reset)
@@ -478,13 +487,14 @@ static void on_mcu_reset(struct avr_t *avr)
     E.uart_xoff = false;
     E.belt_pin_low = false;
     E.status_frames = 0;
-    start_timers();
+    E.timers_lost = true;
 }
 
-static void restore_inputs(void)
+static void after_reset(void)
 {
-    drive_pd(PIN_BELT, true);
-    drive_pd(PIN_KEY, !E.key_closed);
+    E.timers_lost = false;
+    restore_inputs();
+    start_timers();
 }
 
 /* ---------------------------------------------------------------- pty */
@@ -525,9 +535,12 @@ static void pump_pty(void)
 {
     if (E.master_fd < 0)
         return;
+    /* Read only what the ring can hold: a host writing faster than 115200 baud fills the
+     * pty's buffer and blocks, as it would on a serial port. */
     uint8_t buf[512];
-    for (;;) {
-        ssize_t n = read(E.master_fd, buf, sizeof buf);
+    while (E.rx.len < BUF_SIZE) {
+        size_t room = BUF_SIZE - E.rx.len;
+        ssize_t n = read(E.master_fd, buf, room < sizeof buf ? room : sizeof buf);
         if (n <= 0)
             break;
         for (ssize_t i = 0; i < n; i++)
@@ -574,7 +587,7 @@ static void status_line(void)
           "status_frames=%llu status_gap_max_us=%llu "
           "t_estop_us=%llu t_set_speed_us=%llu lease_ms=%u set_speed_kmh=%.2f "
           "t_duty_drop_us=%llu t_duty_zero_us=%llu t_enable_off_us=%llu "
-          "behind_max_us=%llu rx_dropped=%llu tx_dropped=%llu",
+          "behind_max_us=%llu rx_backlog=%zu uart_xoff=%d rx_dropped=%llu tx_dropped=%llu",
           (E.fw_state >= 0 && E.fw_state <= 4) ? STATE_NAMES[E.fw_state] : "unknown",
           (E.fw_fault >= 0 && E.fw_fault <= 11) ? FAULT_NAMES[E.fw_fault] : "unknown",
           belt_speed_kmh(&E.belt), E.fw_measured_kmh, E.duty * 100.0,
@@ -587,7 +600,7 @@ static void status_line(void)
           (unsigned long long)E.t_set_speed_us, E.last_lease_ms, E.last_set_speed_kmh,
           (unsigned long long)E.t_duty_drop_us, (unsigned long long)E.t_duty_zero_us,
           (unsigned long long)E.t_enable_off_us, (unsigned long long)E.behind_max_us,
-          (unsigned long long)E.rx_dropped, (unsigned long long)E.tx_dropped);
+          E.rx.len, E.uart_xoff ? 1 : 0, (unsigned long long)E.rx_dropped, (unsigned long long)E.tx_dropped);
 }
 
 /* Reset with the watchdog flag set, as the chip's watchdog would leave it. */
@@ -595,7 +608,7 @@ static void reboot_chip(void)
 {
     avr_reset(E.avr);
     E.avr->data[REG_MCUSR] = MCUSR_WDRF;
-    restore_inputs();
+    after_reset();
 }
 
 /* Stop the main loop for good with interrupts off: only the watchdog gets it out. The last
@@ -791,8 +804,9 @@ int main(int argc, char **argv)
     avr_irq_register_notify(port_irq('B', PIN_ISR_BUSY), on_isr_pin, NULL);
     avr_irq_register_notify(port_irq('B', PIN_PWM), on_pwm_pin, NULL);
     avr_irq_register_notify(port_irq('D', PIN_MOTOR_EN), on_enable_pin, NULL);
-    const avr_io_addr_t timer_regs[] = {REG_TCCR1A, REG_TCCR1B, REG_OCR1AL, REG_OCR1AH,
-                                        REG_ICR1L, REG_ICR1H};
+    /* 16-bit registers change on the low-byte write (the high byte waits in TEMP on the
+     * chip), so the duty is recomputed there, never between the two halves */
+    const avr_io_addr_t timer_regs[] = {REG_TCCR1A, REG_TCCR1B, REG_OCR1AL, REG_ICR1L};
     for (size_t i = 0; i < sizeof timer_regs / sizeof timer_regs[0]; i++)
         avr_register_io_write(E.avr, timer_regs[i], on_timer_reg_write, NULL);
 
@@ -833,12 +847,14 @@ int main(int argc, char **argv)
                 uint64_t behind_us = (target - c) / (CPU_HZ / 1000000u);
                 if (behind_us > E.behind_max_us)
                     E.behind_max_us = behind_us;
-                c0 += target - c - CYCLES_PER_MS;
+                c0 -= target - c - CYCLES_PER_MS;
                 target = c + CYCLES_PER_MS;
             }
         }
         while (now_cycles() < target) {
             int st = avr_run(E.avr);
+            if (E.timers_lost)
+                after_reset();
             if (st == cpu_Done || st == cpu_Crashed) {
                 fprintf(stderr, "treadmill-emu: the emulated chip stopped (%s) at pc 0x%04x\n",
                         st == cpu_Done ? "done" : "crashed", E.avr->pc);
@@ -851,15 +867,15 @@ int main(int argc, char **argv)
         nfds_t nfds = 0;
         if (stdin_open)
             fds[nfds++] = (struct pollfd){.fd = STDIN_FILENO, .events = POLLIN};
-        if (E.master_fd >= 0)
+        if (E.master_fd >= 0 && E.rx.len < BUF_SIZE)
             fds[nfds++] = (struct pollfd){.fd = E.master_fd, .events = POLLIN};
         int timeout_ms = 0;
         if (!E.fast) {
-            uint64_t ahead_ns = (now_cycles() - c0) * 1000u / (CPU_HZ / 1000000u);
-            uint64_t elapsed_ns = mono_ns() - t0_ns;
-            timeout_ms = ahead_ns > elapsed_ns ? (int)((ahead_ns - elapsed_ns) / 1000000u) : 0;
-            if (timeout_ms < 1 && ahead_ns > elapsed_ns)
-                timeout_ms = 1;
+            /* sleep while the chip is ahead of real time (at most a few ms) */
+            int64_t ahead_ns = (int64_t)((now_cycles() - c0) * 1000u / (CPU_HZ / 1000000u)) -
+                               (int64_t)(mono_ns() - t0_ns);
+            if (ahead_ns > 0)
+                timeout_ms = ahead_ns >= 10000000 ? 10 : (int)(ahead_ns / 1000000) + 1;
         }
         if (poll(fds, nfds, timeout_ms) > 0) {
             for (nfds_t i = 0; i < nfds; i++) {

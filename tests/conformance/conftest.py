@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conformance.runner import Implementation, Session, implementations, session
+from bench.firmware_runner import Implementation, Session, implementations, session
 
 _IMPLS = {impl.name: impl for impl in implementations()}
 

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from bench.firmware_runner import FEATURES, Session
 from firmware_bridge.crc import crc16
 from firmware_bridge.messages import (
     Ack,
@@ -42,7 +43,6 @@ from tests.conformance.contract import (
     running,
     statuses,
 )
-from tests.conformance.runner import FEATURES, Session
 
 pytestmark = pytest.mark.timeout(60)
 
