@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import yaml
 
@@ -494,7 +494,7 @@ class Rig:
 
     # ------------------------------------------------------------------ life cycle
 
-    async def __aenter__(self) -> Rig:
+    async def __aenter__(self) -> Self:
         try:
             await self._open()
         except BaseException:

@@ -1,0 +1,80 @@
+"""The real controller end to end on each firmware implementation.
+
+``treadmill run`` (mock GPIO, MQTT off) with its serial port on the implementation's
+pseudo-terminal: it walks, it stops on grip loss, and when it is killed the firmware alone
+brings the belt to rest within lease + ramp (FW-3). The time is measured by
+``python -m bench.firmware_emu --only e2e`` (docs/performance.md); here it is checked against
+the budget with the allowance the fault matrix uses for a loaded CI machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from bench.firmware_emu import FirmwareRig
+from bench.firmware_runner import STANDSTILL_KMH, Implementation, implementations
+from bench.reaction import bench_stage1_edit
+from bench.rig import RigOptions, poll_until
+from tests.faults.support import stop_budget_ms
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
+
+WALK_KMH = 2.0  # the top of stage 1 in config/demo.yaml
+
+
+@pytest.fixture(params=[impl.name for impl in implementations()])
+def impl(request: pytest.FixtureRequest) -> Implementation:
+    found: Implementation = next(i for i in implementations() if i.name == request.param)
+    if found.missing is not None:
+        if os.environ.get("TREADMILL_CONFORMANCE_REQUIRED") == "1":
+            pytest.fail(f"conformance: implementation {found.name} cannot run: {found.missing}")
+        pytest.skip(f"IMPLEMENTATION {found.name.upper()} NOT TESTED: {found.missing}")
+    return found
+
+
+async def test_FW_3_controller_walks_stops_on_grip_loss_and_a_killed_controller_is_stopped(
+    impl: Implementation,
+) -> None:
+    async with FirmwareRig(impl, RigOptions(edit=bench_stage1_edit)) as rig:
+        # walks
+        await rig.start_belt(WALK_KMH)
+        state = await rig.status()
+        assert state["state"] == "running"
+        assert state["firmware"]["state"] == "running"
+
+        # grip loss at stage 1: a controlled stop, latched until a local reset
+        await rig.panel.ok("grip none")
+        await rig.wait_status(
+            lambda s: s["fault"] is not None, timeout_s=5, what="the grip-loss fault"
+        )
+        await rig.wait_belt(lambda v: v <= STANDSTILL_KMH, timeout_s=10, what="belt at rest")
+        await poll_until(
+            lambda: rig.measured_kmh <= STANDSTILL_KMH, timeout_s=5, what="sensor at rest"
+        )
+        await rig.panel.ok("grip both")
+        await rig.panel.ok("press reset")
+        await rig.wait_status(
+            lambda s: s["state"] == "idle" and s["fault"] is None,
+            timeout_s=10,
+            what="idle after the reset",
+        )
+
+        # walks again, then the controller dies: the firmware's lease stops the belt
+        await rig.start_belt(WALK_KMH)
+        t0 = time.monotonic()
+        rig.service.signal(signal.SIGKILL)
+        budget_ms = stop_budget_ms(WALK_KMH)
+        await poll_until(
+            lambda: rig.belt_kmh <= STANDSTILL_KMH,
+            timeout_s=budget_ms / 1000 + 5,
+            what="the belt at rest after the controller was killed",
+        )
+        took_ms = (time.monotonic() - t0) * 1000
+        assert took_ms <= budget_ms, f"{impl.name}: belt at rest after {took_ms:.0f} ms"
+        assert rig.process_status["motor_enabled"] == "0"
+        assert rig.process_status["fault"] == "lease_expired"
+        assert await rig.service.wait(5) == -signal.SIGKILL
