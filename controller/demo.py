@@ -87,9 +87,14 @@ def demo_config(
     state_dir: Path,
     broker: tuple[str, int] | None,
     training: bool,
+    port: str = "sim://",
 ) -> AppConfig:
-    """``base`` on the simulator and mock pins, its state in ``state_dir``, MQTT to ``broker``."""
-    serial = base.serial.model_copy(update={"port": "sim://"})
+    """``base`` on the simulator and mock pins, its state in ``state_dir``, MQTT to ``broker``.
+
+    ``port``: the firmware's serial port; the default runs the simulator in-process, a path
+    talks to a firmware runner such as ``treadmill sim --avr firmware/build/treadmill.elf``.
+    """
+    serial = base.serial.model_copy(update={"port": port})
     gpio = base.gpio.model_copy(
         update={"pin_factory": "mock", "mock_socket": str(state_dir / "gpio.sock")}
     )
@@ -402,8 +407,13 @@ async def _demo(args: argparse.Namespace, interactive: bool, out: TextIO, err: T
                 state_dir=state_dir,
                 broker=(broker.host, broker.port) if broker is not None else None,
                 training=args.training,
+                port=args.port if args.port is not None else "sim://",
             )
-            simulator = PtySimulator(seed=args.seed, link_path=state_dir / "firmware.tty")
+            simulator = (
+                PtySimulator(seed=args.seed, link_path=state_dir / "firmware.tty")
+                if args.port is None
+                else None
+            )
             service = Service(
                 config,
                 pin_factory=MockFactory(),
@@ -467,6 +477,12 @@ def _parser() -> argparse.ArgumentParser:
         help="keep the training program on (stages are then capped by the client's progress)",
     )
     parser.add_argument("--seed", type=int, default=0, help="simulator random seed")
+    parser.add_argument(
+        "--port",
+        metavar="PATH",
+        help="talk to the firmware on this port (the PTY printed by `treadmill sim --avr ELF` "
+        "or `--native`) instead of the in-process simulator",
+    )
     parser.add_argument(
         "--plain", action="store_true", help="run the built-in session even on a terminal"
     )
