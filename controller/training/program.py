@@ -2,8 +2,9 @@
 
 :meth:`TrainingProgram.on_tick` runs inside the control loop and never blocks: it does the
 pure bookkeeping (:mod:`.sessions`, :mod:`.progression`) and leaves writes in a coalescing
-buffer. :meth:`TrainingProgram.run_writer` (a task the service owns) writes that buffer to
-SQLite on one dedicated thread. When the database cannot be used (corrupt, locked, disk full)
+buffer. :meth:`TrainingProgram.run_writer` (a task the service owns) runs the
+:class:`~controller.training.writer.SessionLogWriter`, which writes that buffer to SQLite on
+one dedicated thread. When the database cannot be used (corrupt, locked, disk full)
 the program keeps running: sessions are held in memory and retried with backoff, the problem is
 reported as an ``Event(kind="storage_error")``, and nothing already recorded is dropped.
 
@@ -28,18 +29,11 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from controller.errors import (
-    StoreCorruptError,
-    StoreError,
-    StoreLockedError,
-    StoreSchemaTooNewError,
-)
 from controller.model import CoreState, Event, Mode, StageConfig
 from controller.training.config import CLIENT_ID_PATTERN, TrainingConfig, check_against_stages
 from controller.training.progression import (
@@ -54,7 +48,8 @@ from controller.training.sessions import (
     SessionRecord,
     SessionTracker,
 )
-from controller.training.store import ClientRecord, SessionStore, UnlockLogEntry
+from controller.training.store import ClientRecord, UnlockLogEntry
+from controller.training.writer import LoadedLog, SessionLogWriter
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +109,8 @@ class TrainingProgram:
         self._max_stage = len(stages)
         self._treadmill_id = treadmill_id
         self._db_path = db_path
-        self._persist = db_path is not None and config.enabled
         self._standstill_kmh = standstill_kmh
         self._new_id = new_id
-        self._busy_timeout_ms = busy_timeout_ms
-        self._retry_initial_s = retry_initial_s
-        self._retry_max_s = retry_max_s
         thresholds = {rule.at_kmh for rule in config.unlock} | {s.max_kmh for s in stages}
         self._tracker = SessionTracker(
             treadmill_id=treadmill_id,
@@ -151,21 +142,20 @@ class TrainingProgram:
         self._last_mode: Mode | None = None
         self._belt_at_rest = False
 
-        # writes waiting for the writer (coalesced: one entry per session / client)
-        self._pending_sessions: dict[str, SessionRecord] = {}
-        self._pending_clients: dict[str, ClientRecord] = {}
-        self._pending_log: dict[str, UnlockLogEntry] = {}
         self._outbox: list[Event] = []  # events raised off-tick, delivered with the next tick
         self._finished_out: deque[dict[str, Any]] = deque()
-        self._wake = asyncio.Event()
-        self._io_lock = asyncio.Lock()
-        self._executor: ThreadPoolExecutor | None = None
-        self._store: SessionStore | None = None
-        self._store_error: str | None = None
-        self._last_error: StoreError | None = None
-        self.failed_writes = 0  # attempts to open or write the log that failed (for telemetry)
-        self._recovered = False  # sessions left open by a previous run have been closed
         self._closed = False
+        # the session log (None: in memory only)
+        self._writer: SessionLogWriter | None = None
+        if db_path is not None and config.enabled:
+            self._writer = SessionLogWriter(
+                db_path,
+                report=self._report,
+                on_loaded=self._merge_log,
+                busy_timeout_ms=busy_timeout_ms,
+                retry_initial_s=retry_initial_s,
+                retry_max_s=retry_max_s,
+            )
 
     # ------------------------------------------------------------------ properties
 
@@ -180,11 +170,17 @@ class TrainingProgram:
     @property
     def storage_ok(self) -> bool:
         """True when the log is open and nothing is waiting to be written."""
-        return self._store is not None and not self._has_pending()
+        writer = self._writer
+        return writer is not None and writer.is_open and not writer.has_pending()
 
     @property
     def pending_writes(self) -> int:
-        return len(self._pending_sessions) + len(self._pending_clients) + len(self._pending_log)
+        return 0 if self._writer is None else self._writer.pending_writes
+
+    @property
+    def failed_writes(self) -> int:
+        """Attempts to open or write the log that failed (for telemetry)."""
+        return 0 if self._writer is None else self._writer.failed_writes
 
     def progress(self) -> SessionProgress | None:
         """The open session's figures as of the last tick (None when no session is open)."""
@@ -220,30 +216,18 @@ class TrainingProgram:
         Raises :class:`StoreSchemaTooNewError` for a log written by a newer controller: that
         cannot fix itself, and running on would silently keep every session out of the log.
         """
-        if not self._persist:
+        if self._writer is None:
             self._loaded = True
             return []
-        async with self._io_lock:
-            if not await self._open_store(refuse_newer=True):
-                self._wake.set()  # the writer keeps trying with backoff
+        await self._writer.open()
         return self._take_outbox()
 
     async def run_writer(self) -> None:
         """Write pending sessions until cancelled. The service runs this as a named task."""
-        if not self._persist:
+        if self._writer is None:
             await asyncio.Event().wait()  # nothing to write, ever; wait to be cancelled
-        delay_s = self._retry_initial_s
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while True:
-                async with self._io_lock:
-                    done = await self._flush_once()
-                if done:
-                    delay_s = self._retry_initial_s
-                    break
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, self._retry_max_s)
+        else:
+            await self._writer.run()
 
     async def close(self, *, timeout_s: float = 5.0) -> None:
         """Finish the open session (end reason ``shutdown``) and write what is pending.
@@ -258,35 +242,8 @@ class TrainingProgram:
             if record is not None:
                 self._remember(record)
                 self._queue_session(record)
-        if self._persist and self._has_pending():
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout_s
-            delay_s = min(self._retry_initial_s, 0.5)
-            while True:
-                async with self._io_lock:
-                    done = await self._flush_once()
-                # a damaged or newer file will not get better within seconds: do not wait
-                permanent = isinstance(self._last_error, StoreCorruptError | StoreSchemaTooNewError)
-                if done or permanent or loop.time() + delay_s > deadline:
-                    break
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, self._retry_max_s)
-        if self._has_pending():
-            logger.error(
-                "session log %s: %d session(s) and %d stage change(s) could not be written "
-                "before shutdown and are lost (%s)",
-                self._db_path,
-                len(self._pending_sessions),
-                len(self._pending_clients) + len(self._pending_log),
-                self._store_error,
-            )
-        async with self._io_lock:
-            if self._store is not None:
-                await self._call(self._store.close)
-                self._store = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        if self._writer is not None:
+            await self._writer.close(timeout_s=timeout_s)
 
     # ------------------------------------------------------------------ control tick
 
@@ -506,9 +463,10 @@ class TrainingProgram:
                 details,
             )
         if not self._loaded:
+            problem = None if self._writer is None else self._writer.store_error
             return Event(
                 "unlock_refused",
-                f"client {client_id}: the session log has not been read ({self._store_error}); "
+                f"client {client_id}: the session log has not been read ({problem}); "
                 "the criteria cannot be checked until it is available",
                 details,
             )
@@ -562,10 +520,8 @@ class TrainingProgram:
             source=source,
             detail=detail if isinstance(detail, str) else json.dumps(detail),
         )
-        if self._persist:
-            self._pending_clients[client_id] = record
-            self._pending_log[entry.entry_id] = entry
-            self._wake.set()
+        if self._writer is not None:
+            self._writer.queue_stage_change(record, entry)
         logger.info(
             "client %s: stage %d -> %d (%s, %s)", client_id, from_stage, to_stage, action, source
         )
@@ -703,63 +659,26 @@ class TrainingProgram:
         sessions.append(record)
 
     def _queue_session(self, record: SessionRecord) -> None:
-        if self._persist:
-            self._pending_sessions[record.session_id] = record
-            self._wake.set()
+        if self._writer is not None:
+            self._writer.queue_session(record)
 
-    def _has_pending(self) -> bool:
-        return bool(self._pending_sessions or self._pending_clients or self._pending_log)
+    def _report(self, event: Event) -> None:
+        """An event raised off-tick (by the writer), delivered with the next tick."""
+        self._outbox.append(event)
 
-    def _take_outbox(self) -> list[Event]:
-        events, self._outbox = self._outbox, []
-        return events
-
-    async def _call(self, function: Callable[[], _T]) -> _T:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="training-db")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
-
-    async def _open_store(self, *, refuse_newer: bool = False) -> bool:
-        """Open the store and load it (caller holds the I/O lock). False on a StoreError.
-
-        With ``refuse_newer`` a newer schema raises :class:`StoreSchemaTooNewError` (at
-        startup); otherwise it is reported like any other storage error (the writer never
-        takes the service down).
-        """
-        assert self._db_path is not None  # noqa: S101 -- only called with a log configured
-        path = self._db_path
-        try:
-            store = await self._call(
-                lambda: SessionStore.open(path, busy_timeout_ms=self._busy_timeout_ms)
-            )
-        except StoreError as exc:
-            if refuse_newer and isinstance(exc, StoreSchemaTooNewError):
-                raise
-            self._report_storage_error(exc)
-            return False
-        try:
-            interrupted: list[SessionRecord] = []
-            if not self._recovered:
-                # only on the first open: later re-opens would close this run's own session
-                interrupted = await self._call(store.close_interrupted)
-            clients = await self._call(store.clients)
-            sessions = await self._call(store.sessions)
-        except StoreError as exc:
-            await self._call(store.close)
-            self._report_storage_error(exc)
-            return False
-        self._store = store
-        self._recovered = True
+    def _merge_log(self, loaded: LoadedLog) -> None:
+        """What an open of the log read, merged with what this run holds."""
+        assert self._writer is not None  # noqa: S101 -- only the writer calls this
         # stage changes not yet written win over what the file says
-        self._clients = {**clients, **self._pending_clients}
+        self._clients = {**loaded.clients, **self._writer.pending_clients}
         in_memory = [record for records in self._history.values() for record in records]
         self._history = {}
-        for record in sessions:
+        for record in loaded.sessions:
             self._remember(record)
         for record in in_memory:
             self._remember(record)
         self._loaded = True
-        for record in interrupted:
+        for record in loaded.interrupted:
             self._outbox.append(
                 Event(
                     "session_interrupted",
@@ -774,84 +693,7 @@ class TrainingProgram:
                     },
                 )
             )
-        self._report_storage_ok()
-        logger.info(
-            "session log %s open: %d session(s), %d client(s), %d interrupted session(s) closed",
-            path,
-            len(sessions),
-            len(clients),
-            len(interrupted),
-        )
-        return True
 
-    async def _flush_once(self) -> bool:
-        """Open the store if needed and write what is pending. True when all is written."""
-        if self._store is None and not await self._open_store():
-            return False
-        store = self._store
-        assert store is not None  # noqa: S101 -- set by _open_store
-        sessions = dict(self._pending_sessions)
-        clients = dict(self._pending_clients)
-        log = dict(self._pending_log)
-        if not (sessions or clients or log):
-            return True
-        try:
-            await self._call(
-                lambda: store.write(
-                    sessions=list(sessions.values()),
-                    clients=list(clients.values()),
-                    log=list(log.values()),
-                )
-            )
-        except StoreError as exc:
-            self._report_storage_error(exc)
-            if not isinstance(exc, StoreLockedError):
-                # the file may have been replaced or the disk remounted: open it afresh next time
-                self._store = None
-                await self._call(store.close)
-            return False
-        # drop what was written, unless it changed while the write ran
-        for key, record in sessions.items():
-            if self._pending_sessions.get(key) is record:
-                del self._pending_sessions[key]
-        for key, client in clients.items():
-            if self._pending_clients.get(key) is client:
-                del self._pending_clients[key]
-        for key in log:
-            self._pending_log.pop(key, None)
-        self._report_storage_ok()
-        return not self._has_pending()
-
-    def _report_storage_error(self, exc: StoreError) -> None:
-        self.failed_writes += 1
-        self._last_error = exc
-        message = str(exc)
-        if message == self._store_error:
-            return  # reported once per distinct problem, not at every retry
-        self._store_error = message
-        logger.warning("%s", message)
-        self._outbox.append(
-            Event(
-                "storage_error",
-                f"{message}; {len(self._pending_sessions)} session record(s) held in memory",
-                {
-                    "error": type(exc).__name__,
-                    "path": str(self._db_path),
-                    "pending": self.pending_writes,
-                },
-            )
-        )
-
-    def _report_storage_ok(self) -> None:
-        if self._store_error is None:
-            return
-        self._store_error = None
-        self._last_error = None
-        logger.info("session log %s is writable again", self._db_path)
-        self._outbox.append(
-            Event(
-                "storage_recovered",
-                f"session log {self._db_path} is available again; held sessions written",
-                {"path": str(self._db_path)},
-            )
-        )
+    def _take_outbox(self) -> list[Event]:
+        events, self._outbox = self._outbox, []
+        return events
