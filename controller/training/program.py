@@ -272,7 +272,46 @@ class TrainingProgram:
             return TrainingTick(stage_cap=self._max_stage, events=tuple(self._take_outbox()))
 
         out = self._take_outbox()
+        self._track_session(now_ms, utc, core, measured_kmh, events, out)
         request_stop: str | None = None
+        session_json: dict[str, Any] | None = None
+        progress = self._tracker.progress(now_ms)
+        if progress is not None:
+            request_stop, remaining_s = self._guide(progress, core, out)
+            session_json = {
+                "session_id": progress.session_id,
+                "client_id": progress.client_id,
+                "elapsed_s": round(progress.elapsed_s, 1),
+                "moving_s": round(progress.moving_s, 1),
+                "distance_m": round(progress.distance_m, 1),
+                "remaining_s": None if remaining_s is None else round(remaining_s, 1),
+                "stage_cap": self._cap,
+            }
+
+        if trainer_action:
+            out.append(self._trainer_action(utc, core, measured_kmh))
+        self._update_cap(core, measured_kmh, out)
+        if session_json is not None:
+            session_json["stage_cap"] = self._cap
+        finished = self._finished_out.popleft() if self._finished_out else None
+        return TrainingTick(
+            stage_cap=self._cap,
+            request_stop=request_stop,
+            events=tuple(out),
+            session=session_json,
+            finished_session=finished,
+        )
+
+    def _track_session(  # noqa: PLR0917 -- the tick's inputs, passed on to the tracker
+        self,
+        now_ms: int,
+        utc: datetime,
+        core: CoreState,
+        measured_kmh: float | None,
+        events: tuple[Event, ...],
+        out: list[Event],
+    ) -> None:
+        """Start, checkpoint and finish sessions from the tick (see :mod:`.sessions`)."""
         update = self._tracker.update(
             now_ms=now_ms,
             utc=utc,
@@ -308,58 +347,39 @@ class TrainingProgram:
                 self._last_checkpoint_ms = now_ms
                 self._queue_session(snapshot)
 
-        session_json: dict[str, Any] | None = None
-        progress = self._tracker.progress(now_ms)
-        if progress is not None:
-            limit_s = self._config.session_length_s(core.stage)
-            remaining_s = None if limit_s is None else max(limit_s - progress.moving_s, 0.0)
-            if remaining_s is not None and core.mode is Mode.RUNNING:
-                warn_s = self._config.session_warning_s
-                if not self._warned and warn_s > 0 and remaining_s <= warn_s:
-                    self._warned = True
-                    out.append(
-                        Event(
-                            "session_guidance",
-                            f"{remaining_s / 60:.0f} min left of this session at stage "
-                            f"{core.stage}: the belt will slow to a stop when it is complete",
-                            {"session_id": progress.session_id, "remaining_s": remaining_s},
-                        )
-                    )
-                if not self._stop_requested and remaining_s <= 0:
-                    self._stop_requested = True
-                    request_stop = "session_complete"
-                    out.append(
-                        Event(
-                            "session_complete",
-                            f"session complete: {progress.moving_s / 60:.1f} min moving at "
-                            f"stage {core.stage} (limit {limit_s / 60 if limit_s else 0:g} "
-                            "min); stopping the belt",
-                            {"session_id": progress.session_id, "moving_s": progress.moving_s},
-                        )
-                    )
-            session_json = {
-                "session_id": progress.session_id,
-                "client_id": progress.client_id,
-                "elapsed_s": round(progress.elapsed_s, 1),
-                "moving_s": round(progress.moving_s, 1),
-                "distance_m": round(progress.distance_m, 1),
-                "remaining_s": None if remaining_s is None else round(remaining_s, 1),
-                "stage_cap": self._cap,
-            }
-
-        if trainer_action:
-            out.append(self._trainer_action(utc, core, measured_kmh))
-        self._update_cap(core, measured_kmh, out)
-        if session_json is not None:
-            session_json["stage_cap"] = self._cap
-        finished = self._finished_out.popleft() if self._finished_out else None
-        return TrainingTick(
-            stage_cap=self._cap,
-            request_stop=request_stop,
-            events=tuple(out),
-            session=session_json,
-            finished_session=finished,
+    def _guide(
+        self, progress: SessionProgress, core: CoreState, out: list[Event]
+    ) -> tuple[str | None, float | None]:
+        """Warn before the session length at this stage is reached, and ask for a stop when it
+        is (once each per session). Returns the stop request and the time left (seconds)."""
+        limit_s = self._config.session_length_s(core.stage)
+        remaining_s = None if limit_s is None else max(limit_s - progress.moving_s, 0.0)
+        if remaining_s is None or core.mode is not Mode.RUNNING:
+            return None, remaining_s
+        warn_s = self._config.session_warning_s
+        if not self._warned and warn_s > 0 and remaining_s <= warn_s:
+            self._warned = True
+            out.append(
+                Event(
+                    "session_guidance",
+                    f"{remaining_s / 60:.0f} min left of this session at stage "
+                    f"{core.stage}: the belt will slow to a stop when it is complete",
+                    {"session_id": progress.session_id, "remaining_s": remaining_s},
+                )
+            )
+        if self._stop_requested or remaining_s > 0:
+            return None, remaining_s
+        self._stop_requested = True
+        out.append(
+            Event(
+                "session_complete",
+                f"session complete: {progress.moving_s / 60:.1f} min moving at "
+                f"stage {core.stage} (limit {limit_s / 60 if limit_s else 0:g} "
+                "min); stopping the belt",
+                {"session_id": progress.session_id, "moving_s": progress.moving_s},
+            )
         )
+        return "session_complete", remaining_s
 
     # ------------------------------------------------------------------ clients
 
@@ -571,45 +591,8 @@ class TrainingProgram:
                 },
             )
         ]
-        client_id = record.client_id
-        if client_id is not None and self._loaded:
-            unlocked = self.unlocked_stage(client_id)
-            client = self._clients.get(client_id)
-            demotion = demotion_due(
-                self.client_history(client_id),
-                unlocked,
-                self._config,
-                stage_since_utc=None if client is None else client.updated_utc,
-            )
-            if demotion is not None:
-                events.append(
-                    self._change_stage(
-                        client_id,
-                        demotion.to_stage,
-                        utc,
-                        action="demote",
-                        source="rule",
-                        detail=demotion.reason,
-                    )
-                )
-            elif self._config.auto_unlock:
-                status = unlock_status(
-                    self.client_history(client_id),
-                    unlocked,
-                    self._config,
-                    max_stage=self._max_stage,
-                )
-                if status.next_stage is not None and status.all_met and not status.needs_trainer:
-                    events.append(
-                        self._change_stage(
-                            client_id,
-                            status.next_stage,
-                            utc,
-                            action="unlock",
-                            source="auto",
-                            detail=[c.to_json() for c in status.criteria],
-                        )
-                    )
+        if record.client_id is not None and self._loaded:
+            events.extend(self._progress_client(record.client_id, utc))
         if clear_client and self._client_id is not None:
             cleared = self._client_id
             self._client_id = None
@@ -622,6 +605,49 @@ class TrainingProgram:
                     {"client_id": cleared},
                 )
             )
+        return events
+
+    def _progress_client(self, client_id: str, utc: datetime) -> list[Event]:
+        """After a finished session: demote the client, or unlock the next stage when
+        ``auto_unlock`` is on and every criterion is met without a trainer."""
+        events: list[Event] = []
+        unlocked = self.unlocked_stage(client_id)
+        client = self._clients.get(client_id)
+        demotion = demotion_due(
+            self.client_history(client_id),
+            unlocked,
+            self._config,
+            stage_since_utc=None if client is None else client.updated_utc,
+        )
+        if demotion is not None:
+            events.append(
+                self._change_stage(
+                    client_id,
+                    demotion.to_stage,
+                    utc,
+                    action="demote",
+                    source="rule",
+                    detail=demotion.reason,
+                )
+            )
+        elif self._config.auto_unlock:
+            status = unlock_status(
+                self.client_history(client_id),
+                unlocked,
+                self._config,
+                max_stage=self._max_stage,
+            )
+            if status.next_stage is not None and status.all_met and not status.needs_trainer:
+                events.append(
+                    self._change_stage(
+                        client_id,
+                        status.next_stage,
+                        utc,
+                        action="unlock",
+                        source="auto",
+                        detail=[c.to_json() for c in status.criteria],
+                    )
+                )
         return events
 
     # ------------------------------------------------------------------ caps
