@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from controller.training.config import TrainingConfig
+from controller.training.config import TrainingConfig, UnlockRule
 from controller.training.sessions import SessionRecord
 
 
@@ -111,6 +111,21 @@ def unlock_status(
         for record in sorted(client_history, key=lambda record: record.start_utc)
         if record.highest_stage == previous and counted(record, config)
     ]
+    criteria = _criteria(rule, previous, at_previous, config)
+    needs_trainer = rule.trainer_confirm or not config.auto_unlock
+    return UnlockStatus(
+        current_stage=current,
+        next_stage=target,
+        criteria=tuple(criteria),
+        all_met=all(criterion.met for criterion in criteria),
+        needs_trainer=needs_trainer,
+    )
+
+
+def _criteria(
+    rule: UnlockRule, previous: int, at_previous: Sequence[SessionRecord], config: TrainingConfig
+) -> list[Criterion]:
+    """The criteria of ``rule`` over the counted sessions at stage ``previous`` (oldest first)."""
     criteria = [
         Criterion(
             name=f"sessions at stage {previous} (at least {config.count_session_min:g} min)",
@@ -151,14 +166,7 @@ def unlock_status(
                 met=fault_free >= rule.no_faults_in_last,
             )
         )
-    needs_trainer = rule.trainer_confirm or not config.auto_unlock
-    return UnlockStatus(
-        current_stage=current,
-        next_stage=target,
-        criteria=tuple(criteria),
-        all_met=all(criterion.met for criterion in criteria),
-        needs_trainer=needs_trainer,
-    )
+    return criteria
 
 
 @dataclass(frozen=True)
