@@ -521,7 +521,7 @@ def load_scenario_text(text: str, source: str, *, base_dir: Path | None = None) 
     except ValidationError as exc:
         raise ScenarioError(
             [
-                schema_issue(document, error, ScenarioSpec, keys_at=_scenario_keys)
+                schema_issue(document, error, ScenarioSpec, keys_at=_scenario_keys, union_tags=True)
                 for error in exc.errors(include_url=False)
             ]
         ) from None

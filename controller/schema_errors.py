@@ -104,20 +104,24 @@ def schema_issue(
     root: type[BaseModel],
     *,
     keys_at: Callable[[Sequence[KeyPart]], list[str]] | None = None,
+    union_tags: bool = False,
 ) -> ConfigIssue:
     """One pydantic error (``ValidationError.errors()`` item) of ``root`` as a file problem.
 
     ``keys_at`` gives the names allowed at a location when the models do not say it alone
     (a list whose items are one of several models); by default they come from ``root``.
+    ``union_tags``: the models have union fields, and pydantic puts the member of the union
+    (``int``, ``str``, ``function-after[...]``) in the location; drop those from the key path
+    (a file whose keys may be named ``int`` or ``none`` must leave this off).
     """
-    # pydantic puts the member of a union (``int``, ``str``, ``function-after[...]``) in the
-    # location; keep only the key path of the file.
     loc: tuple[KeyPart, ...] = tuple(
         part
         for part in error["loc"]
         if isinstance(part, str | int)
         and not (
-            isinstance(part, str) and (part in _UNION_MEMBERS or ("[" in part and part != "[key]"))
+            union_tags
+            and isinstance(part, str)
+            and (part in _UNION_MEMBERS or ("[" in part and part != "[key]"))
         )
     )
     kind = str(error["type"])
