@@ -1,5 +1,6 @@
 """The ``treadmill`` console script.
 
+treadmill --version                  the installed version
 treadmill run --config PATH          the service (systemd runs this)
 treadmill check-config PATH          validate a config file; exit 0 or 78
 treadmill sim [...]                  simulated firmware on a pseudo-terminal
@@ -113,6 +114,18 @@ def _cmd_passthrough(name: str, rest: list[str]) -> int:
 
 PASSTHROUGH = ("sim", "history", "demo", "scenario", "verify-config", "monitor")
 
+#: What each command does, for ``treadmill --help``.
+COMMAND_HELP: dict[str, str] = {
+    "run": "run the controller service (systemd runs this)",
+    "check-config": "validate a config file; exit 0 if valid, 78 if not",
+    "demo": "the controller on a simulated treadmill with a live terminal view and MQTT",
+    "scenario": "run a scripted session on the simulator and check what must happen",
+    "verify-config": "commissioning report: check a config's limits on the simulator",
+    "monitor": "live view of one or more treadmills from their MQTT telemetry",
+    "history": "training sessions per week and stage progression, per client",
+    "sim": "the simulated motor-controller firmware on a pseudo-terminal",
+}
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -124,20 +137,23 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_history(rest)
         return _cmd_passthrough(name, rest)
 
+    from controller import version
+
     parser = argparse.ArgumentParser(
         prog="treadmill",
         description="Treadmill controller and safety monitor for backward walking.",
-        epilog="Other commands: " + ", ".join(PASSTHROUGH) + " (each takes --help).",
+        epilog="Each command takes --help. Try it without hardware: treadmill demo",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the service")
+    parser.add_argument("--version", action="version", version=f"treadmill {version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help=COMMAND_HELP["run"])
     run.add_argument("--config", required=True, help="path to the YAML config")
     run.set_defaults(func=_cmd_run)
-    check = sub.add_parser("check-config", help="validate a config file (exit 0 or 78)")
+    check = sub.add_parser("check-config", help=COMMAND_HELP["check-config"])
     check.add_argument("path")
     check.set_defaults(func=_cmd_check_config)
-    for name in PASSTHROUGH:
-        sub.add_parser(name, help=f"see 'treadmill {name} --help'", add_help=False)
+    for name in ("demo", "scenario", "verify-config", "monitor", "history", "sim"):
+        sub.add_parser(name, help=COMMAND_HELP[name], add_help=False)
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code

@@ -77,8 +77,11 @@ KEY_HELP: Final = (
 )
 
 
-def _repo_config() -> Path:
-    return Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+def bundled_config_path() -> Path:
+    """The demo config shipped with the package (``config/demo.yaml``)."""
+    from controller.resources import bundled_config  # noqa: PLC0415 - keeps --help fast
+
+    return bundled_config("demo.yaml")
 
 
 def demo_config(
@@ -390,7 +393,7 @@ async def _demo(args: argparse.Namespace, interactive: bool, out: TextIO, err: T
     from firmware_bridge.sim.pty import PtySimulator  # noqa: PLC0415
 
     try:
-        base = load_config(Path(args.config))
+        base = load_config(Path(args.config) if args.config else bundled_config_path())
     except ConfigError as exc:
         for line in exc.lines():
             err.write(line + "\n")
@@ -462,7 +465,9 @@ def _parser() -> argparse.ArgumentParser:
         "Without a terminal it runs a short built-in session and exits.",
     )
     parser.add_argument(
-        "--config", default=str(_repo_config()), help="config (default: config/demo.yaml)"
+        "--config",
+        default=None,
+        help="config (default: the bundled config/demo.yaml)",
     )
     parser.add_argument(
         "--broker",

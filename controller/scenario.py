@@ -547,8 +547,10 @@ def load_scenario(path: Path) -> Scenario:
 
 
 def default_config_path() -> Path:
-    """``config/demo.yaml`` of the source tree this package runs from."""
-    return Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+    """The bundled ``config/demo.yaml`` (:mod:`controller.resources`)."""
+    from controller.resources import bundled_config  # noqa: PLC0415 - keeps `--help` fast
+
+    return bundled_config("demo.yaml")
 
 
 def load_scenario_config(scenario: Scenario, override: Path | None = None) -> AppConfig:
@@ -1438,7 +1440,16 @@ def _parser() -> argparse.ArgumentParser:
         description="Run scripted sessions on the simulated treadmill and check expectations "
         "(format: docs/scenarios.md). Exit 0 all held, 1 one failed, 2 invalid file.",
     )
-    parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="scenario YAML")
+    parser.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        metavar="FILE",
+        help="scenario YAML, or the name of a bundled scenario (see --list)",
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="list the bundled scenarios and where they are"
+    )
     parser.add_argument("--config", type=Path, help="config to run on (overrides the file's)")
     parser.add_argument(
         "--timeline",
@@ -1472,7 +1483,23 @@ def scenario_main(argv: list[str], out: TextIO | None = None, err: TextIO | None
     """``treadmill scenario``; returns the exit status."""
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        from controller.resources import bundled_scenarios, scenario_dir  # noqa: PLC0415
+
+        library = bundled_scenarios()
+        for path in library:
+            out.write(f"{path.stem}\n")
+        out.write(f"({len(library)} scenarios in {scenario_dir()})\n")
+        return EXIT_OK
+    if not args.files:
+        parser.print_usage(err)
+        err.write("treadmill scenario: give a scenario FILE or a bundled name (--list)\n")
+        return EXIT_INVALID
+    from controller.resources import resolve_scenario  # noqa: PLC0415
+
+    args.files = [resolve_scenario(path) for path in args.files]
     if len(args.files) > 1 and (args.timeline or args.plot):
         err.write("--timeline and --plot take one scenario FILE\n")
         return EXIT_INVALID

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import importlib.metadata
 import logging
 import shutil
 import signal
@@ -34,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from controller import core
+from controller import core, version
 from controller.commands import AssignClient, CommandRejected, ParsedCommand
 from controller.config import AppConfig, ConfigError, load_config, read_mqtt_credentials
 from controller.gpio import InputSpec, PanelInputs, PanelReading, make_pin_factory
@@ -162,10 +161,8 @@ def firmware_limits(config: AppConfig) -> FirmwareLimits:
 
 
 def software_version() -> str:
-    try:
-        return importlib.metadata.version("treadmill-controller")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
+    """The controller's version (:func:`controller.version`, the one source)."""
+    return version()
 
 
 def mqtt_settings(config: AppConfig) -> MqttSettings:
@@ -620,7 +617,9 @@ class Service:
         self.ready.set()
         self.notifier.ready(self.status_line())
         logger.info(
-            "ready: firmware handshake done, control loop at %s Hz", self.config.control.rate_hz
+            "ready: controller %s, firmware handshake done, control loop at %s Hz",
+            version(),
+            self.config.control.rate_hz,
         )
         period_s = 1.0 / self.config.control.rate_hz
         late_threshold_s = period_s / 4
@@ -803,7 +802,9 @@ class Service:
 
     def _on_link_change(self, up: bool, reason: str) -> None:
         if up:
-            self._emit(Event("link_restored", f"firmware link up ({reason})"))
+            self._emit(
+                Event("link_restored", f"firmware link up ({reason}; controller {version()})")
+            )
         else:
             self._emit(Event("link_lost", f"firmware link down: {reason}"))
 
