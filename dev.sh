@@ -2,8 +2,9 @@
 # Developer entry point. On a fresh machine with Python 3.11+ and apt:
 #   ./dev.sh demo    simulated treadmill, mock GPIO, embedded MQTT broker, live terminal view
 #   ./dev.sh test    lint, type checks, architecture check, firmware build and tests, whole suite
-# Both create .venv on first use; `test` installs mosquitto and the AVR toolchain and simavr
-# with apt when they are missing.
+# Both create .venv on first use and install the mosquitto broker with apt when it is missing
+# (the demo and the tests each start their own on a free loopback port); `test` also installs
+# the AVR toolchain and simavr.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -36,8 +37,11 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 ensure_mosquitto() {
     if [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null; then return; fi
-    command -v apt-get >/dev/null || die "mosquitto is missing and apt-get is not available: install the mosquitto broker"
-    echo "dev.sh: installing mosquitto (Debian package) for the MQTT tests" >&2
+    if ! command -v apt-get >/dev/null; then
+        [ "$1" = optional ] && { echo "dev.sh: no mosquitto and no apt-get: the demo falls back to amqtt" >&2; return; }
+        die "mosquitto is missing and apt-get is not available: install the mosquitto broker"
+    fi
+    echo "dev.sh: installing mosquitto (Debian package): the demo and the tests start their own broker" >&2
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
     # The tests start their own broker on a free port; the packaged system service is not needed.
@@ -62,11 +66,14 @@ shift || true
 case "$cmd" in
     demo)
         ensure_venv demo
+        # The demo starts its own mosquitto on a free loopback port for the telemetry: the
+        # same broker as production and the tests (amqtt stays a fallback without apt).
+        ensure_mosquitto optional
         exec "$VENV/bin/treadmill" demo "$@"
         ;;
     test)
         ensure_venv dev,demo,plot
-        ensure_mosquitto
+        ensure_mosquitto required
         ensure_firmware_toolchain
         echo "== firmware: AVR image and budgets, native unit tests (ASan/UBSan), decoder fuzz"
         make -s -C firmware all native test fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-10}"

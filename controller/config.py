@@ -521,8 +521,22 @@ class MqttSection(_Section):
     discovery_prefix: str = Field(
         default="homeassistant", description="Home Assistant discovery prefix"
     )
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        default="auto",
+        description="MQTT version: auto tries 5, then 3.1.1 if the broker refuses or ignores 5",
+    )
     state_rate_hz: Annotated[float, Range(0.2, 20.0, "Hz")] = Field(
-        default=5.0, description="Highest rate of state messages"
+        default=5.0, description="Highest rate of state messages (a state field changed)"
+    )
+    measurement_interval_s: Annotated[float, Range(0.2, 60.0, "s")] = Field(
+        default=1.0, description="A state where only the speeds changed: at most this often"
+    )
+    counter_interval_s: Annotated[float, Range(1.0, 600.0, "s")] = Field(
+        default=10.0,
+        description="A state where only the session counters changed: at most this often",
+    )
+    diagnostics_interval_s: Annotated[float, Range(5.0, 3600.0, "s")] = Field(
+        default=60.0, description="Link, loop and MQTT counters on <prefix>/diagnostics"
     )
     max_payload_bytes: Annotated[int, Range(256, 65_536, "bytes")] = Field(
         default=1024, description="Incoming command payloads larger than this are refused"

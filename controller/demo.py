@@ -91,8 +91,10 @@ def demo_config(
     broker: tuple[str, int] | None,
     training: bool,
     port: str = "sim://",
+    mqtt_protocol: str = "auto",
 ) -> AppConfig:
-    """``base`` on the simulator and mock pins, its state in ``state_dir``, MQTT to ``broker``.
+    """``base`` on the simulator and mock pins, its state in ``state_dir``, MQTT to ``broker``
+    with ``mqtt_protocol`` (``3.1.1`` for amqtt, which hangs on an MQTT 5 CONNECT).
 
     ``port``: the firmware's serial port; the default runs the simulator in-process, a path
     talks to a firmware runner such as ``treadmill sim --avr firmware/build/treadmill.elf``.
@@ -103,7 +105,13 @@ def demo_config(
     )
     mqtt_update: dict[str, object] = {"enabled": broker is not None}
     if broker is not None:
-        mqtt_update.update(host=broker[0], port=broker[1], tls=None, credentials_file=None)
+        mqtt_update.update(
+            host=broker[0],
+            port=broker[1],
+            tls=None,
+            credentials_file=None,
+            protocol=mqtt_protocol,
+        )
     mqtt = base.mqtt.model_copy(update=mqtt_update)
     training_section = base.training.model_copy(update={"enabled": training})
     return base.model_copy(
@@ -411,6 +419,7 @@ async def _demo(args: argparse.Namespace, interactive: bool, out: TextIO, err: T
                 broker=(broker.host, broker.port) if broker is not None else None,
                 training=args.training,
                 port=args.port if args.port is not None else "sim://",
+                mqtt_protocol="3.1.1" if broker is not None and broker.kind == "amqtt" else "auto",
             )
             simulator = (
                 PtySimulator(seed=args.seed, link_path=state_dir / "firmware.tty")

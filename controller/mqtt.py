@@ -14,9 +14,14 @@ Topics (``<prefix>`` is ``treadmill/<treadmill_id>``; details in docs/mqtt.md):
 topic                        QoS   retain  what
 ===========================  ====  ======  ==========================================
 ``<prefix>/availability``    1     yes     ``online``; the will sets ``offline``
-``<prefix>/state``           0     yes     latest state, at most ``state_rate_hz``,
-                                           only when changed (``ts`` ignored), and
-                                           every ``state_heartbeat_s`` while fresh
+``<prefix>/state``           0     yes     latest state: a changed state field at most
+                                           ``state_rate_hz``, changed measurements
+                                           (speeds) every ``measurement_interval_s``,
+                                           changed session counters every
+                                           ``counter_interval_s``; unchanged, every
+                                           ``state_heartbeat_s`` while fresh
+``<prefix>/diagnostics``     0     yes     link, loop and MQTT counters, every
+                                           ``diagnostics_interval_s``
 ``<prefix>/event``           1     no      events, oldest dropped when the queue is full
 ``<prefix>/session``         1     yes     the training session
 ``<prefix>/cmd/<name>``      in    no      remote commands (they can only make things
@@ -26,9 +31,14 @@ topic                        QoS   retain  what
 Example (inside the service's TaskGroup)::
 
     publisher = MqttPublisher(settings, on_command=remote_queue.append)
+    publisher.set_sources(state=build_state, diagnostics=build_diagnostics)
     tg.create_task(publisher.run(), name="mqtt")
     ...
-    publisher.publish_state(state_payload(...))   # every tick; never blocks
+    publisher.nudge()   # something changed in this tick; never blocks
+
+The publisher pulls the state from ``build_state`` at most ``state_rate_hz`` times a second
+(the one throttle: the control loop never builds telemetry it would not send), or takes a
+state handed over with :meth:`MqttPublisher.publish_state`.
 """
 
 from __future__ import annotations
@@ -86,6 +96,9 @@ GOODBYE_TIMEOUT_S: Final[float] = 2.0
 LOG_INTERVAL_S: Final[float] = 5.0
 """Repeated command log lines of one kind are folded into one per this interval."""
 
+PROTOCOLS: Final[tuple[str, ...]] = ("auto", "5", "3.1.1")
+"""Accepted ``MqttSettings.protocol`` values."""
+
 _ID_RE: Final[re.Pattern[str]] = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _UNSUPPORTED_PROTOCOL_CODES: Final[frozenset[int]] = frozenset({1, 132})
 """CONNACK codes meaning "unsupported protocol version": 1 in MQTT 3.1.1, 0x84 in MQTT 5."""
@@ -119,7 +132,11 @@ class MqttSettings:
     the core still decides whether a value lowers the current one.
     ``state_heartbeat_s``: an unchanged but fresh state is re-sent this often, so Home
     Assistant's ``expire_after`` (3 x heartbeat) only fires when the controller stops
-    producing states.
+    producing states. Rates (docs/mqtt.md, "Rates"): a state whose state fields changed goes
+    out at most ``state_rate_hz``; one where only measurements (speeds) changed at most every
+    ``measurement_interval_s``; one where only the session counters changed at most every
+    ``counter_interval_s``. ``protocol``: ``auto`` (MQTT 5, then 3.1.1 if the broker refuses
+    5 or does not answer a 5 CONNECT), ``5`` or ``3.1.1``.
     """
 
     host: str
@@ -134,7 +151,11 @@ class MqttSettings:
     discovery: bool = True
     discovery_prefix: str = "homeassistant"
     state_rate_hz: float = 5.0
+    measurement_interval_s: float = 1.0
+    counter_interval_s: float = 10.0
+    diagnostics_interval_s: float = 60.0
     state_heartbeat_s: float = 30.0
+    protocol: str = "auto"
     max_payload_bytes: int = 1024
     event_queue_size: int = 100
     device_name: str
@@ -169,6 +190,16 @@ class MqttSettings:
             raise ValueError("mqtt.password: a password was given without a username")
         if not (math.isfinite(self.state_rate_hz) and 0 < self.state_rate_hz <= 50):
             raise bad("state_rate_hz", self.state_rate_hz, "0 < rate <= 50 Hz")
+        for key, low, high in (
+            ("measurement_interval_s", 0.05, 60.0),
+            ("counter_interval_s", 0.05, 3600.0),
+            ("diagnostics_interval_s", 1.0, 3600.0),
+        ):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and low <= value <= high):
+                raise bad(key, value, f"{low:g}..{high:g} seconds")
+        if self.protocol not in PROTOCOLS:
+            raise bad("protocol", self.protocol, ", ".join(PROTOCOLS))
         if not (math.isfinite(self.state_heartbeat_s) and 1 <= self.state_heartbeat_s <= 3600):
             raise bad("state_heartbeat_s", self.state_heartbeat_s, "1..3600 seconds")
         if not 16 <= self.max_payload_bytes <= 65536:
@@ -194,6 +225,10 @@ class MqttSettings:
     @property
     def state_topic(self) -> str:
         return f"{self.topic_prefix}/state"
+
+    @property
+    def diagnostics_topic(self) -> str:
+        return f"{self.topic_prefix}/diagnostics"
 
     @property
     def event_topic(self) -> str:
@@ -237,14 +272,50 @@ def _utc_now() -> datetime:
 #: the clock and the link/loop health counters. A state differing only in these is not
 #: re-published before the heartbeat.
 _VOLATILE_STATE_FIELDS = frozenset({"ts", "now_ms", "link"})
+#: Measurements: they change continuously while the belt moves (sensor resolution 0.01 km/h).
+_MEASUREMENT_FIELDS = frozenset({"speed_kmh", "belt_kmh", "commanded_kmh"})
+_FIRMWARE_VOLATILE = frozenset({"age_ms"})
+_FIRMWARE_MEASUREMENTS = frozenset({"commanded_kmh"})
 
 
-def _without_ts(payload: Mapping[str, object]) -> dict[str, object]:
-    stable = {k: v for k, v in payload.items() if k not in _VOLATILE_STATE_FIELDS}
-    firmware = stable.get("firmware")
-    if isinstance(firmware, dict):
-        stable["firmware"] = {k: v for k, v in firmware.items() if k != "age_ms"}
-    return stable
+@dataclass(frozen=True)
+class _StateParts:
+    """A state payload split by how fast its parts may be re-published."""
+
+    fields: dict[str, object]  # state fields: mode, stage, grip, fault, target, ...
+    measurements: dict[str, object]  # speeds
+    counters: dict[str, object]  # numbers of the running session (elapsed_s, distance_m, ...)
+
+
+def _split_state(payload: Mapping[str, object]) -> _StateParts:
+    fields: dict[str, object] = {}
+    measurements: dict[str, object] = {}
+    counters: dict[str, object] = {}
+    for key, value in payload.items():
+        if key in _VOLATILE_STATE_FIELDS:
+            continue
+        if key in _MEASUREMENT_FIELDS:
+            measurements[key] = value
+        elif key == "firmware" and isinstance(value, dict):
+            fields[key] = {
+                k: v
+                for k, v in value.items()
+                if k not in _FIRMWARE_VOLATILE and k not in _FIRMWARE_MEASUREMENTS
+            }
+            measurements.update(
+                {f"firmware.{k}": v for k, v in value.items() if k in _FIRMWARE_MEASUREMENTS}
+            )
+        elif key == "session" and isinstance(value, dict):
+            numeric = {
+                k: v
+                for k, v in value.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            }
+            fields[key] = {k: v for k, v in value.items() if k not in numeric}
+            counters.update(numeric)
+        else:
+            fields[key] = value
+    return _StateParts(fields, measurements, counters)
 
 
 def _encode(payload: Mapping[str, object]) -> bytes:
@@ -254,6 +325,15 @@ def _encode(payload: Mapping[str, object]) -> bytes:
 def _refuses_v5(exc: MqttConnectError) -> bool:
     code = getattr(exc.rc, "value", exc.rc)
     return isinstance(code, int) and code in _UNSUPPORTED_PROTOCOL_CODES
+
+
+def _timed_out(exc: aiomqtt.MqttError) -> bool:
+    """aiomqtt's "no CONNACK in time" (it raises a plain ``MqttError`` with this text)."""
+    return "timed out" in str(exc).lower()
+
+
+def _protocol_name(protocol: aiomqtt.ProtocolVersion) -> str:
+    return "5" if protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1"
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -364,8 +444,15 @@ class MqttPublisher:
         # what is waiting to go out
         self._state: dict[str, object] | None = None
         self._state_fresh = False
-        self._state_sent: dict[str, object] | None = None  # last published, without ts
+        self._state_source: Callable[[], dict[str, object]] | None = None
+        self._diagnostics_source: Callable[[], dict[str, object]] | None = None
+        self._state_sent: _StateParts | None = None  # last published, split
         self._state_sent_s = -math.inf
+        self._measurements_sent_s = -math.inf
+        self._counters_sent_s = -math.inf
+        self._diagnostics_sent_s = -math.inf
+        self._diagnostics_published = 0
+        self._state_polled_s = -math.inf
         self._events: deque[dict[str, object]] = deque()
         self._session: dict[str, object] | None = None
         self._session_dirty = False
@@ -394,6 +481,25 @@ class MqttPublisher:
         """
         self._state = payload
         self._state_fresh = True
+        self._wake.set()
+
+    def set_sources(
+        self,
+        *,
+        state: Callable[[], dict[str, object]] | None = None,
+        diagnostics: Callable[[], dict[str, object]] | None = None,
+    ) -> None:
+        """Pull the state (at most ``state_rate_hz`` times a second) and the diagnostics
+        (every ``diagnostics_interval_s``) from these builders instead of being handed them.
+        They run on the event loop, must be cheap and must not raise."""
+        self._state_source = state
+        self._diagnostics_source = diagnostics
+        if state is not None:
+            self._state_fresh = True
+        self._wake.set()
+
+    def nudge(self) -> None:
+        """Something changed: look at the state now rather than at the next poll."""
         self._wake.set()
 
     def publish_event(self, payload: dict[str, object]) -> None:
@@ -442,7 +548,9 @@ class MqttPublisher:
         MQTT 3.1.1 from then on. On cancellation, pending events and ``offline`` are
         published (within ``GOODBYE_TIMEOUT_S``) before a clean disconnect.
         """
-        protocol = aiomqtt.ProtocolVersion.V5
+        choice = self._settings.protocol
+        protocol = aiomqtt.ProtocolVersion.V311 if choice == "3.1.1" else aiomqtt.ProtocolVersion.V5
+        settled = choice != "auto"  # auto: until a first connect, try the other on a timeout
         failures = 0
         task = asyncio.current_task()
         baseline = task.cancelling() if task is not None else 0
@@ -452,7 +560,7 @@ class MqttPublisher:
                 await self._connect_and_serve(protocol, baseline)
                 reason = "the connection ended"  # pragma: no cover - serving only ends by raising
             except MqttConnectError as exc:
-                if protocol is aiomqtt.ProtocolVersion.V5 and _refuses_v5(exc):
+                if not settled and protocol is aiomqtt.ProtocolVersion.V5 and _refuses_v5(exc):
                     logger.warning(
                         "MQTT broker %s:%d refused MQTT 5 (%s): using MQTT 3.1.1 from now on",
                         self._settings.host,
@@ -464,9 +572,31 @@ class MqttPublisher:
                 reason = f"broker refused the connection: {exc}"
             except aiomqtt.MqttError as exc:
                 reason = _describe_error(exc)
+                if not settled and self._connects == connects_before and _timed_out(exc):
+                    # Some brokers (amqtt 0.12) hang on an MQTT 5 CONNECT instead of refusing
+                    # it, and others on 3.1.1: try the other version at once.
+                    other = (
+                        aiomqtt.ProtocolVersion.V311
+                        if protocol is aiomqtt.ProtocolVersion.V5
+                        else aiomqtt.ProtocolVersion.V5
+                    )
+                    logger.warning(
+                        "MQTT broker %s:%d did not answer an MQTT %s CONNECT within %g s: "
+                        "trying MQTT %s",
+                        self._settings.host,
+                        self._settings.port,
+                        _protocol_name(protocol),
+                        BROKER_TIMEOUT_S,
+                        _protocol_name(other),
+                    )
+                    protocol = other
+                    if failures == 0:
+                        failures = 1  # the next timeout waits as usual
+                        continue
             except Exception as exc:  # the publisher must outlive any bug in itself
                 reason = self._unexpected(exc)
             if self._connects > connects_before:
+                settled = True
                 failures = 0
                 logger.warning("MQTT connected -> disconnected (%s)", reason)
             elif reason != self._last_error:
@@ -586,7 +716,7 @@ class MqttPublisher:
             "MQTT disconnected -> connected (%s:%d, MQTT %s, as %s)",
             self._settings.host,
             self._settings.port,
-            "5" if self._protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1",
+            _protocol_name(self._protocol),
             self._settings.client_id,
         )
 
@@ -596,8 +726,10 @@ class MqttPublisher:
         for topic, payload in self._discovery:
             await client.publish(topic, payload.encode("utf-8"), qos=1, retain=True)
             _raise_if_cancel_was_swallowed()
-        self._state_sent = None  # republish the current state now
+        self._state_sent = None  # republish the current state and diagnostics now
         self._state_sent_s = -math.inf
+        self._diagnostics_sent_s = -math.inf
+        self._state_polled_s = -math.inf
         self._session_dirty = self._session is not None
         self._discovery_due = False
 
@@ -608,6 +740,7 @@ class MqttPublisher:
             async with asyncio.timeout(GOODBYE_TIMEOUT_S):
                 await self._flush_events(client)
                 self._state_sent_s = -math.inf
+                self._state_polled_s = -math.inf
                 await self._maybe_publish_state(client)
                 await client.publish(
                     self._settings.availability_topic, b"offline", qos=1, retain=True
@@ -726,6 +859,9 @@ class MqttPublisher:
                 if self._session is session:
                     self._session_dirty = False
             wait_s = await self._maybe_publish_state(client)
+            diagnostics_wait_s = await self._maybe_publish_diagnostics(client)
+            if diagnostics_wait_s is not None:
+                wait_s = diagnostics_wait_s if wait_s is None else min(wait_s, diagnostics_wait_s)
             if self._wake.is_set():
                 continue
             try:
@@ -747,28 +883,83 @@ class MqttPublisher:
 
     async def _maybe_publish_state(self, client: aiomqtt.Client) -> float | None:
         """Publish the latest state if it is due; else return seconds until it is due
-        (``None``: nothing to do until a new state arrives)."""
+        (``None``: nothing to do until a new state arrives).
+
+        The one throttle for the state topic: changed state fields at most ``state_rate_hz``,
+        changed measurements (speeds) every ``measurement_interval_s``, changed session
+        counters every ``counter_interval_s``, an unchanged state every ``state_heartbeat_s``.
+        With a state source, the state is built here, at most ``state_rate_hz`` times a second.
+        """
+        settings = self._settings
+        now_s = time.monotonic()
+        poll_s = 1.0 / settings.state_rate_hz
+        if self._state_source is not None:
+            if now_s < self._state_polled_s + poll_s:
+                return self._state_polled_s + poll_s - now_s
+            self._state_polled_s = now_s
+            self._state = self._state_source()
+            self._state_fresh = True
         state = self._state
         if state is None:
             return None
-        comparable = _without_ts(state)
-        if comparable != self._state_sent:
-            due_s = self._state_sent_s + 1.0 / self._settings.state_rate_hz
-        elif self._state_fresh:
-            due_s = self._state_sent_s + self._settings.state_heartbeat_s
-        else:
+        parts = _split_state(state)
+        sent = self._state_sent
+        due: list[float] = []
+        if sent is None or parts.fields != sent.fields:
+            due.append(self._state_sent_s + poll_s)
+        if sent is not None and parts.measurements != sent.measurements:
+            due.append(
+                max(
+                    self._state_sent_s + poll_s,
+                    self._measurements_sent_s + settings.measurement_interval_s,
+                )
+            )
+        if sent is not None and parts.counters != sent.counters:
+            due.append(
+                max(
+                    self._state_sent_s + poll_s, self._counters_sent_s + settings.counter_interval_s
+                )
+            )
+        if not due and self._state_fresh:
+            due.append(self._state_sent_s + settings.state_heartbeat_s)
+        if not due:
+            return poll_s if self._state_source is not None else None
+        due_s = min(due)
+        if now_s < due_s:
+            wait_s = due_s - now_s
+            return min(wait_s, poll_s) if self._state_source is not None else wait_s
+        self._state_sent = parts
+        self._state_sent_s = now_s
+        self._measurements_sent_s = now_s
+        self._counters_sent_s = now_s
+        self._state_fresh = self._state_source is not None
+        published = await self._publish_json(
+            client, settings.state_topic, state, qos=0, retain=True, what="state"
+        )
+        self._state_published += published
+        return poll_s if self._state_source is not None else None
+
+    async def _maybe_publish_diagnostics(self, client: aiomqtt.Client) -> float | None:
+        """Publish the diagnostics every ``diagnostics_interval_s`` (and after each connect);
+        else the seconds until they are due (``None``: no diagnostics source)."""
+        source = self._diagnostics_source
+        if source is None:
             return None
         now_s = time.monotonic()
+        due_s = self._diagnostics_sent_s + self._settings.diagnostics_interval_s
         if now_s < due_s:
             return due_s - now_s
-        self._state_sent = comparable
-        self._state_sent_s = now_s
-        self._state_fresh = False
-        sent = await self._publish_json(
-            client, self._settings.state_topic, state, qos=0, retain=True, what="state"
+        self._diagnostics_sent_s = now_s
+        published = await self._publish_json(
+            client,
+            self._settings.diagnostics_topic,
+            source(),
+            qos=0,
+            retain=True,
+            what="diagnostics",
         )
-        self._state_published += sent
-        return None
+        self._diagnostics_published += published
+        return self._settings.diagnostics_interval_s
 
     async def _publish_json(
         self,

@@ -60,7 +60,7 @@ from controller.model import (
 from controller.mqtt import MqttPublisher, MqttSettings, TlsSettings
 from controller.notify import Notifier
 from controller.reload import merge_for_running
-from controller.telemetry import event_payload, state_payload
+from controller.telemetry import diagnostics_payload, event_payload, state_payload
 from controller.training.program import TrainingProgram
 from firmware_bridge.bridge import FirmwareBridge, FirmwareLimits, StatusSnapshot
 
@@ -72,7 +72,6 @@ EXIT_FAILURE = 1
 MAX_PENDING_REMOTE = 32
 STOP_REPEAT_MS = 250  # a Stop/EStop is re-sent this often while it stays the decision
 WATCHDOG_EVERY_MS = 250
-TELEMETRY_EVERY_MS = 100
 LATENESS_BINS = 500  # histogram of loop lateness, 0.1 ms bins up to 50 ms
 GPIO_CHATTER_EDGES_PER_S = 40
 REJECT_LOG_EVERY_MS = 1000
@@ -197,6 +196,10 @@ def mqtt_settings(config: AppConfig) -> MqttSettings:
         discovery=section.discovery,
         discovery_prefix=section.discovery_prefix,
         state_rate_hz=section.state_rate_hz,
+        measurement_interval_s=section.measurement_interval_s,
+        counter_interval_s=section.counter_interval_s,
+        diagnostics_interval_s=section.diagnostics_interval_s,
+        protocol=section.protocol,
         max_payload_bytes=section.max_payload_bytes,
         event_queue_size=section.event_queue_size,
         device_name=config.treadmill.name,
@@ -271,8 +274,6 @@ class Service:
         self._wake_pending = False
         self._last_sent: tuple[MotionCommand, int] | None = None
         self._last_watchdog_ms = -WATCHDOG_EVERY_MS
-        self._last_telemetry_ms = -TELEMETRY_EVERY_MS
-        self._last_telemetry_mode: Mode | None = None
         self._session: dict[str, object] | None = None
         self._stage_cap = 1
         self._status_line = "starting"
@@ -515,13 +516,8 @@ class Service:
             self.notifier.watchdog()
             self._last_watchdog_ms = now_ms
 
-        if self.publisher is not None and (
-            now_ms - self._last_telemetry_ms >= TELEMETRY_EVERY_MS
-            or self.state.mode != self._last_telemetry_mode
-        ):
-            self.publisher.publish_state(self.telemetry(now_ms))
-            self._last_telemetry_ms = now_ms
-            self._last_telemetry_mode = self.state.mode
+        if self.publisher is not None and self._new_events:
+            self.publisher.nudge()  # the publisher pulls the state at its own rate
 
         if self.observers:
             record = TickRecord(
@@ -572,8 +568,17 @@ class Service:
             info["mqtt"] = dataclasses.asdict(self.publisher.stats)
         return info
 
-    def telemetry(self, now_ms: int) -> dict[str, object]:
-        """The ``state`` payload (docs/mqtt.md)."""
+    def _mqtt_state(self) -> dict[str, object]:
+        """The MQTT ``state`` payload: the counters go to ``diagnostics`` instead."""
+        return self.telemetry(self._clock_ms(), with_link=False)
+
+    def diagnostics(self) -> dict[str, object]:
+        """The MQTT ``diagnostics`` payload (docs/mqtt.md): link, loop and MQTT counters."""
+        return diagnostics_payload(ts=datetime.now(UTC), link=self.link_info())
+
+    def telemetry(self, now_ms: int, *, with_link: bool = True) -> dict[str, object]:
+        """The ``state`` payload (docs/mqtt.md); ``with_link`` adds the counters under
+        ``link`` (the local status and tools; MQTT sends them apart, less often)."""
         inputs = self.last_inputs
         if inputs is None:
             inputs = Inputs(False, False, False, False, None)
@@ -585,10 +590,15 @@ class Service:
             inputs=inputs,
             safety=self._safety,
             belt_kmh=belt,
-            link=self.link_info(),
+            link=self.link_info() if with_link else None,
             session=self._session,
             warnings=sorted(self.state.warnings),
+            firmware_version=self._firmware_version(),
         )
+
+    def _firmware_version(self) -> str | None:
+        hello = self.bridge.hello if self.bridge is not None else None
+        return hello.fw_version if hello is not None else None
 
     # ------------------------------------------------------------------ control loop
 
@@ -902,6 +912,7 @@ class Service:
                 self._emit(event)
         if self._enable_mqtt:
             self.publisher = MqttPublisher(mqtt_settings(config), on_command=self.on_remote_command)
+            self.publisher.set_sources(state=self._mqtt_state, diagnostics=self.diagnostics)
 
     async def _run_tasks(self) -> None:
         _, bridge = self._parts()

@@ -19,7 +19,14 @@ from typing import Final
 from controller.core import firmware_fresh
 from controller.model import CoreState, Event, Inputs, SafetyConfig
 
-__all__ = ["FLOAT_DECIMALS", "event_payload", "grip_reading", "iso_utc", "state_payload"]
+__all__ = [
+    "FLOAT_DECIMALS",
+    "diagnostics_payload",
+    "event_payload",
+    "grip_reading",
+    "iso_utc",
+    "state_payload",
+]
 
 FLOAT_DECIMALS: Final[int] = 2
 _EVENT_RESERVED: Final[frozenset[str]] = frozenset({"ts", "kind", "message"})
@@ -81,18 +88,21 @@ def state_payload(
     inputs: Inputs,
     safety: SafetyConfig,
     belt_kmh: float | None,
-    link: Mapping[str, object],
+    link: Mapping[str, object] | None,
     session: Mapping[str, object] | None,
     warnings: Iterable[str] = (),
+    firmware_version: str | None = None,
 ) -> dict[str, object]:
     """The retained ``<prefix>/state`` snapshot.
 
     ``ts`` is the wall-clock time of the tick (timezone-aware), ``now_ms`` the same
     instant on the monotonic clock the core uses; together they turn ``since_ms`` values
     into wall-clock times. ``belt_kmh`` is the independent belt sensor's reading, if
-    there is one. ``link`` holds the serial link counters, ``session`` the running
+    there is one. ``link`` holds the serial link counters (left out when ``None``: MQTT
+    sends them on the ``diagnostics`` topic), ``session`` the running
     training session (``elapsed_s``, ``distance_m``, ``remaining_s``, ``client_id``, ...)
-    or ``None``. ``warnings`` are added to the core's own.
+    or ``None``. ``warnings`` are added to the core's own. ``firmware_version`` is the
+    version the firmware announced in its HELLO.
     """
     stage_cfg = safety.stages[core.stage - 1] if 1 <= core.stage <= len(safety.stages) else None
     fw = inputs.firmware
@@ -103,6 +113,7 @@ def state_payload(
             "state": None,
             "fault_code": None,
             "commanded_kmh": None,
+            "version": firmware_version,
         }
     else:
         age_ms = now_ms - fw.received_ms
@@ -112,6 +123,7 @@ def state_payload(
             "state": fw.state.value,
             "fault_code": fw.fault_code,
             "commanded_kmh": _rounded(fw.commanded_kmh),
+            "version": firmware_version,
         }
     fault: dict[str, object] | None = None
     if core.fault is not None:
@@ -123,7 +135,7 @@ def state_payload(
             "stop": core.fault.stop.value,
         }
     all_warnings = sorted(set(core.warnings) | set(warnings))
-    return {
+    payload: dict[str, object] = {
         "ts": iso_utc(ts),
         "state": core.mode.value,
         "stage": core.stage,
@@ -142,9 +154,20 @@ def state_payload(
         "stop_reason": core.stop_reason,
         "firmware": firmware,
         "session": _json_value(dict(session)) if session is not None else None,
-        "link": _json_value(dict(link)),
         "warnings": all_warnings,
     }
+    if link is not None:
+        payload["link"] = _json_value(dict(link))
+    return payload
+
+
+def diagnostics_payload(*, ts: datetime, link: Mapping[str, object]) -> dict[str, object]:
+    """The retained ``<prefix>/diagnostics`` payload: ``{ts, ...link}``, the serial link
+    counters (``crc_errors``, ``retransmits``, ``reconnects``, ...), ``loop`` (control loop
+    lateness) and ``mqtt`` (publisher counters)."""
+    payload: dict[str, object] = {"ts": iso_utc(ts)}
+    payload.update({str(k): _json_value(v) for k, v in link.items()})
+    return payload
 
 
 def event_payload(*, ts: datetime, event: Event) -> dict[str, object]:

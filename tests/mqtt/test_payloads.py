@@ -27,7 +27,13 @@ from controller.model import (
     StopKind,
 )
 from controller.mqtt import MqttSettings
-from controller.telemetry import event_payload, grip_reading, iso_utc, state_payload
+from controller.telemetry import (
+    diagnostics_payload,
+    event_payload,
+    grip_reading,
+    iso_utc,
+    state_payload,
+)
 
 TS = datetime(2025, 3, 1, 12, 30, 5, 123456, tzinfo=UTC)
 NOW_MS = 1_000_000
@@ -72,7 +78,7 @@ def inputs(**kw: Any) -> Inputs:
     return Inputs(**values)
 
 
-FRESH_FIRMWARE = {"state": "running", "fault_code": 0, "commanded_kmh": 1.25}
+FRESH_FIRMWARE = {"state": "running", "fault_code": 0, "commanded_kmh": 1.25, "version": None}
 
 CORE = CoreState(mode=Mode.RUNNING, stage=2, target_kmh=1.5, commanded_kmh=1.333333)
 
@@ -122,6 +128,7 @@ def test_state_payload_has_the_documented_fields() -> None:
             "state": "running",
             "fault_code": 0,
             "commanded_kmh": 1.25,
+            "version": None,
         },
         "session": {
             "elapsed_s": 61.01,
@@ -163,11 +170,34 @@ def test_no_firmware_yet_and_stale_firmware() -> None:
         "state": None,
         "fault_code": None,
         "commanded_kmh": None,
+        "version": None,
     }
     stale = state(inputs=inputs(firmware=firmware(received_ms=NOW_MS - SAFETY.stale_ms - 1)))
     assert stale["firmware"] == {**FRESH_FIRMWARE, "link": False, "age_ms": SAFETY.stale_ms + 1}
     fresh_edge = state(inputs=inputs(firmware=firmware(received_ms=NOW_MS - SAFETY.stale_ms)))
     assert fresh_edge["firmware"] == {**FRESH_FIRMWARE, "link": True, "age_ms": SAFETY.stale_ms}
+
+
+def test_firmware_version_and_no_link_counters_on_mqtt() -> None:
+    payload = state(link=None, firmware_version="1.2.3")
+    assert "link" not in payload
+    firmware_fields = payload["firmware"]
+    assert isinstance(firmware_fields, dict)
+    assert firmware_fields["version"] == "1.2.3"
+
+
+def test_diagnostics_payload_carries_the_link_loop_and_mqtt_counters() -> None:
+    payload = diagnostics_payload(
+        ts=TS,
+        link={"crc_errors": 2, "retransmits": 1, "reconnects": 0, "loop": {"p99": 1.2345}},
+    )
+    assert payload == {
+        "ts": "2025-03-01T12:30:05.123Z",
+        "crc_errors": 2,
+        "retransmits": 1,
+        "reconnects": 0,
+        "loop": {"p99": 1.23},
+    }
 
 
 def test_non_finite_values_become_null() -> None:

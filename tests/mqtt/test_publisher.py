@@ -25,7 +25,7 @@ from controller.model import (
     SafetyConfig,
     StageConfig,
 )
-from controller.mqtt import MqttPublisher, TlsSettings
+from controller.mqtt import MqttPublisher, MqttSettings, TlsSettings
 from controller.telemetry import state_payload
 from tests.broker import MosquittoBroker, start_or_fail
 from tests.mqtt.helpers import CommandLog, Observer, Received, make_settings, running, wait_until
@@ -483,3 +483,88 @@ async def test_payloads_that_are_not_json_are_dropped_and_the_rest_goes_out(
     assert publisher.stats.events_published == 1
     assert publisher.stats.state_published == 1
     assert "is not JSON, dropped" in caplog.text
+
+
+async def test_pulled_state_measurements_throttled_state_fields_at_once(
+    mosquitto: MosquittoBroker, treadmill_id: str
+) -> None:
+    """One throttle: the state is built by the publisher at most ``state_rate_hz``; a state
+    where only the speeds change goes out every ``measurement_interval_s``, one where only
+    the session counters change every ``counter_interval_s``, a changed state field at once."""
+    settings = make_settings(
+        mosquitto,
+        treadmill_id,
+        state_rate_hz=10.0,
+        measurement_interval_s=0.5,
+        counter_interval_s=2.0,
+        diagnostics_interval_s=1.0,
+    )
+    publisher = MqttPublisher(settings, on_command=CommandLog())
+    builds = 0
+    current: dict[str, object] = {"target": 0.0, "speed": 0.0, "elapsed": 0.0, "moving": True}
+
+    def build() -> dict[str, object]:
+        nonlocal builds
+        builds += 1
+        state = sample_state(float(str(current["target"])))
+        if current["moving"]:
+            current["speed"] = round(float(str(current["speed"])) + 0.01, 2)
+        current["elapsed"] = round(float(str(current["elapsed"])) + 0.1, 1)
+        state["speed_kmh"] = current["speed"]
+        state["session"] = {"session_id": "a1", "elapsed_s": current["elapsed"]}
+        return state
+
+    publisher.set_sources(state=build, diagnostics=lambda: {"ts": "x", "crc_errors": 0})
+    loop = asyncio.get_running_loop()
+    async with (
+        Observer(mosquitto, "dashboard", [settings.state_topic, settings.diagnostics_topic]) as obs,
+        running(publisher),
+    ):
+        await wait_until(lambda: publisher.stats.connected, what="connected")
+        await obs.next_on(settings.state_topic)
+        start = loop.time()
+        builds_before = builds
+        await wait_until(lambda: loop.time() - start > 2.0, what="2 s of walking", timeout_s=5)
+        walking = [m for m in obs.on(settings.state_topic) if m.at_s > start]
+        # speeds change on every build: 2 s / 0.5 s = 4 states (+1 for the edges)
+        assert 3 <= len(walking) <= 5, [m.at_s - start for m in walking]
+        assert builds - builds_before <= 2.0 * 10 + 2  # built at the poll rate, not more
+        # a state field changes: out within one poll interval (not the 0.5 s interval)
+        changed_at = loop.time()
+        current["target"] = 1.5
+        arrived = await obs.next_on(settings.state_topic, lambda m: m.json()["target_kmh"] == 1.5)
+        assert arrived.at_s - changed_at < 0.35
+        # the belt at rest, the session counting: every counter_interval_s only
+        current["moving"] = False
+        await wait_until(lambda: loop.time() - arrived.at_s > 0.6, what="speed settled")
+        rest_start = loop.time()
+        await wait_until(lambda: loop.time() - rest_start > 4.5, what="4.5 s at rest", timeout_s=8)
+        at_rest = [m for m in obs.on(settings.state_topic) if m.at_s > rest_start]
+        assert 1 <= len(at_rest) <= 3, [m.at_s - rest_start for m in at_rest]
+        diagnostics = obs.on(settings.diagnostics_topic)
+        assert len(diagnostics) >= 3
+        assert diagnostics[0].json() == {"ts": "x", "crc_errors": 0}
+
+
+@pytest.mark.slow
+async def test_auto_protocol_falls_back_to_3_1_1_when_the_broker_ignores_mqtt_5() -> None:
+    """amqtt 0.12 neither answers nor refuses an MQTT 5 CONNECT with a will: after the
+    connect timeout the publisher tries 3.1.1 at once and gets through."""
+    from controller.broker import DemoBroker
+
+    async with DemoBroker("amqtt") as broker:
+        settings = MqttSettings(
+            host=broker.host,
+            port=broker.port,
+            treadmill_id="fallback",
+            device_name="Fallback",
+            sw_version="0",
+            max_stage=4,
+            max_speed_kmh=8.0,
+        )
+        publisher = MqttPublisher(settings, on_command=CommandLog())
+        async with running(publisher):
+            await wait_until(
+                lambda: publisher.stats.connected, what="connected over 3.1.1", timeout_s=20
+            )
+        assert publisher.stats.connects == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -137,3 +139,75 @@ def test_gauge_marks_the_stage_maximum() -> None:
     assert gauge(4.0, 8.0, 8, ascii_only=True, marker_kmh=8.0) == "[####---|]"
     assert gauge(None, 8.0, 4, ascii_only=True) == "[----]"
     assert TreadmillView().gauge_max_kmh == 8.0
+
+
+async def _demo_with_subscriber(broker: str) -> tuple[str, str, dict[str, list[bytes]]]:
+    """Run ``treadmill demo --plain --broker BROKER`` and subscribe to its broker at once.
+
+    Returns the demo's stdout, stderr and every message received per topic.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "controller.cli",
+        "demo",
+        "--plain",
+        "--broker",
+        broker,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        env=env,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    received: dict[str, list[bytes]] = {}
+    out_lines: list[str] = []
+    async with asyncio.timeout(120):
+        first = (await process.stdout.readline()).decode()
+        out_lines.append(first)
+        assert first.startswith("watch the telemetry: mosquitto_sub -h 127.0.0.1 -p "), first
+        port = int(first.split(" -p ", 1)[1].split()[0])
+        async with aiomqtt.Client(
+            "127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V311, identifier="demo-test"
+        ) as client:
+            await client.subscribe("#")
+
+            async def collect() -> None:
+                async for message in client.messages:
+                    payload = message.payload
+                    assert isinstance(payload, bytes)
+                    received.setdefault(message.topic.value, []).append(payload)
+
+            collector = asyncio.create_task(collect(), name="collect")
+            rest, err = await process.communicate()
+            collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await collector
+    out_lines.append(rest.decode())
+    assert process.returncode == 0, "".join(out_lines) + err.decode()
+    return "".join(out_lines), err.decode(), received
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broker", ["mosquitto", "amqtt"])
+async def test_demo_publishes_state_events_and_discovery_on_its_own_broker(broker: str) -> None:
+    """What ``./dev.sh demo`` shows on a fresh machine (mosquitto installed by dev.sh; amqtt
+    without apt): the demo's broker carries state, events and Home Assistant discovery, and
+    the demo exits cleanly (no traceback, no error line)."""
+    out, err, received = await _demo_with_subscriber(broker)
+    assert "Traceback" not in err, err
+    assert "Traceback" not in out, out
+    assert " ERROR " not in err, err
+    assert "MQTT cannot connect" not in err, err
+    states = [json.loads(p) for p in received.get("treadmill/demo/state", []) if p]
+    assert any(s["state"] == "running" for s in states), "no running state published"
+    kinds = [json.loads(p)["kind"] for p in received.get("treadmill/demo/event", [])]
+    for kind in ("started", "grip_lost", "fault", "fault_cleared"):
+        assert kind in kinds, f"no {kind} event on the broker: {kinds}"
+    discovery = [t for t in received if t.startswith("homeassistant/")]
+    assert any(t.endswith("/speed/config") for t in discovery), discovery
+    assert received.get("treadmill/demo/availability", [])[-1:] == [b"offline"]
+    assert received.get("treadmill/demo/diagnostics"), "no diagnostics published"
