@@ -39,6 +39,7 @@ from controller.model import (
     Mode,
     StageConfig,
     StopKind,
+    iso_utc,
 )
 from controller.training.config import TrainingConfig, WeeklyGoalConfig
 from controller.training.program import TrainingProgram
@@ -97,7 +98,15 @@ class ClientReport:
         return {
             "client_id": self.client_id,
             "unlocked_stage": self.unlocked_stage,
-            "stage_since_utc": None if self.stage_since is None else self.stage_since.isoformat(),
+            "stage_since_utc": (
+                None
+                if self.stage_since is None
+                else iso_utc(
+                    self.stage_since
+                    if self.stage_since.tzinfo is not None
+                    else self.stage_since.replace(tzinfo=UTC)
+                )
+            ),
             "weeks": [row.to_json() for row in self.weeks],
             "weeks_goal_met": sum(1 for row in self.weeks if row.goal_met),
             "sessions": sum(row.sessions for row in self.weeks),

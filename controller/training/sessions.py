@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from controller.model import CoreState, Event, FaultCode, Mode
+from controller.model import CoreState, Event, FaultCode, Mode, iso_utc
 
 #: The longest interval between two ticks that is integrated (longer ones count this long).
 MAX_TICK_GAP_MS = 2000
@@ -135,7 +135,7 @@ class SessionRecord:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds")
+    return iso_utc(moment)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -11,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.discovery import discovery_messages, node_id
 from controller.model import (
     CoreState,
     Event,
@@ -26,7 +24,6 @@ from controller.model import (
     StageConfig,
     StopKind,
 )
-from controller.mqtt import MqttSettings
 from controller.telemetry import (
     diagnostics_payload,
     event_payload,
@@ -281,127 +278,3 @@ def test_payloads_are_always_json(
 ) -> None:
     json.dumps(state(belt_kmh=speed, link=details), allow_nan=False)
     json.dumps(event_payload(ts=TS, event=Event("x", "y", details)), allow_nan=False)
-
-
-# ---------------------------------------------------------------- discovery
-
-SETTINGS = MqttSettings(
-    host="broker.lan",
-    treadmill_id="lab1",
-    device_name="Lab treadmill 1",
-    sw_version="1.2.3",
-    max_stage=4,
-    max_speed_kmh=8.0,
-)
-
-
-def configs() -> dict[str, dict[str, object]]:
-    return {topic: json.loads(payload) for topic, payload in discovery_messages(SETTINGS)}
-
-
-def test_discovery_topics_and_ids() -> None:
-    found = configs()
-    topic_re = re.compile(
-        r"homeassistant/(sensor|binary_sensor|button)/treadmill_lab1/[a-z_]+/config"
-    )
-    assert all(topic_re.fullmatch(t) for t in found), list(found)
-    unique_ids = [c["unique_id"] for c in found.values()]
-    assert len(set(unique_ids)) == len(unique_ids)
-    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", str(u)) for u in unique_ids)
-    assert node_id(SETTINGS) == "treadmill_lab1"
-    objects = {t.split("/")[1] + "/" + t.split("/")[3] for t in found}
-    assert objects >= {
-        "sensor/speed",
-        "sensor/target",
-        "sensor/commanded",
-        "sensor/stage",
-        "sensor/state",
-        "sensor/session_time",
-        "sensor/session_distance",
-        "binary_sensor/grip",
-        "binary_sensor/safety_key",
-        "binary_sensor/estop",
-        "binary_sensor/fault",
-        "binary_sensor/firmware_link",
-        "button/stop",
-    }
-
-
-def test_every_entity_has_device_availability_and_reads_the_state() -> None:
-    for topic, config in configs().items():
-        assert config["availability_topic"] == "treadmill/lab1/availability", topic
-        assert config["payload_available"] == "online"
-        assert config["payload_not_available"] == "offline"
-        assert config["device"] == {
-            "identifiers": ["treadmill_lab1"],
-            "name": "Lab treadmill 1",
-            "manufacturer": "treadmill-controller",
-            "model": "Backward-walking treadmill controller",
-            "sw_version": "1.2.3",
-        }
-        if "/button/" in topic:
-            assert config["command_topic"] == "treadmill/lab1/cmd/stop"
-            assert config["payload_press"] == "PRESS"
-            assert "state_topic" not in config
-        else:
-            assert config["state_topic"] == "treadmill/lab1/state"
-            assert config["expire_after"] == 90  # 3 x the 30 s heartbeat
-            assert "value_template" in config
-
-
-def test_templates_only_read_fields_that_the_state_has() -> None:
-    sample = state()
-    for topic, config in configs().items():
-        for key in ("value_template", "json_attributes_template"):
-            template = config.get(key)
-            if not isinstance(template, str):
-                continue
-            for path in re.findall(r"value_json((?:\.\w+)+)", template):
-                node: object = sample
-                for part in path.strip(".").split("."):
-                    assert isinstance(node, dict), (topic, key, path)
-                    assert part in node, (topic, key, path)
-                    node = node[part]
-                    if node is None:
-                        break
-
-
-def test_device_classes_and_units() -> None:
-    found = configs()
-
-    def get(component: str, object_id: str) -> dict[str, object]:
-        return found[f"homeassistant/{component}/treadmill_lab1/{object_id}/config"]
-
-    assert get("sensor", "speed")["device_class"] == "speed"
-    assert get("sensor", "speed")["unit_of_measurement"] == "km/h"
-    assert get("sensor", "session_time")["device_class"] == "duration"
-    assert get("sensor", "session_time")["unit_of_measurement"] == "s"
-    assert get("sensor", "session_distance")["device_class"] == "distance"
-    assert get("sensor", "session_distance")["unit_of_measurement"] == "m"
-    assert get("sensor", "state")["options"] == ["idle", "running", "stopping", "faulted"]
-    assert get("binary_sensor", "safety_key")["device_class"] == "safety"
-    assert "not value_json.safety_key" in str(get("binary_sensor", "safety_key")["value_template"])
-    assert get("binary_sensor", "estop")["device_class"] == "safety"
-    assert get("binary_sensor", "fault")["device_class"] == "problem"
-    assert get("binary_sensor", "firmware_link")["device_class"] == "connectivity"
-
-
-def test_discovery_prefix_and_topic_prefix_follow_the_settings() -> None:
-    custom = MqttSettings(
-        host="h",
-        treadmill_id="b2",
-        topic_prefix="gym/treadmills/b2",
-        discovery_prefix="ha",
-        state_heartbeat_s=10,
-        device_name="B2",
-        sw_version="x",
-        max_stage=4,
-        max_speed_kmh=8.0,
-    )
-    messages = discovery_messages(custom)
-    assert all(topic.startswith("ha/") for topic, _ in messages)
-    for _topic, payload in messages:
-        config = json.loads(payload)
-        assert config["availability_topic"] == "gym/treadmills/b2/availability"
-        if "expire_after" in config:
-            assert config["expire_after"] == 30
