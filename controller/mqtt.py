@@ -275,6 +275,8 @@ _VOLATILE_STATE_FIELDS = frozenset({"ts", "now_ms", "link"})
 #: Measurements: they change continuously while the belt moves (sensor resolution 0.01 km/h).
 _MEASUREMENT_FIELDS = frozenset({"speed_kmh", "belt_kmh", "commanded_kmh"})
 _FIRMWARE_VOLATILE = frozenset({"age_ms"})
+#: The running session's counters: they grow every tick of a session, moving or not.
+_SESSION_COUNTERS = frozenset({"elapsed_s", "moving_s", "distance_m", "remaining_s"})
 _FIRMWARE_MEASUREMENTS = frozenset({"commanded_kmh"})
 
 
@@ -306,13 +308,8 @@ def _split_state(payload: Mapping[str, object]) -> _StateParts:
                 {f"firmware.{k}": v for k, v in value.items() if k in _FIRMWARE_MEASUREMENTS}
             )
         elif key == "session" and isinstance(value, dict):
-            numeric = {
-                k: v
-                for k, v in value.items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            }
-            fields[key] = {k: v for k, v in value.items() if k not in numeric}
-            counters.update(numeric)
+            fields[key] = {k: v for k, v in value.items() if k not in _SESSION_COUNTERS}
+            counters.update({k: v for k, v in value.items() if k in _SESSION_COUNTERS})
         else:
             fields[key] = value
     return _StateParts(fields, measurements, counters)

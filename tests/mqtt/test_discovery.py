@@ -7,6 +7,7 @@ the real session record; the templates are rendered with Jinja2 as Home Assistan
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from controller.discovery import (
     node_id,
 )
 from controller.model import Event
-from controller.mqtt import MqttSettings
+from controller.mqtt import MqttPublisher, MqttSettings
 from controller.service import Service
 from controller.telemetry import event_payload
 from tests.service.harness import running_service
@@ -278,3 +279,79 @@ def test_discovery_prefix_and_topic_prefix_follow_the_settings() -> None:
         assert str(config.get("command_topic", "gym/treadmills/b2/cmd/")).startswith(
             "gym/treadmills/b2/cmd/"
         )
+
+
+# ---------------------------------------------------------------- docs/mqtt.md examples
+
+TIMESTAMP_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def doc_examples() -> dict[str, list[dict[str, Any]]]:
+    """The JSON examples of docs/mqtt.md by section (``state``, ``event``, ...)."""
+    examples: dict[str, list[dict[str, Any]]] = {}
+    section = ""
+    in_json = False
+    block: list[str] = []
+    for line in DOC.read_text().splitlines():
+        if line.startswith("### "):
+            section = line[4:].strip()
+        elif line.strip() == "```json":
+            in_json, block = True, []
+        elif line.strip() == "```" and in_json:
+            in_json = False
+            examples.setdefault(section, []).append(json.loads("\n".join(block)))
+        elif in_json:
+            block.append(line)
+    return examples
+
+
+def json_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return type(value).__name__
+
+
+def assert_same_shape(doc: dict[str, Any], real: dict[str, Any], where: str) -> None:
+    """Same keys; same JSON types where both are known; timestamps in the one format."""
+    assert set(doc) == set(real), f"{where}: docs {sorted(set(doc) ^ set(real))} differ"
+    for key, documented in doc.items():
+        actual = real[key]
+        if isinstance(documented, str) and (key in {"ts", "since"} or key.endswith("_utc")):
+            assert TIMESTAMP_RE.fullmatch(documented), f"{where}.{key}: {documented}"
+        if isinstance(actual, str) and (key in {"ts", "since"} or key.endswith("_utc")):
+            assert TIMESTAMP_RE.fullmatch(actual), f"{where}.{key}: {actual}"
+        if documented is None or actual is None:
+            continue
+        assert json_kind(documented) == json_kind(actual), f"{where}.{key}"
+        if isinstance(documented, dict) and key not in ("stage_s", "continuous_s_at_kmh"):
+            assert_same_shape(documented, actual, f"{where}.{key}")
+
+
+async def test_docs_examples_have_the_shape_of_real_payloads(
+    collected: dict[str, list[dict[str, Any]]],
+) -> None:
+    examples = doc_examples()
+    idle, running, faulted = collected["state"][:3]
+    state_doc, fault_doc = examples["state"]
+    assert running["session"] is not None, "the demo config runs the training program"
+    assert_same_shape(state_doc, running, "state")
+    assert_same_shape(fault_doc["fault"], faulted["fault"], "state.fault")
+    (diagnostics_doc,) = examples["diagnostics"]
+    # The service under test runs without MQTT: add a real publisher's counters.
+    publisher_stats = dataclasses.asdict(MqttPublisher(SETTINGS, on_command=print).stats)
+    real_diagnostics = {**collected["diagnostics"][-1], "mqtt": publisher_stats}
+    assert_same_shape(diagnostics_doc, real_diagnostics, "diagnostics")
+    (session_doc,) = examples["session"]
+    assert_same_shape(session_doc, collected["session"][0], "session")
+    assert re.fullmatch(r"[0-9a-f]{32}", str(running["session"]["session_id"]))
+    assert re.fullmatch(r"[0-9a-f]{32}", session_doc["session_id"])
+    real_events = {e["kind"]: e for e in collected["event"]}
+    for event_doc in examples["event"]:
+        assert {"ts", "kind", "message"} <= set(event_doc)
+        assert TIMESTAMP_RE.fullmatch(event_doc["ts"])
+        real = real_events.get(event_doc["kind"])
+        if real is not None:
+            assert set(event_doc) <= set(real) | {"stage", "speed_kmh"}, event_doc["kind"]
+    assert idle["state"] == "idle"
