@@ -75,6 +75,11 @@ WATCHDOG_EVERY_MS = 250
 LATENESS_BINS = 500  # histogram of loop lateness, 0.1 ms bins up to 50 ms
 GPIO_CHATTER_EDGES_PER_S = 40
 REJECT_LOG_EVERY_MS = 1000
+#: A ``command_rejected`` event repeating the previous one's text within this time (holding
+#: ``+`` at the limit) is counted, not logged or published again; the next one after the
+#: window says how many were folded.
+FOLD_REPEATS_MS = 5000
+_FOLD_KEYS_MAX = 64
 
 
 def monotonic_ms() -> int:
@@ -281,6 +286,7 @@ class Service:
         self._new_events: list[Event] = []  # events since the last TickRecord
         self._rejected_count = 0
         self._rejected_logged_ms = -REJECT_LOG_EVERY_MS
+        self._folds: dict[str, tuple[int, int]] = {}  # message -> (shown at ms, folded since)
         self._combo_since_ms: int | None = None
         self._combo_fired = False
         self.mock_panel: Any | None = None  # a controller.mockpanel.MockPanel with mock pins
@@ -379,8 +385,36 @@ class Service:
 
     # ------------------------------------------------------------------ helpers
 
+    def _fold_repeat(self, event: Event, now_ms: int) -> Event | None:
+        """``None`` for a ``command_rejected`` repeating a recent one; else the event to show
+        (with ``repeats``: how many like it were folded since it was last shown)."""
+        if event.kind != "command_rejected":
+            return event
+        shown = self._folds.get(event.message)
+        if shown is not None and now_ms - shown[0] < FOLD_REPEATS_MS:
+            self._folds[event.message] = (shown[0], shown[1] + 1)
+            return None
+        if len(self._folds) >= _FOLD_KEYS_MAX:
+            self._folds = {
+                k: v for k, v in self._folds.items() if now_ms - v[0] < FOLD_REPEATS_MS
+            }
+        self._folds[event.message] = (now_ms, 0)
+        folded = shown[1] if shown is not None else 0
+        if not folded:
+            return event
+        return dataclasses.replace(
+            event,
+            message=f"{event.message} (and {folded} more like it)",
+            details={**event.details, "repeats": folded},
+        )
+
     def _emit(self, event: Event, *, publish: bool = True) -> None:
         now_ms = self._clock_ms()
+        shown = self._fold_repeat(event, now_ms)
+        if shown is None:
+            self._new_events.append(event)  # timelines and observers see every one
+            return
+        event = shown
         self.event_log.append((now_ms, event))
         if event.kind == "transition":
             logger.info("%s", event.message)

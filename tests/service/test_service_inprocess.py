@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from pathlib import Path
 
+import pytest
+
+from controller import service as service_module
 from controller.commands import CommandRejected
 from controller.config import load_config
+from controller.gpio import BUTTON_LOCKOUT_MS
 from controller.model import FaultCode, Mode, RemoteLowerTarget, RemoteStop, SetSpeed
-from controller.service import Service
+from controller.service import Service, TickRecord
 from firmware_bridge.messages import EStop, Stop
 from firmware_bridge.messages import SetSpeed as WireSetSpeed
 from firmware_bridge.sim.pty import PtySimulator
@@ -198,3 +203,54 @@ async def test_reload_tightens_at_once_and_loosens_only_at_rest(tmp_path: Path) 
         await wait_until(
             lambda: service._safety.stages[0].max_kmh == 2.0, timeout_s=2, what="looser at rest"
         )
+
+
+async def test_repeated_command_rejected_is_folded_into_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Holding ``+`` at the stage limit: one ``command_rejected`` is logged and published,
+    the repeats are counted and reported with the next one after the fold window."""
+    monkeypatch.setattr(service_module, "FOLD_REPEATS_MS", 2000)
+    caplog.set_level(logging.INFO, logger="controller.service")
+    async with running_service(tmp_path, edit=no_training) as service:
+        panel = service.mock_panel
+        assert panel is not None
+        panel.target(STAGE1_MAX_KMH)
+        await wait_until(
+            lambda: service.state.target_kmh == STAGE1_MAX_KMH, timeout_s=2, what="target"
+        )
+        seen: list[str] = []
+        ticks: list[int] = []
+
+        def observe(record: TickRecord) -> None:
+            ticks.append(record.now_ms)
+            seen.extend(e.kind for e in record.events if e.kind == "command_rejected")
+
+        service.observers.append(observe)
+        for _ in range(6):
+            count = len(seen)
+            panel.press("faster")
+            await wait_until(
+                lambda c=count: len(seen) > c, timeout_s=2, what=f"rejection {count + 1}"
+            )
+            # The console locks a button out for BUTTON_LOCKOUT_MS after a press (bounce).
+            pressed_ms = ticks[-1]
+            await wait_until(
+                lambda p=pressed_ms: ticks[-1] - p > BUTTON_LOCKOUT_MS,
+                timeout_s=2,
+                what="the button lockout",
+            )
+        shown = [e for _t, e in service.event_log if e.kind == "command_rejected"]
+        assert len(shown) == 1, [e.message for e in shown]
+        assert len(seen) == 6  # observers (scenario timelines) still get every one
+        start = service.now_ms()
+        await wait_until(lambda: service.now_ms() - start > 2000, timeout_s=4, what="window")
+        count = len(seen)
+        panel.press("faster")
+        await wait_until(lambda: len(seen) > count, timeout_s=2, what="a rejection")
+        shown = [e for _t, e in service.event_log if e.kind == "command_rejected"]
+        assert len(shown) == 2
+        assert shown[1].message.endswith("(and 5 more like it)")
+        assert shown[1].details["repeats"] == 5
+    lines = [r.getMessage() for r in caplog.records if "command_rejected" in r.getMessage()]
+    assert len(lines) == 2, lines
