@@ -395,9 +395,7 @@ class Service:
             self._folds[event.message] = (shown[0], shown[1] + 1)
             return None
         if len(self._folds) >= _FOLD_KEYS_MAX:
-            self._folds = {
-                k: v for k, v in self._folds.items() if now_ms - v[0] < FOLD_REPEATS_MS
-            }
+            self._folds = {k: v for k, v in self._folds.items() if now_ms - v[0] < FOLD_REPEATS_MS}
         self._folds[event.message] = (now_ms, 0)
         folded = shown[1] if shown is not None else 0
         if not folded:

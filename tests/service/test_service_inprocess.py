@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,14 @@ async def test_reload_tightens_at_once_and_loosens_only_at_rest(tmp_path: Path) 
         )
 
 
+def at_least(items: list[str], count: int) -> bool:
+    return len(items) >= count
+
+
+def past(ticks: list[int], end_ms: int) -> bool:
+    return bool(ticks) and ticks[-1] > end_ms
+
+
 async def test_repeated_command_rejected_is_folded_into_one_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -227,19 +236,12 @@ async def test_repeated_command_rejected_is_folded_into_one_line(
             seen.extend(e.kind for e in record.events if e.kind == "command_rejected")
 
         service.observers.append(observe)
-        for _ in range(6):
-            count = len(seen)
+        for press in range(1, 7):
             panel.press("faster")
-            await wait_until(
-                lambda c=count: len(seen) > c, timeout_s=2, what=f"rejection {count + 1}"
-            )
+            await wait_until(partial(at_least, seen, press), timeout_s=2, what=f"rejection {press}")
             # The console locks a button out for BUTTON_LOCKOUT_MS after a press (bounce).
-            pressed_ms = ticks[-1]
-            await wait_until(
-                lambda p=pressed_ms: ticks[-1] - p > BUTTON_LOCKOUT_MS,
-                timeout_s=2,
-                what="the button lockout",
-            )
+            lockout_end_ms = ticks[-1] + BUTTON_LOCKOUT_MS
+            await wait_until(partial(past, ticks, lockout_end_ms), timeout_s=2, what="lockout")
         shown = [e for _t, e in service.event_log if e.kind == "command_rejected"]
         assert len(shown) == 1, [e.message for e in shown]
         assert len(seen) == 6  # observers (scenario timelines) still get every one
