@@ -11,7 +11,6 @@ Units are in the names: ``_kmh`` (km/h), ``_kmh_s`` (km/h per second),
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 
 # --------------------------------------------------------------------------
@@ -299,16 +298,3 @@ class Decision:
     # instead of deciding again (one definition each, in controller.core):
     belt_at_rest: bool = False  # core.at_rest(): mode IDLE/FAULTED, belt standing still
     firmware_fresh: bool = False  # core.firmware_fresh(): a status at most stale_ms old
-
-
-def iso_utc(ts: datetime) -> str:
-    """The one timestamp format of every payload and report: ISO 8601 in UTC with
-    millisecond precision and a ``Z`` suffix.
-
-    >>> iso_utc(datetime(2025, 3, 1, 12, 30, 5, 123456, tzinfo=UTC))
-    '2025-03-01T12:30:05.123Z'
-    """
-    if ts.tzinfo is None or ts.utcoffset() is None:
-        msg = f"timestamps must be timezone-aware, got naive {ts!r}"
-        raise ValueError(msg)
-    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

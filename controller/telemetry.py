@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from controller.core import firmware_fresh
-from controller.model import CoreState, Event, Inputs, SafetyConfig, iso_utc
+from controller.model import CoreState, Event, Inputs, SafetyConfig
 
 __all__ = [
     "FLOAT_DECIMALS",
@@ -31,6 +31,20 @@ __all__ = [
 FLOAT_DECIMALS: Final[int] = 2
 _EVENT_RESERVED: Final[frozenset[str]] = frozenset({"ts", "kind", "message"})
 _MAX_DEPTH: Final[int] = 8
+
+
+def iso_utc(ts: datetime) -> str:
+    """The one timestamp format of every payload: ISO 8601 in UTC with millisecond
+    precision and a ``Z`` suffix (the session records use the same, see
+    :func:`controller.training.sessions.iso_z`).
+
+    >>> iso_utc(datetime(2025, 3, 1, 12, 30, 5, 123456, tzinfo=UTC))
+    '2025-03-01T12:30:05.123Z'
+    """
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        msg = f"telemetry timestamps must be timezone-aware, got naive {ts!r}"
+        raise ValueError(msg)
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _json_value(value: object, depth: int = 0) -> object:

@@ -39,12 +39,11 @@ from controller.model import (
     Mode,
     StageConfig,
     StopKind,
-    iso_utc,
 )
 from controller.training.config import TrainingConfig, WeeklyGoalConfig
 from controller.training.program import TrainingProgram
 from controller.training.progression import UnlockStatus, unlock_status
-from controller.training.sessions import SessionRecord
+from controller.training.sessions import SessionRecord, iso_z
 from controller.training.store import ClientRecord, SessionStore
 
 EXIT_OK = 0
@@ -98,15 +97,7 @@ class ClientReport:
         return {
             "client_id": self.client_id,
             "unlocked_stage": self.unlocked_stage,
-            "stage_since_utc": (
-                None
-                if self.stage_since is None
-                else iso_utc(
-                    self.stage_since
-                    if self.stage_since.tzinfo is not None
-                    else self.stage_since.replace(tzinfo=UTC)
-                )
-            ),
+            "stage_since_utc": None if self.stage_since is None else iso_z(self.stage_since),
             "weeks": [row.to_json() for row in self.weeks],
             "weeks_goal_met": sum(1 for row in self.weeks if row.goal_met),
             "sessions": sum(row.sessions for row in self.weeks),

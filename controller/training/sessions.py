@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from controller.model import CoreState, Event, FaultCode, Mode, iso_utc
+from controller.model import CoreState, Event, FaultCode, Mode
 
 #: The longest interval between two ticks that is integrated (longer ones count this long).
 MAX_TICK_GAP_MS = 2000
@@ -134,8 +134,14 @@ class SessionRecord:
         }
 
 
-def _iso(moment: datetime) -> str:
-    return iso_utc(moment)
+def iso_z(moment: datetime) -> str:
+    """ISO 8601 UTC with milliseconds and ``Z``: the format of the MQTT state topic
+    (:func:`controller.telemetry.iso_utc`; a test checks they agree). A naive time is UTC."""
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_iso = iso_z
 
 
 @dataclass(frozen=True)

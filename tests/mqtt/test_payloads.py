@@ -31,6 +31,7 @@ from controller.telemetry import (
     iso_utc,
     state_payload,
 )
+from controller.training.sessions import iso_z
 
 TS = datetime(2025, 3, 1, 12, 30, 5, 123456, tzinfo=UTC)
 NOW_MS = 1_000_000
@@ -278,3 +279,9 @@ def test_payloads_are_always_json(
 ) -> None:
     json.dumps(state(belt_kmh=speed, link=details), allow_nan=False)
     json.dumps(event_payload(ts=TS, event=Event("x", "y", details)), allow_nan=False)
+
+
+def test_session_records_use_the_state_topics_timestamp_format() -> None:
+    plus2 = timezone(timedelta(hours=2))
+    for moment in (TS, datetime(2025, 1, 1, 2, 0, 0, 999_999, tzinfo=plus2)):
+        assert iso_z(moment) == iso_utc(moment)
