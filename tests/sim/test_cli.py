@@ -85,6 +85,10 @@ async def test_bad_stdin_commands_get_an_error_line(line: str, message: str) -> 
         (["--fault", "reboot"], "is an event, not a state"),
         (["--fault", "corrupt_bytes=lots"], "is not a number"),
         (["--seed", "x"], "invalid int value"),
+        (["--avr", "/nonexistent/fw.elf"], "no such file (build it with `make -C firmware`)"),
+        (["--native", "/nonexistent/treadmill-native"], "make -C firmware native"),
+        (["--avr", "x.elf", "--fault", "runaway"], "work with the Python simulation only"),
+        (["--avr", "x.elf", "--native"], "not allowed with argument"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_clear_message(
@@ -170,3 +174,25 @@ async def test_sim_process_without_stdin_runs_until_sigint() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_sim_process_status_keys_and_a_replug_announces_the_new_pty() -> None:
+    async with sim_process() as proc:
+        assert proc.stdin is not None
+        first = await read_line(proc)
+        assert first.startswith("PTY /dev/pts/")
+        proc.stdin.write(b"status\n")
+        await proc.stdin.drain()
+        status = await read_line(proc)
+        # the keys every firmware runner answers (docs/firmware.md)
+        for key in ("belt_kmh=0.000", "duty_pct=0.00", "motor_enabled=0", "state="):
+            assert key in status, status
+        proc.stdin.write(b"inject disconnect\nclear disconnect\n")
+        await proc.stdin.drain()
+        assert await read_line(proc) == "OK inject disconnect"
+        replug = await read_line(proc)
+        assert replug.startswith("PTY /dev/pts/")
+        assert os.path.exists(replug.removeprefix("PTY "))  # noqa: ASYNC240 - stat of a device node
+        assert await read_line(proc) == "OK clear disconnect"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), LINE_TIMEOUT_S) == 0
