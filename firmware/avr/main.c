@@ -29,16 +29,40 @@ int main(void) {
     hw_watchdog_start();
     (void)pgm_read_byte(&build_id[0]); /* keep the string in the image */
 
+    uint32_t last_tick_ms = hw_millis() - 1u;
+    uint16_t drive_x100 = 0xFFFFu; /* the speed the PWM counts were last computed for */
+    uint16_t drive_counts = 0;
     for (;;) {
         hw_watchdog_feed(); /* only here: a hung loop resets the chip into BOOT (FW-12) */
-        uint32_t t_us;
-        while (hw_pulse_pop(&t_us)) {
-            fw_pulse(&fw, t_us);
-        }
         uint32_t now_ms = hw_millis();
-        fw_key_sample(&fw, hw_key_closed(), now_ms);
-        fw_tick(&fw, now_ms, hw_micros());
-        /* Bounded work per pass, so that a flood of bytes cannot starve the loop. */
+        if (now_ms != last_tick_ms) {
+            /* Once per millisecond: time, sensor, key, self-checks, STATUS. */
+            last_tick_ms = now_ms;
+            uint32_t t_us;
+            while (hw_pulse_pop(&t_us)) {
+                fw_pulse(&fw, t_us);
+            }
+            fw_key_sample(&fw, hw_key_closed(), now_ms);
+            fw_tick(&fw, now_ms, hw_micros());
+            if (!hw_stack_guard_ok()) {
+                fw_internal_fault(&fw, 1u); /* check id 1: stack guard */
+            }
+            if (!hw_clock_ok(now_ms)) {
+                fw_internal_fault(&fw, 2u); /* check id 2: the ms tick disagrees with Timer1 */
+            }
+            /* LED: steady while driving, blinking about 1 Hz idle, 4 Hz in FAULT. */
+            bool led;
+            if (fw_motor_enable(&fw)) {
+                led = true;
+            } else if (fw.state == ST_FAULT) {
+                led = (now_ms >> 7) & 1u;
+            } else {
+                led = (now_ms >> 9) & 1u;
+            }
+            hw_led(led);
+        }
+        /* Every pass: received bytes (bounded, so that a flood cannot starve the loop), then
+         * the outputs, so that a STOP or ESTOP acts within the same pass. */
         for (uint8_t i = 0; i < 32u; i++) {
             int16_t c = hw_rx_pop();
             if (c < 0) {
@@ -46,22 +70,11 @@ int main(void) {
             }
             fw_rx_byte(&fw, (uint8_t)c);
         }
-        if (!hw_stack_guard_ok()) {
-            fw_internal_fault(&fw, 1u); /* check id 1: stack guard */
+        uint16_t x100 = fw_motor_enable(&fw) ? fw_commanded_x100(&fw) : 0u;
+        if (x100 != drive_x100) {
+            drive_x100 = x100;
+            drive_counts = fw_pwm_counts_for(x100, HW_PWM_TOP);
         }
-        if (!hw_clock_ok(now_ms)) {
-            fw_internal_fault(&fw, 2u); /* check id 2: the ms tick disagrees with Timer1 */
-        }
-        hw_set_drive(fw_pwm_counts(&fw, HW_PWM_TOP), fw_motor_enable(&fw));
-        /* LED: steady while driving, 1 Hz in IDLE, 5 Hz in FAULT. */
-        bool led;
-        if (fw_motor_enable(&fw)) {
-            led = true;
-        } else if (fw.state == ST_FAULT) {
-            led = (now_ms / 100u) & 1u;
-        } else {
-            led = (now_ms / 500u) & 1u;
-        }
-        hw_led(led);
+        hw_set_drive(drive_counts, fw_motor_enable(&fw));
     }
 }

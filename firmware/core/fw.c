@@ -53,9 +53,13 @@ static void send_hello(fw_t *fw) {
     emit(fw, MSG_HELLO, p, MSG_HELLO_LEN);
 }
 
-uint16_t fw_commanded_x100(const fw_t *fw) {
-    uint32_t v = (fw->commanded_fine + FINE_PER_X100 / 2u) / FINE_PER_X100;
-    return v > 3000u ? 3000u : (uint16_t)v;
+uint16_t fw_commanded_x100(const fw_t *fw) { return fw->commanded_x100; }
+
+/* Every change of the ramped set-point goes through here (one division, not one per use). */
+static void set_commanded(fw_t *fw, uint32_t fine) {
+    fw->commanded_fine = fine;
+    uint32_t v = (fine + FINE_PER_X100 / 2u) / FINE_PER_X100;
+    fw->commanded_x100 = v > 3000u ? 3000u : (uint16_t)v;
 }
 
 uint16_t fw_measured_x100(const fw_t *fw) { return fw->speed.reading_x100; }
@@ -154,7 +158,7 @@ static void shutdown(fw_t *fw, uint8_t fault, uint32_t detail) {
     }
     if (category_0(fault)) {
         fw->contactor = false;
-        fw->commanded_fine = 0;
+        set_commanded(fw, 0);
     }
 }
 
@@ -204,7 +208,7 @@ void fw_init(fw_t *fw, const fw_boot_t *boot, fw_io_t io, uint32_t now_ms) {
     fw->ramp_x100 = DEFAULT_DECEL_X100;
     fw->last_applied_seq = FW_NO_SEQ;
     fw->next_status_ms = now_ms;
-    fw->peak_epoch = now_ms / FW_PEAK_BUCKET_MS;
+    fw->peak_bucket_ms = now_ms;
     conf_drop(fw);
     speed_init(&fw->speed, boot->um_per_pulse);
 }
@@ -253,9 +257,9 @@ uint16_t fw_pwm_counts_for(uint16_t kmh_x100, uint16_t top) {
     uint32_t num = (uint32_t)kmh_x100 * PWM_FULL_SCALE_DUTY_PERMILLE * period;
     uint32_t den = (uint32_t)PWM_FULL_SCALE_KMH_X100 * 1000u;
     uint32_t counts = (num + den / 2u) / den;
-    uint32_t max_counts = (PWM_FULL_SCALE_DUTY_PERMILLE * period + 500u) / 1000u;
-    if (counts > max_counts) {
-        counts = max_counts; /* unreachable: CEIL_SPEED_X100 <= PWM_FULL_SCALE_KMH_X100 */
+    if (counts * 1000u > PWM_FULL_SCALE_DUTY_PERMILLE * period) {
+        /* unreachable: CEIL_SPEED_X100 <= PWM_FULL_SCALE_KMH_X100 */
+        counts = PWM_FULL_SCALE_DUTY_PERMILLE * period / 1000u;
     }
     return counts == 0u ? 1u : (uint16_t)counts;
 }
@@ -386,7 +390,7 @@ static void on_clear_fault(fw_t *fw, const frame_t *f) {
     fw->fault = FAULT_NONE;
     /* FW-7: clearing never restarts the belt. */
     fw->target_x100 = 0;
-    fw->commanded_fine = 0;
+    set_commanded(fw, 0);
     fw->lease_active = false;
     fw->contactor = false;
     send_ack(fw, f->seq);
@@ -519,26 +523,30 @@ void fw_rx_byte(fw_t *fw, uint8_t byte) {
 
 /* ------------------------------------------------------------------ time */
 
-/* Sliding maximum of the set-point over the last OVERSPEED_WINDOW_MS, in buckets. */
+/* Sliding maximum of the set-point over the last OVERSPEED_WINDOW_MS, in buckets of
+ * FW_PEAK_BUCKET_MS (no division: the main loop runs this every millisecond). */
 static uint16_t peak_update(fw_t *fw, uint16_t setpoint_x100) {
-    uint32_t epoch = fw->now_ms / FW_PEAK_BUCKET_MS;
-    uint32_t steps = epoch - fw->peak_epoch;
-    if (steps > FW_PEAK_BUCKETS) {
-        steps = FW_PEAK_BUCKETS;
+    uint8_t steps = 0;
+    while (fw->now_ms - fw->peak_bucket_ms >= FW_PEAK_BUCKET_MS) {
+        if (++steps > FW_PEAK_BUCKETS) {
+            /* A long gap: every bucket is out of the window. */
+            memset(fw->peak_x100, 0, sizeof fw->peak_x100);
+            fw->peak_bucket_ms = fw->now_ms;
+            break;
+        }
+        fw->peak_bucket_ms += FW_PEAK_BUCKET_MS;
+        fw->peak_index = (uint8_t)((fw->peak_index + 1u) & (FW_PEAK_BUCKETS - 1u));
+        fw->peak_x100[fw->peak_index] = 0;
     }
-    for (uint32_t i = 1; i <= steps; i++) {
-        fw->peak_x100[(fw->peak_epoch + i) % FW_PEAK_BUCKETS] = 0;
-    }
-    fw->peak_epoch = epoch;
-    uint16_t *cur = &fw->peak_x100[epoch % FW_PEAK_BUCKETS];
+    uint16_t *cur = &fw->peak_x100[fw->peak_index];
     if (*cur < setpoint_x100) {
         *cur = setpoint_x100;
     }
     /* Buckets covering the window (the current one is partial). */
-    const uint32_t used = (OVERSPEED_WINDOW_MS + FW_PEAK_BUCKET_MS - 1u) / FW_PEAK_BUCKET_MS + 1u;
+    const uint8_t used = (OVERSPEED_WINDOW_MS + FW_PEAK_BUCKET_MS - 1u) / FW_PEAK_BUCKET_MS + 1u;
     uint16_t peak = 0;
-    for (uint32_t i = 0; i < used && i < FW_PEAK_BUCKETS; i++) {
-        uint16_t v = fw->peak_x100[(epoch - i) % FW_PEAK_BUCKETS];
+    for (uint8_t i = 0; i < used && i < FW_PEAK_BUCKETS; i++) {
+        uint16_t v = fw->peak_x100[(uint8_t)(fw->peak_index - i) & (FW_PEAK_BUCKETS - 1u)];
         if (v > peak) {
             peak = v;
         }
@@ -561,7 +569,8 @@ static void self_checks(fw_t *fw) {
         return;
     }
     uint16_t measured = fw_measured_x100(fw);
-    uint32_t margin = (uint32_t)peak * OVERSPEED_REL_PERCENT / 100u;
+    /* peak <= 30.00 km/h: the product fits 16 bits (a cheap division on the AVR) */
+    uint16_t margin = (uint16_t)((uint16_t)(peak * OVERSPEED_REL_PERCENT) / 100u);
     if (margin < OVERSPEED_MARGIN_X100) {
         margin = OVERSPEED_MARGIN_X100;
     }
@@ -619,11 +628,11 @@ static void update(fw_t *fw, uint32_t now_ms) {
     if (fw->commanded_fine != target && dt_ms > 0u) {
         uint32_t step = (uint32_t)fw->ramp_x100 * dt_ms; /* 0.01 km/h/s * ms = fine units */
         if (fw->commanded_fine < target) {
-            fw->commanded_fine =
-                target - fw->commanded_fine > step ? fw->commanded_fine + step : target;
+            set_commanded(fw, target - fw->commanded_fine > step ? fw->commanded_fine + step
+                                                                 : target);
         } else {
-            fw->commanded_fine =
-                fw->commanded_fine - target > step ? fw->commanded_fine - step : target;
+            set_commanded(fw, fw->commanded_fine - target > step ? fw->commanded_fine - step
+                                                                 : target);
         }
     }
 

@@ -77,6 +77,7 @@ typedef struct {
     uint32_t key_raw_since_ms;
     uint16_t target_x100;
     uint32_t commanded_fine; /* ramped set-point, 0.00001 km/h (0.01 km/h / 1000) */
+    uint16_t commanded_x100; /* the same rounded to 0.01 km/h (kept, not divided each time) */
     uint16_t ramp_x100;
     bool lease_active;
     uint32_t lease_deadline_ms;
@@ -84,7 +85,8 @@ typedef struct {
     uint32_t next_status_ms;
     /* self-supervision (FW-12, FW-13) */
     uint16_t peak_x100[FW_PEAK_BUCKETS];
-    uint32_t peak_epoch; /* now_ms / FW_PEAK_BUCKET_MS of the last update */
+    uint32_t peak_bucket_ms; /* start of the current bucket */
+    uint8_t peak_index;      /* the current bucket */
     bool over_active;
     uint32_t over_since_ms;
     bool silent_active;

@@ -11,9 +11,11 @@
 #include <avr/pgmspace.h>
 #define FW_ROM PROGMEM
 #define fw_rom_copy(dst, src, n) memcpy_P((dst), (src), (n))
+#define fw_rom_u16(p) pgm_read_word(p)
 #else
 #define FW_ROM
 #define fw_rom_copy(dst, src, n) memcpy((dst), (src), (n))
+#define fw_rom_u16(p) (*(p))
 #endif
 
 #endif /* PLATFORM_H */
