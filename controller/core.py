@@ -70,6 +70,16 @@ from controller.model import (
 MAX_TICK_DT_MS: Final = 100
 """Longest time step one tick may ramp over (SR-SPEED-3): a pause never produces a jump."""
 
+FW_FAULT_SAFETY_KEY_OPEN: Final = 5
+"""Firmware fault code: its safety-key circuit opened (``FwFault.SAFETY_KEY_OPEN``, FW-10)."""
+FW_FAULT_ESTOP: Final = 6
+"""Firmware fault code: it received ESTOP (``FwFault.ESTOP``, FW-5): this controller sent it."""
+POWER_CHAIN_FAULTS: Final = frozenset({FaultCode.ESTOP, FaultCode.SAFETY_KEY})
+"""Console faults that open the motor power chain (e-stop and key are wired in series with
+it): the firmware then reads its safety-key circuit open and latches its own fault."""
+RESET_CLEAR_TIMEOUT_MS: Final = 1000
+"""A RESET that sent CLEAR_FAULT waits this long for the firmware to clear (SR-RESET-3)."""
+
 WARNING_GRIP_SUSPECT: Final = "grip_sensor_suspect"
 """Warning flag: the grip sensors chatter (SR-GRIP-6)."""
 
@@ -101,8 +111,8 @@ FAULT_ADVICE: Final[Mapping[FaultCode, str]] = {
         "Step off the belt and have the motor controller checked, then press RESET"
     ),
     FaultCode.FIRMWARE_FAULT: (
-        "Read the firmware fault code in the log and fix its cause; press RESET (it clears "
-        "the motor controller's fault), then RESET again"
+        "Read the firmware fault code in the log and fix its cause, then press RESET (it also "
+        "clears the motor controller's fault)"
     ),
     FaultCode.FIRMWARE_REBOOT: (
         "The motor controller restarted unexpectedly (power or watchdog): check its supply, "
@@ -361,6 +371,7 @@ def decide(state: CoreState, inputs: Inputs, config: SafetyConfig, now_ms: int) 
     _check_link_and_firmware(step)
     _check_following(step)
     _check_grip(step)
+    _continue_reset(step)
     _handle_commands(step)
     _stop_on_zero_target(step)
     _settle(step)
@@ -451,8 +462,20 @@ def _enter(step: _Record, mode: Mode, reason: str) -> None:
     )
 
 
-def _latch(step: _Record, code: FaultCode, stop: StopKind, seen: str) -> None:
-    """Latch a fault, or upgrade/record it when already FAULTED (SR-FAULT-1..3)."""
+def _latch(
+    step: _Record,
+    code: FaultCode,
+    stop: StopKind,
+    seen: str,
+    *,
+    follows: frozenset[FaultCode] = frozenset(),
+) -> None:
+    """Latch a fault, or upgrade/record it when already FAULTED (SR-FAULT-1..3).
+
+    ``follows``: latched first causes this observation is a consequence of; it is then
+    folded into that cause (SR-FAULT-6) instead of reported as a fault of its own. A new
+    fault of its own cancels a RESET waiting for the firmware (SR-RESET-3).
+    """
     state = step.state
     current = state.fault
     message = f"{seen}. {FAULT_ADVICE[code]}."
@@ -475,6 +498,18 @@ def _latch(step: _Record, code: FaultCode, stop: StopKind, seen: str) -> None:
         return
     if code is current.code or code in state.secondary_faults:
         return
+    # Every cause in a ``follows`` set stops with an emergency stop, so folding never hides
+    # a stop upgrade (SR-FAULT-2).
+    if current.code in follows:
+        step.state = replace(step.state, secondary_faults=(*state.secondary_faults, code))
+        step.emit(
+            "fault_folded",
+            f"{seen}: a consequence of fault {current.code.value}, cleared with it",
+            code=code.value,
+            cause=current.code.value,
+        )
+        return
+    step.state = replace(step.state, reset_armed_ms=None)
     if stop is StopKind.EMERGENCY and current.stop is StopKind.CONTROLLED:
         step.state = replace(
             step.state, fault=fault, secondary_faults=(*state.secondary_faults, current.code)
@@ -604,12 +639,24 @@ def _check_emergencies(step: _Step) -> None:
             FaultCode.SAFETY_KEY,
             StopKind.EMERGENCY,
             "The motor controller reads the safety key circuit open",
+            follows=POWER_CHAIN_FAULTS,
         )
     if _emergency_input(inputs):
         # ESTOP goes out on every tick while the e-stop is pressed or the key is out (SR-STOP-3).
         step.state = replace(step.state, fault_rest_reached=False)
     _check_overspeed(step)
     _check_moving_at_rest(step)
+
+
+def _firmware_fault_follows(state: CoreState, fault_code: int) -> frozenset[FaultCode]:
+    """The first causes a firmware fault code follows from (SR-FAULT-6): its safety circuit
+    opened by the e-stop or the key, or its ESTOP latch from this controller's own EStop."""
+    if fault_code == FW_FAULT_SAFETY_KEY_OPEN:
+        return POWER_CHAIN_FAULTS
+    fault = state.fault
+    if fault_code == FW_FAULT_ESTOP and fault is not None and fault.stop is StopKind.EMERGENCY:
+        return frozenset({fault.code})
+    return frozenset()
 
 
 def _emergency_input(inputs: Inputs) -> bool:
@@ -717,6 +764,7 @@ def _check_link_and_firmware(step: _Step) -> None:
             stop,
             f"The motor controller reports fault code {firmware.fault_code} "
             f"(state {firmware.state.value})",
+            follows=_firmware_fault_follows(step.state, firmware.fault_code),
         )
     if step.state.boot_id is None:
         step.state = replace(step.state, boot_id=firmware.boot_id)
@@ -1067,6 +1115,7 @@ def _reset(step: _Step) -> None:
     problems = reset_blockers(state, inputs, step.config, step.now_ms)
     firmware = inputs.firmware
     if problems or firmware is None:
+        step.state = replace(step.state, reset_armed_ms=None)
         step.emit(
             "reset_refused",
             _sentence("reset refused", problems),
@@ -1076,19 +1125,65 @@ def _reset(step: _Step) -> None:
         return
     if firmware.fault_code != 0 or firmware.state is FirmwareState.FAULT:
         step.clear_firmware_fault = True
+        step.state = replace(step.state, reset_armed_ms=step.now_ms)
         step.emit(
             "reset_pending",
-            f"the motor controller reports fault code {firmware.fault_code}: sent CLEAR_FAULT. "
-            "Press RESET again once it has cleared.",
+            f"the motor controller reports fault code {firmware.fault_code}: sent CLEAR_FAULT; "
+            "the reset completes as soon as it has cleared",
             firmware_fault=firmware.fault_code,
         )
         return
+    _complete_reset(step, fault, firmware)
+
+
+def _continue_reset(step: _Step) -> None:
+    """A RESET waiting for the firmware to clear its fault completes once it has, if every
+    reset condition still holds; else it is refused (SR-RESET-3). A RESET pressed in this
+    tick is handled by :func:`_reset` instead."""
+    state = step.state
+    armed_ms = state.reset_armed_ms
+    fault = state.fault
+    if armed_ms is None or fault is None or Press(Button.RESET) in step.inputs.local:
+        return
+    problems = reset_blockers(state, step.inputs, step.config, step.now_ms)
+    firmware = step.inputs.firmware
+    if problems or firmware is None:
+        step.state = replace(step.state, reset_armed_ms=None)
+        step.emit(
+            "reset_refused",
+            _sentence("reset refused", problems),
+            reasons=" | ".join(problems),
+            fault=fault.code.value,
+        )
+        return
+    if firmware.fault_code == 0 and firmware.state is not FirmwareState.FAULT:
+        _complete_reset(step, fault, firmware)
+        return
+    if step.now_ms - armed_ms > RESET_CLEAR_TIMEOUT_MS:
+        step.state = replace(step.state, reset_armed_ms=None)
+        reason = (
+            f"the motor controller still reports fault code {firmware.fault_code} "
+            f"{RESET_CLEAR_TIMEOUT_MS} ms after CLEAR_FAULT: read its fault code in the log, "
+            "fix the cause, then press RESET"
+        )
+        step.emit(
+            "reset_refused",
+            _sentence("reset refused", (reason,)),
+            reasons=reason,
+            fault=fault.code.value,
+        )
+
+
+def _complete_reset(step: _Step, fault: Fault, firmware: FirmwareStatus) -> None:
+    """FAULTED -> IDLE: the fault record cleared, the belt stays stopped (SR-RESET-4)."""
+    state = step.state
     stage = stage_config(state, step.config)
     step.state = replace(
         step.state,
         fault=None,
         secondary_faults=(),
         fault_rest_reached=False,
+        reset_armed_ms=None,
         stop_reason=None,
         target_kmh=min(stage.start_kmh, stage_limit_kmh(stage, step.config)),
         boot_id=firmware.boot_id,

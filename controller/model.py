@@ -284,6 +284,7 @@ class CoreState:
     last_grip_hands: tuple[bool, bool] | None = None  # (left, right) at the previous tick
     fault_rest_reached: bool = False  # FAULTED and the belt has been seen at rest since
     secondary_faults: tuple[FaultCode, ...] = ()  # further faults seen while already FAULTED
+    reset_armed_ms: int | None = None  # a RESET sent CLEAR_FAULT and waits (SR-RESET-3)
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,7 @@ KNOWN_EVENT_KINDS: Final[frozenset[str]] = frozenset(
         "started",
         "stopped",
         "fault",
+        "fault_folded",
         "fault_cleared",
         "grip_lost",
         "grip_warning",

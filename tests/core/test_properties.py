@@ -317,7 +317,9 @@ class CoreMachine(RuleBasedStateMachine):
         if before.mode is Mode.FAULTED and after.mode is not Mode.FAULTED:
             firmware = inputs.firmware
             assert after.mode is Mode.IDLE
-            assert Press(Button.RESET) in inputs.local
+            # A RESET pressed now, or one pressed earlier that waited for the firmware to
+            # clear its fault (SR-RESET-3); every reset condition holds in this tick.
+            assert Press(Button.RESET) in inputs.local or before.reset_armed_ms is not None
             assert not inputs.estop_pressed
             assert inputs.safety_key_present
             assert firmware is not None

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from controller.core import WARNING_GRIP_SUSPECT, reset_blockers
+from controller.core import RESET_CLEAR_TIMEOUT_MS, WARNING_GRIP_SUSPECT, reset_blockers
 from controller.model import (
     Button,
     FaultCode,
@@ -19,6 +19,7 @@ from controller.model import (
     RemoteStop,
     RequestStop,
     SelectStage,
+    SetSpeed,
     SetTarget,
     Stop,
 )
@@ -148,7 +149,7 @@ def test_SR_RESET_2_chattering_grip_sensor_blocks_a_reset_at_a_grip_stage() -> N
     assert reset_blockers(at_stage_4, rig.inputs(), DEFAULT_CONFIG, rig.now_ms) == ()
 
 
-def test_SR_RESET_3_firmware_fault_is_cleared_first_then_a_second_reset() -> None:
+def test_SR_RESET_3_one_reset_clears_the_firmware_fault_then_completes() -> None:
     rig = faulted_rig(running=False)  # our EStop latched the firmware's own ESTOP fault
     rig.fw_state = FirmwareState.FAULT
     rig.fw_fault = 6
@@ -156,15 +157,79 @@ def test_SR_RESET_3_firmware_fault_is_cleared_first_then_a_second_reset() -> Non
     first = rig.press(Button.RESET)
     assert first.clear_firmware_fault
     assert first.state.mode is Mode.FAULTED
+    assert first.state.reset_armed_ms == rig.now_ms
     pending = [e for e in first.events if e.kind == "reset_pending"]
-    assert "Press RESET again" in pending[0].message
-    follow_up = rig.tick()
+    assert "completes as soon as it has cleared" in pending[0].message
+    follow_up = rig.tick()  # the firmware has not cleared yet: still waiting, sent once
     assert not follow_up.clear_firmware_fault
+    assert follow_up.state.mode is Mode.FAULTED
     rig.fw_state = FirmwareState.IDLE
     rig.fw_fault = 0
-    second = rig.press(Button.RESET)
-    assert second.state.mode is Mode.IDLE
-    assert not second.clear_firmware_fault
+    done = rig.tick()  # no second press
+    assert done.state.mode is Mode.IDLE
+    assert done.state.reset_armed_ms is None
+    assert done.state.fault is None
+    assert [e.kind for e in done.events if e.kind == "fault_cleared"] == ["fault_cleared"]
+    assert not isinstance(done.motion, SetSpeed)  # a reset never starts the belt (SR-RESET-4)
+
+
+def test_SR_RESET_3_a_second_press_while_waiting_completes_or_waits_again() -> None:
+    rig = faulted_rig(running=False)
+    rig.fw_state = FirmwareState.FAULT
+    rig.fw_fault = 6
+    rig.tick()
+    rig.press(Button.RESET)
+    again = rig.press(Button.RESET)  # still faulted: CLEAR_FAULT once more, waiting again
+    assert again.clear_firmware_fault
+    assert again.state.reset_armed_ms == rig.now_ms
+    rig.fw_state = FirmwareState.IDLE
+    rig.fw_fault = 0
+    assert rig.press(Button.RESET).state.mode is Mode.IDLE
+
+
+def test_SR_RESET_3_waiting_reset_refused_when_a_condition_fails_or_time_runs_out() -> None:
+    # A condition fails while waiting (the e-stop is pressed again): refused, nothing armed.
+    rig = faulted_rig(running=False)
+    rig.fw_state = FirmwareState.FAULT
+    rig.fw_fault = 6
+    rig.tick()
+    rig.press(Button.RESET)
+    rig.estop = True
+    refused = rig.tick()
+    assert refused.state.mode is Mode.FAULTED
+    assert refused.state.reset_armed_ms is None
+    assert [e.kind for e in refused.events] == ["reset_refused"]
+    rig.estop = False
+    rig.fw_state = FirmwareState.IDLE
+    rig.fw_fault = 0
+    assert rig.tick().state.mode is Mode.FAULTED  # needs a new press
+    # The firmware does not clear within the timeout: refused, says what to do.
+    rig = faulted_rig(running=False)
+    rig.fw_state = FirmwareState.FAULT
+    rig.fw_fault = 8
+    rig.tick()
+    armed = rig.press(Button.RESET).state.reset_armed_ms
+    assert armed is not None
+    decision = rig.tick()
+    while rig.now_ms - armed <= RESET_CLEAR_TIMEOUT_MS:
+        assert decision.state.reset_armed_ms == armed
+        decision = rig.tick()
+    assert decision.state.mode is Mode.FAULTED
+    assert decision.state.reset_armed_ms is None
+    (event,) = [e for e in decision.events if e.kind == "reset_refused"]
+    assert "still reports fault code 8" in event.message
+
+
+def test_SR_RESET_3_a_new_fault_while_waiting_cancels_the_reset() -> None:
+    rig = faulted_rig(running=False)
+    rig.fw_state = FirmwareState.FAULT
+    rig.fw_fault = 6
+    rig.tick()
+    rig.press(Button.RESET)
+    rig.checksum = rig.checksum + 1  # a fault of its own: config mismatch
+    decision = rig.tick()
+    assert decision.state.reset_armed_ms is None
+    assert decision.state.mode is Mode.FAULTED
 
 
 def test_SR_RESET_3_firmware_in_fault_state_without_a_code_is_cleared_too() -> None:
@@ -303,3 +368,80 @@ def test_SR_REMOTE_4_no_remote_sequence_raises_anything() -> None:
         assert decision.state.target_kmh <= before.target_kmh
         assert decision.state.stage <= before.stage
     assert rig.core.stage == 1
+
+
+# ------------------------------------------------------------------ SR-FAULT-6
+
+
+def test_SR_FAULT_6_estop_consequences_fold_into_the_first_cause_then_one_reset() -> None:
+    """The e-stop opens the motor power chain: the firmware reads its safety-key circuit open
+    and latches fault 5. One cause is reported; one RESET clears both latches."""
+    rig = running_rig()
+    rig.estop = True
+    first = rig.tick()
+    assert [e.details.get("code") for e in first.events if e.kind == "fault"] == ["estop"]
+    rig.fw_key = False
+    rig.fw_state = FirmwareState.FAULT
+    rig.fw_fault = 5
+    rig.measured_kmh = 0.0
+    consequences = rig.tick()
+    assert [e.kind for e in consequences.events] == ["fault_folded", "fault_folded"]
+    assert {e.details["cause"] for e in consequences.events} == {"estop"}
+    state = consequences.state
+    assert state.fault is not None
+    assert state.fault.code is FaultCode.ESTOP  # the first cause stays the reported one
+    assert set(state.secondary_faults) == {FaultCode.SAFETY_KEY, FaultCode.FIRMWARE_FAULT}
+    rig.estop = False
+    rig.fw_key = True  # the chain closes again; the firmware keeps its latch
+    rig.run_ms(200)
+    pressed = rig.press(Button.RESET)
+    assert pressed.clear_firmware_fault
+    rig.fw_state = FirmwareState.IDLE
+    rig.fw_fault = 0
+    done = rig.tick()
+    assert done.state.mode is Mode.IDLE
+    assert done.state.secondary_faults == ()
+
+
+@pytest.mark.parametrize(
+    ("first", "fw_fault", "folded"),
+    [
+        ("estop", 5, True),
+        ("key", 5, True),
+        ("estop", 6, True),  # the firmware's ESTOP latch: our own EStop
+        ("estop", 8, False),  # a motor fault is a fault of its own
+        ("link", 5, False),  # a link fault does not open the power chain
+        ("link", 6, False),  # ... and sends Stop, not EStop
+    ],
+)
+def test_SR_FAULT_6_only_consequences_of_the_latched_cause_are_folded(
+    first: str, fw_fault: int, folded: bool
+) -> None:
+    rig = running_rig()
+    if first == "estop":
+        rig.estop = True
+    elif first == "key":
+        rig.key = False
+    else:
+        rig.link = "stale"
+    rig.tick()
+    rig.link = "fresh"
+    rig.fw_state = FirmwareState.FAULT
+    rig.fw_fault = fw_fault
+    decision = rig.tick()
+    kinds = [e.kind for e in decision.events if e.kind in ("fault", "fault_folded")]
+    assert kinds == (["fault_folded"] if folded else ["fault"])
+
+
+def test_SR_FAULT_6_a_consequence_never_hides_a_stop_upgrade() -> None:
+    """A controlled first cause (stale link) and then the key circuit open: the emergency
+    stop upgrade is reported as a fault, not folded (the power-chain causes that fold it are
+    emergency faults themselves)."""
+    rig = running_rig()
+    rig.link = "stale"
+    rig.tick()
+    rig.link = "fresh"
+    rig.fw_key = False
+    decision = rig.tick()
+    (fault,) = [e for e in decision.events if e.kind == "fault"]
+    assert fault.details["upgraded_from"] == "link_stale"
