@@ -127,6 +127,7 @@ def test_devices_and_groups_allow_serial_and_gpio_only() -> None:
             "char-ttyUSB rw",
             "char-ttyACM rw",
             "char-ttyAMA rw",
+            "/dev/ttyS0 rw",
             "/dev/gpiochip0 rw",
             "/dev/gpiochip4 rw",
         ]
@@ -151,3 +152,49 @@ def test_unit_parses_as_ini_with_the_three_sections() -> None:
     parser.read_string(UNIT.read_text())
     assert parser.sections() == ["Unit", "Service", "Install"]
     assert parser["Install"]["WantedBy"] == "multi-user.target"
+
+
+INSTALL_DOC = ROOT / "docs" / "install.md"
+
+
+def documented_serial_ports() -> list[tuple[str, str, list[str], str]]:
+    """Rows of the serial-port table in docs/install.md: (port, board, devices, allow)."""
+    text = INSTALL_DOC.read_text(encoding="utf-8")
+    table = text[
+        text.index("<!-- serial-ports:begin -->") : text.index("<!-- serial-ports:end -->")
+    ]
+    rows = []
+    for line in table.splitlines()[3:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        devices = re.findall(r"`(/dev/tty[A-Za-z]+\d+)`", cells[2])
+        allow = cells[3].strip("`").removeprefix("DeviceAllow=")
+        rows.append((cells[0], cells[1], devices, allow))
+    return rows
+
+
+def test_every_documented_serial_port_is_allowed_by_the_unit() -> None:
+    """The unit's device allow-list opens every serial device docs/install.md tells users to
+    use (the Pi 4's mini UART behind /dev/serial0 included), and the table says how."""
+    allowed = unit_settings()["DeviceAllow"]
+    rows = documented_serial_ports()
+    assert {port for port, *_ in rows} == {"`/dev/serial/by-id/usb-...`", "`/dev/serial0`"} | {
+        "`/dev/serial/by-id/usb-...` (CDC ACM boards)"
+    }
+    nodes = set()
+    for _port, _board, devices, allow in rows:
+        assert allow in allowed, f"{allow} is documented but not in the unit"
+        for device in devices:
+            nodes.add(device)
+            kernel_class = re.sub(r"\d+$", "", device.removeprefix("/dev/"))
+            assert f"char-{kernel_class} rw" in allowed or f"{device} rw" in allowed, device
+    assert {"/dev/ttyS0", "/dev/ttyAMA0", "/dev/ttyUSB0", "/dev/ttyACM0"} <= nodes
+    # The mini UART is allowed by node: the ttyS class (major 4) would open the consoles too.
+    assert "char-ttyS rw" not in allowed
+    assert "dtoverlay=disable-bt" in INSTALL_DOC.read_text(encoding="utf-8")
+
+
+def test_unit_starts_after_the_clock_is_set() -> None:
+    """Session dates need the wall clock: the unit is ordered after time-sync.target."""
+    after = " ".join(unit_settings()["After"]).split()
+    assert "time-sync.target" in after
+    assert "time-sync.target" not in " ".join(unit_settings().get("Wants", []))
