@@ -39,6 +39,7 @@ from controller.view import (
     render_screen,
     screen_text,
     view_from_state,
+    wrap_line,
 )
 
 __all__ = ["Fleet", "TreadmillEntry", "monitor_main"]
@@ -274,7 +275,8 @@ async def _screen(fleet: Fleet, out: TextIO, status: list[str]) -> None:
                 lines = render_screen(entry.view(now, notes=notes), width=width)
         else:
             lines = [f"treadmills on {fleet.prefix}/# ({len(fleet.entries)} seen)", ""]
-            lines.extend(fleet.entries[name].line(now)[:width] for name in sorted(fleet.entries))
+            for name in sorted(fleet.entries):  # wrapped, never cut: the fault stays visible
+                lines.extend(wrap_line(fleet.entries[name].line(now), width, " " * 17))
             if not fleet.entries:
                 lines.append("  (none yet)")
             lines.extend(["", *notes])

@@ -10,8 +10,8 @@ monitor's one-line-per-treadmill list).
 ...                         "speed_kmh": 1.48, "target_kmh": 2.0, "commanded_kmh": 1.5,
 ...                         "grip": "both", "safety_key": True, "estop": False})
 >>> render_line(view)  # doctest: +NORMALIZE_WHITESPACE
-'RUNNING stage 1 belt 1.50 km/h (measured 1.48, commanded 1.50, target 2.00)
- grip both key in e-stop released fault -'
+'RUNNING fault - | e-stop released key in grip both | stage 1 belt 1.50 km/h
+ (measured 1.48, commanded 1.50, target 2.00)'
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "render_screen",
     "stage_limits",
     "view_from_state",
+    "wrap_line",
 ]
 
 GAUGE_WIDTH: Final[int] = 40
@@ -119,6 +120,9 @@ class TreadmillView:
     link_ok: bool | None = None
     session_s: float | None = None
     distance_m: float | None = None
+    remaining_s: float | None = None  # of the stage's session limit
+    client_id: str | None = None
+    stage_cap: int | None = None  # the lower of the training and the remote stage cap
     warnings: tuple[str, ...] = ()
     events: tuple[ViewEvent, ...] = ()
     notes: tuple[str, ...] = field(default=())  # help lines under the view
@@ -168,9 +172,15 @@ def view_from_state(
         fault_code = _str(fault.get("code"))
         fault_message = _str(fault.get("message"))
     session = payload.get("session")
+    remaining_s = None
+    client_id = None
     if isinstance(session, Mapping):
         session_s = _float(session.get("elapsed_s"))
         distance_m = _float(session.get("distance_m"))
+        remaining_s = _float(session.get("remaining_s"))
+        client_id = _str(session.get("client_id"))
+    caps = (_int(payload.get("stage_cap")), _int(payload.get("remote_stage_cap")))
+    known_caps = [cap for cap in caps if cap is not None]
     firmware = payload.get("firmware")
     link_ok = _bool(firmware.get("link")) if isinstance(firmware, Mapping) else None
     raw_warnings = payload.get("warnings")
@@ -200,6 +210,9 @@ def view_from_state(
         link_ok=link_ok,
         session_s=session_s,
         distance_m=distance_m,
+        remaining_s=remaining_s,
+        client_id=client_id,
+        stage_cap=min(known_caps) if known_caps else None,
         warnings=warnings,
         events=tuple(events),
         notes=tuple(notes),
@@ -260,25 +273,67 @@ def _fault_text(view: TreadmillView) -> str:
     return view.fault_code or "-"
 
 
+def _minutes(seconds: float) -> str:
+    whole = max(0, round(seconds))
+    return f"{whole // 60}:{whole % 60:02d}"
+
+
 def render_line(view: TreadmillView) -> str:
-    """One plain line (no colour, no control characters): logs, pipes, the monitor's list."""
-    parts: list[str] = []
+    """One plain line (no colour, no control characters): logs, pipes, the monitor's list.
+
+    What matters first: availability, state and fault, then the safety inputs, then the
+    stage and speeds, then the session (time left, client). Groups are separated by ``|``
+    so that a wrapped line still reads well (:func:`wrap_line`).
+    """
+    head: list[str] = []
     if view.online is not None:
-        parts.append("online " if view.online else "OFFLINE")
-    parts.append(_state_text(view))
-    parts.append(f"stage {view.stage if view.stage is not None else '?'}")
+        head.append("online " if view.online else "OFFLINE")
+    head.append(_state_text(view))
+    head.append(f"fault {_fault_text(view)}")
+    if view.link_ok is False:
+        head.append("firmware link DOWN")
+    groups = [" ".join(head)]
+    groups.append(
+        f"e-stop {_yes_no(view.estop, 'PRESSED', 'released')} "
+        f"key {_yes_no(view.safety_key, 'in', 'OUT')} grip {view.grip or '?'}"
+    )
+    stage = f"stage {view.stage if view.stage is not None else '?'}"
+    if view.stage_cap is not None:
+        stage += f" (cap {view.stage_cap})"
     belt = view.belt_true_kmh if view.belt_true_kmh is not None else view.measured_kmh
-    parts.append(
-        f"belt {_kmh(belt)} km/h (measured {_kmh(view.measured_kmh)}, "
+    groups.append(
+        f"{stage} belt {_kmh(belt)} km/h (measured {_kmh(view.measured_kmh)}, "
         f"commanded {_kmh(view.commanded_kmh)}, target {_kmh(view.target_kmh)})"
     )
-    parts.append(f"grip {view.grip or '?'}")
-    parts.append(f"key {_yes_no(view.safety_key, 'in', 'OUT')}")
-    parts.append(f"e-stop {_yes_no(view.estop, 'PRESSED', 'released')}")
-    parts.append(f"fault {_fault_text(view)}")
-    if view.link_ok is False:
-        parts.append("firmware link DOWN")
-    return " ".join(parts)
+    session: list[str] = []
+    if view.remaining_s is not None:
+        session.append(f"session {_minutes(view.remaining_s)} left")
+    elif view.session_s is not None:
+        session.append(f"session {_minutes(view.session_s)}")
+    if view.client_id is not None:
+        session.append(f"client {view.client_id}")
+    if session:
+        groups.append(", ".join(session))
+    return " | ".join(groups)
+
+
+def wrap_line(text: str, width: int, indent: str) -> list[str]:
+    """``text`` wrapped at spaces to ``width`` columns, continuation lines indented with
+    ``indent``: nothing is cut off (the monitor's fleet list)."""
+    words = text.split()
+    lines: list[str] = []
+    current = ""
+    for word in words:
+        prefix = indent if lines else ""
+        candidate = f"{current} {word}" if current else word
+        if len(prefix) + len(candidate) > width and current:
+            lines.append(prefix + current)
+            current = word
+        else:
+            current = candidate
+    if current or not lines:
+        lines.append((indent if lines else "") + current)
+    return lines
 
 
 def _paint(text: str, colour: str, use_colour: bool) -> str:

@@ -46,11 +46,13 @@ def test_demo_without_a_terminal_runs_the_built_in_session_and_exits_0() -> None
     assert "watch the telemetry: mosquitto_sub -h 127.0.0.1 -p " in out
     state_lines = [line for line in out.splitlines() if " stage " in line and " belt " in line]
     assert len(state_lines) >= 15, "about two state lines a second for the whole session"
-    assert any("RUNNING stage 2" in line for line in state_lines)
-    assert any("FAULTED" in line and "fault grip_lost" in line for line in state_lines)
+    assert any("RUNNING fault -" in line and "stage 2" in line for line in state_lines)
+    assert any("FAULTED fault grip_lost" in line for line in state_lines)
     assert "event grip_lost:" in out
     assert "event fault_cleared:" in out
-    assert state_lines[-1].split("s  ", 1)[1].startswith("IDLE stage 2 belt 0.00 km/h")
+    last = state_lines[-1].split("s  ", 1)[1]
+    assert last.startswith("IDLE fault -")
+    assert "stage 2 (cap 4) belt 0.00 km/h" in last
 
 
 @pytest.mark.parametrize("kind", ["mosquitto", "amqtt"])
@@ -99,8 +101,8 @@ STATE = {
 def test_view_line_shows_every_safety_input() -> None:
     line = render_line(view_from_state(STATE, online=True))
     assert line == (
-        "online  FAULTED stage 1 belt 0.35 km/h (measured 0.40, commanded 0.30, target 2.00) "
-        "grip none key in e-stop released fault grip_lost"
+        "online  FAULTED fault grip_lost | e-stop released key in grip none | "
+        "stage 1 belt 0.35 km/h (measured 0.40, commanded 0.30, target 2.00)"
     )
 
 
@@ -109,7 +111,7 @@ def test_view_survives_malformed_payloads() -> None:
     assert view.state is None
     assert view.stage is None
     assert view.belt_true_kmh is None
-    assert render_line(view).startswith("? stage ? belt ? km/h")
+    assert render_line(view).startswith("? fault - | e-stop ? key ? grip ? | stage ? belt ? km/h")
     assert render_screen(view, use_colour=False)
 
 

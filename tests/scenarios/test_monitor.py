@@ -15,6 +15,7 @@ import aiomqtt
 import pytest
 
 from controller.monitor import Fleet
+from controller.view import wrap_line
 from tests.broker import MosquittoBroker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,11 +96,11 @@ async def test_monitor_prints_one_line_per_treadmill_and_events(
     await _publish(broker, retained)
     process = await _monitor(broker, tmp_path)
     try:
-        seen = await _read_until(process, "online  RUNNING stage 2", 20)
-        line = next(line for line in seen.splitlines() if "online  RUNNING stage 2" in line)
+        seen = await _read_until(process, "online  RUNNING fault -", 20)
+        line = next(line for line in seen.splitlines() if "online  RUNNING fault -" in line)
         assert line == (
-            "tm-9             online  RUNNING stage 2 belt 1.48 km/h (measured 1.48, commanded "
-            "1.50, target 2.00) grip both key in e-stop released fault -"
+            "tm-9             online  RUNNING fault - | e-stop released key in grip both | "
+            "stage 2 belt 1.48 km/h (measured 1.48, commanded 1.50, target 2.00)"
         )
         await _publish(broker, [("treadmill/tm-9/event", json.dumps(EVENT).encode(), False)])
         seen = await _read_until(process, "event grip_warning", 20)
@@ -138,7 +139,7 @@ def test_fleet_handles_state_event_availability_and_garbage() -> None:
     assert fleet.handle("treadmill/tm-1/state", b"not json", 0.0) == ("tm-1", None)
     assert fleet.entries["tm-1"].malformed == 1
     fleet.handle("treadmill/tm-1/state", json.dumps(STATE).encode(), 1.0)
-    assert "RUNNING stage 2" in fleet.entries["tm-1"].line(2.0)
+    assert "RUNNING fault - |" in fleet.entries["tm-1"].line(2.0)
     assert "(state 9 s old)" in fleet.entries["tm-1"].line(10.0)
     changed = fleet.handle("treadmill/tm-1/event", json.dumps(EVENT).encode(), 1.0)
     assert changed is not None
@@ -172,3 +173,29 @@ def test_monitor_refuses_bad_options(tmp_path: Path) -> None:
         err = __import__("io").StringIO()
         assert monitor_main(argv, err=err) == 2, argv
         assert expected in err.getvalue()
+
+
+def test_fleet_line_puts_the_fault_first_and_wraps_instead_of_cutting() -> None:
+    """At 80 columns the fault, e-stop, key and grip are on the first line; nothing is cut;
+    the session's time left, the client and the stage cap are shown."""
+    faulted = {
+        **STATE,
+        "state": "faulted",
+        "fault": {"code": "grip_lost", "message": "Grip released. Hold the rails."},
+        "stage_cap": 3,
+        "remote_stage_cap": 2,
+        "session": {"session_id": "ab", "client_id": "p-017", "elapsed_s": 300.0,
+                    "remaining_s": 287.6},
+    }  # fmt: skip
+    fleet = Fleet()
+    fleet.handle("treadmill/tm-1/availability", b"online", 0.0)
+    fleet.handle("treadmill/tm-1/state", json.dumps(faulted).encode(), 0.0)
+    line = fleet.entries["tm-1"].line(0.0)
+    lines = wrap_line(line, 80, " " * 17)
+    assert all(len(text) <= 80 for text in lines)
+    assert " ".join(text.strip() for text in lines) == " ".join(line.split())  # nothing lost
+    assert "FAULTED fault grip_lost" in lines[0]
+    assert "e-stop released key in grip both" in " ".join(lines[:2])
+    assert "stage 2 (cap 2)" in line
+    assert "session 4:48 left, client p-017" in line
+    assert all(text.startswith(" " * 17) for text in lines[1:])
