@@ -42,13 +42,14 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 
 import serial
 import serial_asyncio_fast
 
 from firmware_bridge.codec import Frame, FrameDecoder, encode_frame
 from firmware_bridge.link import ReliableSender, RxSequenceChecker, SeqKind, SequenceCounter
+from firmware_bridge.link_phases import LinkPhase as _Phase
+from firmware_bridge.link_phases import is_allowed
 from firmware_bridge.messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -134,17 +135,6 @@ class LinkStats:
     rx_duplicates: int
     motion_dropped_link_down: int  # SET_SPEED/STOP/ESTOP refused because the link was down
     last_error: str | None
-
-
-class _Phase(Enum):
-    CLOSED = "closed"  # no port open
-    HELLO = "hello"  # HELLO sent, waiting for its ACK and the firmware's HELLO
-    FIRST_STATUS = "first status"  # waiting for a STATUS: is the firmware configured already?
-    WAIT_IDLE = "firmware idle"  # firmware faulted or moving: CONFIGURE once it is IDLE
-    CONFIGURE = "configure"  # CONFIGURE sent, waiting for its ACK
-    CHECKSUM = "checksum"  # waiting for a STATUS echoing our config checksum
-    READY = "ready"  # handshake complete: motion commands allowed
-    MISMATCH = "mismatch"  # firmware speaks another protocol version: STOP/ESTOP only
 
 
 class _LinkDownError(Exception):
@@ -419,7 +409,7 @@ class FirmwareBridge:
     def _close_session(self, reason: str) -> None:
         writer, self._writer = self._writer, None
         was_up = self._link_up
-        self._phase = _Phase.CLOSED
+        self._enter_phase(_Phase.CLOSED)
         self._sender.clear()
         self._pending_names.clear()
         if writer is not None and not writer.transport.is_closing():
@@ -443,8 +433,19 @@ class FirmwareBridge:
 
     # ------------------------------------------------------------------ handshake
 
+    def _enter_phase(self, phase: _Phase) -> None:
+        """Change the link phase. A change missing from the link-phase table
+        (:data:`~firmware_bridge.link_phases.LINK_TRANSITIONS`) is an internal error: it ends
+        the session, so the link is down (no motion) and the bridge reconnects."""
+        if not is_allowed(self._phase, phase):
+            raise _LinkDownError(
+                f"internal error: link phase {self._phase.value} -> {phase.value} is not in "
+                "the link-phase table; reconnecting"
+            )
+        self._phase = phase
+
     def _start_handshake(self, now_ms: int) -> None:
-        self._phase = _Phase.HELLO
+        self._enter_phase(_Phase.HELLO)
         self._configure_attempts = 0
         self._hello_acked = False
         self._hello_answered = False
@@ -454,7 +455,7 @@ class FirmwareBridge:
 
     def _advance_handshake(self, now_ms: int) -> None:
         if self._phase is _Phase.HELLO and self._hello_acked and self._hello_answered:
-            self._phase = _Phase.FIRST_STATUS
+            self._enter_phase(_Phase.FIRST_STATUS)
 
     def _send_configure(self) -> None:
         self._configure_attempts += 1
@@ -463,7 +464,7 @@ class FirmwareBridge:
                 f"the firmware refused CONFIGURE {_MAX_CONFIGURE_ATTEMPTS} times although it "
                 "reports IDLE: check the firmware against docs/protocol.md §6"
             )
-        self._phase = _Phase.CONFIGURE
+        self._enter_phase(_Phase.CONFIGURE)
         self._handshake_deadline_ms = self._clock_ms() + self._handshake_timeout_ms
         self._configure_seq = self._send(self._configure, reliable=True)
 
@@ -479,7 +480,7 @@ class FirmwareBridge:
                 # whose lease expired): the checksum echo is the proof protocol.md §8 asks.
                 self._complete_handshake(status)
             else:
-                self._phase = _Phase.WAIT_IDLE
+                self._enter_phase(_Phase.WAIT_IDLE)
                 _LOG.warning(
                     "firmware is %s (fault %s) with config checksum %#06x, expected %#06x: "
                     "CONFIGURE is sent once it is IDLE (a latched fault needs a reset at rest)",
@@ -499,7 +500,7 @@ class FirmwareBridge:
     def _complete_handshake(self, status: Status) -> None:
         hello = self._session_hello
         assert hello is not None  # noqa: S101 - STATUS is only handled after a HELLO
-        self._phase = _Phase.READY
+        self._enter_phase(_Phase.READY)
         self._handshakes += 1
         self._last_error = None
         self.ready.set()
@@ -526,7 +527,7 @@ class FirmwareBridge:
             self._mismatch_error = error
             self._last_error = error
             was_ready = self._phase is _Phase.READY
-            self._phase = _Phase.MISMATCH
+            self._enter_phase(_Phase.MISMATCH)
             self._sender.clear()
             self._pending_names.clear()
             if was_ready:
@@ -575,7 +576,7 @@ class FirmwareBridge:
             self._hello_acked = True
             self._advance_handshake(now_ms)
         elif ack.seq == self._configure_seq and self._phase is _Phase.CONFIGURE:
-            self._phase = _Phase.CHECKSUM
+            self._enter_phase(_Phase.CHECKSUM)
         elif name is not None:
             _LOG.debug("%s (seq %d) acknowledged", name, ack.seq)
 
@@ -592,7 +593,7 @@ class FirmwareBridge:
             and nak.reason in (NakReason.REFUSED_IN_STATE, NakReason.BELT_MOVING)
         ):
             _LOG.warning("%s: CONFIGURE again once the firmware is IDLE", text)
-            self._phase = _Phase.WAIT_IDLE
+            self._enter_phase(_Phase.WAIT_IDLE)
             return
         if pending and nak.seq == self._configure_seq and self._phase is _Phase.CONFIGURE:
             limits = self._limits

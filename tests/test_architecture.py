@@ -52,6 +52,7 @@ CODEC = frozenset(
         "firmware_bridge.codec",
         "firmware_bridge.messages",
         "firmware_bridge.link",
+        "firmware_bridge.link_phases",
         "controller.errors",
     }
 )
@@ -67,6 +68,7 @@ PURE_MODULES: dict[str, frozenset[str]] = {
     "firmware_bridge/codec.py": CODEC,
     "firmware_bridge/messages.py": CODEC,
     "firmware_bridge/link.py": CODEC,
+    "firmware_bridge/link_phases.py": CODEC,
 }
 
 
