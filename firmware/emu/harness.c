@@ -17,7 +17,8 @@
  *     and the key circuit closed;
  *   - feeds one falling edge per mm_per_pulse of belt travel to PD2/INT0;
  *   - drives PD3 (the key and e-stop circuit: LOW closed, HIGH open);
- *   - times the ISR-busy pin PB0 (worst-case time in interrupts, in cycles);
+ *   - times the ISR-busy pin PB0 (worst-case time in interrupts, in cycles) and the main
+ *     loop's passes (the gap between two WDR instructions: the loop alone feeds the watchdog);
  *   - stamps in emulated time when ESTOP and SET_SPEED frames arrive, when the PWM duty
  *     starts to fall and reaches 0 and when PD7 drops, so that the reaction times can be
  *     measured in emulated time;
@@ -49,6 +50,7 @@
 
 #include "avr_ioport.h"
 #include "avr_uart.h"
+#include "avr_watchdog.h"
 #include "sim_avr.h"
 #include "sim_cycle_timers.h"
 #include "sim_elf.h"
@@ -209,6 +211,7 @@ typedef struct {
     bool motor_enabled;
     bool isr_busy;
     uint64_t isr_start, isr_max_cycles, isr_count, isr_total_cycles;
+    uint64_t wdr_last, loop_max_cycles, wdr_count; /* main-loop passes, by the WDR instruction */
 
     /* drive */
     double duty;                   /* 0..1 as the timer outputs it */
@@ -230,6 +233,8 @@ typedef struct {
     /* snoop + stamps (emulated microseconds since start; 0 = never) */
     snoop_t snoop_rx, snoop_tx;
     uint64_t t_estop_us, t_set_speed_us, t_duty_drop_us, t_duty_zero_us, t_enable_off_us;
+    uint64_t t_belt_rest_us;       /* the belt model came to rest (<= 0.1 km/h) */
+    bool belt_moving;
     uint32_t last_lease_ms;
     double last_set_speed_kmh;
     uint64_t status_frames, t_last_status_us, status_gap_max_us;
@@ -355,6 +360,24 @@ static void on_enable_pin(struct avr_irq_t *irq, uint32_t value, void *param)
         E.t_enable_off_us = now_us();
 }
 
+/* The firmware feeds the watchdog once per main-loop pass and nowhere else (FW-12): the
+ * gap between two WDR instructions is one pass. A probe module sees every ioctl first and
+ * lets it through to the watchdog. */
+static int probe_ioctl(struct avr_io_t *io, uint32_t ctl, void *param)
+{
+    (void)io; (void)param;
+    if (ctl == AVR_IOCTL_WATCHDOG_RESET) {
+        uint64_t c = now_cycles();
+        if (E.wdr_count && c - E.wdr_last > E.loop_max_cycles)
+            E.loop_max_cycles = c - E.wdr_last;
+        E.wdr_last = c;
+        E.wdr_count++;
+    }
+    return -1;
+}
+
+static avr_io_t g_probe = {.kind = "treadmill-probe", .ioctl = probe_ioctl};
+
 /* ---------------------------------------------------------------- belt and sensor */
 
 static bool motor_powered(void) { return belt_motor_powered(&E.belt); }
@@ -395,6 +418,10 @@ static avr_cycle_count_t belt_step(struct avr_t *avr, avr_cycle_count_t when, vo
     belt_set_drive(&E.belt, E.duty, E.motor_enabled);
     belt_set_key(&E.belt, E.key_closed);
     belt_advance(&E.belt, now_us() + BELT_STEP_CYCLES / (CPU_HZ / 1000000u), on_belt_pulse, NULL);
+    bool moving = belt_speed_kmh(&E.belt) > STANDSTILL_KMH;
+    if (E.belt_moving && !moving)
+        E.t_belt_rest_us = now_us() + BELT_STEP_CYCLES / (CPU_HZ / 1000000u);
+    E.belt_moving = moving;
     return when + BELT_STEP_CYCLES;
 }
 
@@ -487,6 +514,7 @@ static void on_mcu_reset(struct avr_t *avr)
     E.uart_xoff = false;
     E.belt_pin_low = false;
     E.status_frames = 0;
+    E.wdr_count = 0;            /* the boot's first pass is not a gap */
     E.timers_lost = true;
 }
 
@@ -584,9 +612,10 @@ static void status_line(void)
     reply("OK status state=%s fault=%s belt_kmh=%.3f measured_kmh=%.2f duty_pct=%.2f "
           "motor_enabled=%d motor_powered=%d key=%s cable=%s boot=%u emu_us=%llu "
           "pulses=%llu isr_max_cycles=%llu isr_max_us=%llu.%02llu isr_count=%llu "
+          "loop_max_us=%llu loop_passes=%llu "
           "status_frames=%llu status_gap_max_us=%llu "
           "t_estop_us=%llu t_set_speed_us=%llu lease_ms=%u set_speed_kmh=%.2f "
-          "t_duty_drop_us=%llu t_duty_zero_us=%llu t_enable_off_us=%llu "
+          "t_duty_drop_us=%llu t_duty_zero_us=%llu t_enable_off_us=%llu t_belt_rest_us=%llu "
           "behind_max_us=%llu rx_backlog=%zu uart_xoff=%d rx_dropped=%llu tx_dropped=%llu",
           (E.fw_state >= 0 && E.fw_state <= 4) ? STATE_NAMES[E.fw_state] : "unknown",
           (E.fw_fault >= 0 && E.fw_fault <= 11) ? FAULT_NAMES[E.fw_fault] : "unknown",
@@ -595,11 +624,14 @@ static void status_line(void)
           E.master_fd >= 0 ? "in" : "out", E.resets, (unsigned long long)now_us(),
           (unsigned long long)E.pulses, (unsigned long long)E.isr_max_cycles,
           (unsigned long long)(isr_us100 / 100u), (unsigned long long)(isr_us100 % 100u),
-          (unsigned long long)E.isr_count, (unsigned long long)E.status_frames,
+          (unsigned long long)E.isr_count,
+          (unsigned long long)(E.loop_max_cycles / (CPU_HZ / 1000000u)),
+          (unsigned long long)E.wdr_count, (unsigned long long)E.status_frames,
           (unsigned long long)E.status_gap_max_us, (unsigned long long)E.t_estop_us,
           (unsigned long long)E.t_set_speed_us, E.last_lease_ms, E.last_set_speed_kmh,
           (unsigned long long)E.t_duty_drop_us, (unsigned long long)E.t_duty_zero_us,
-          (unsigned long long)E.t_enable_off_us, (unsigned long long)E.behind_max_us,
+          (unsigned long long)E.t_enable_off_us, (unsigned long long)E.t_belt_rest_us,
+          (unsigned long long)E.behind_max_us,
           E.rx.len, E.uart_xoff ? 1 : 0, (unsigned long long)E.rx_dropped, (unsigned long long)E.tx_dropped);
 }
 
@@ -810,6 +842,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof timer_regs / sizeof timer_regs[0]; i++)
         avr_register_io_write(E.avr, timer_regs[i], on_timer_reg_write, NULL);
 
+    avr_register_io(E.avr, &g_probe);
     E.mcu_reset = E.avr->reset;
     E.avr->reset = on_mcu_reset;
     belt_params_t params;
