@@ -39,7 +39,9 @@ from typing import Final
 
 from controller import transitions
 from controller.model import (
+    BeltSensorReading,
     Button,
+    ChannelConfig,
     CoreState,
     Decision,
     EStop,
@@ -123,6 +125,15 @@ FAULT_ADVICE: Final[Mapping[FaultCode, str]] = {
         "sends them again, then press RESET"
     ),
     FaultCode.INTERNAL: "Internal controller error: read the log, then restart the service",
+    FaultCode.CHANNELS_DISAGREE: (
+        "Step off the belt. Check both belt speed sensors (the motor controller's and the "
+        "Pi's), their magnets and wiring, and the belt for slip; then press RESET with the "
+        "belt at rest"
+    ),
+    FaultCode.BELT_SENSOR: (
+        "Check the Pi's belt sensor input (belt_sensor in the config) and its wiring, then "
+        "press RESET"
+    ),
 }
 """What the user must do to clear each fault (shown in every fault event; no final full stop)."""
 
@@ -196,6 +207,50 @@ def at_rest(state: CoreState, fresh: FirmwareStatus | None, config: SafetyConfig
         and fresh is not None
         and belt_at_rest(fresh, config)
     )
+
+
+def second_channel_at_rest(inputs: Inputs, config: SafetyConfig) -> bool:
+    """With a second speed channel, it too reads the belt at or below ``standstill_kmh``
+    (SR-CHAN-4); always True without one. A missing or invalid reading is not rest."""
+    if config.second_channel is None:
+        return True
+    reading = inputs.belt_sensor
+    return (
+        reading is not None
+        and _reading_valid(reading)
+        and reading.speed_kmh <= config.standstill_kmh
+    )
+
+
+def _reading_valid(reading: BeltSensorReading) -> bool:
+    return math.isfinite(reading.speed_kmh) and reading.speed_kmh >= 0.0
+
+
+def _belt_sensor_text(inputs: Inputs) -> str:
+    reading = inputs.belt_sensor
+    if reading is None:
+        return "no reading"
+    return f"{reading.speed_kmh:.2f} km/h"
+
+
+def channel_speeds_kmh(
+    fresh: FirmwareStatus | None, inputs: Inputs, config: SafetyConfig
+) -> tuple[float | None, float | None]:
+    """The higher and the lower of the usable belt speed readings (SR-CHAN-3).
+
+    The firmware's reading counts when its status is fresh and valid; the Pi's belt sensor
+    when a second channel is configured and its reading is valid. ``(None, None)`` when no
+    reading is usable; both equal with one usable channel.
+    """
+    speeds: list[float] = []
+    if fresh is not None:
+        speeds.append(fresh.measured_kmh)
+    reading = inputs.belt_sensor
+    if config.second_channel is not None and reading is not None and _reading_valid(reading):
+        speeds.append(reading.speed_kmh)
+    if not speeds:
+        return None, None
+    return max(speeds), min(speeds)
 
 
 def effective_stage_cap(state: CoreState, inputs: Inputs, config: SafetyConfig) -> int:
@@ -310,6 +365,11 @@ def _rest_blockers(inputs: Inputs, config: SafetyConfig, now_ms: int) -> list[st
             f"{firmware.commanded_kmh:.2f} km/h set in the motor controller): "
             "wait until it stands still"
         )
+    elif not second_channel_at_rest(inputs, config):
+        problems.append(
+            f"the Pi's belt sensor still sees the belt moving ({_belt_sensor_text(inputs)}): "
+            "wait until it stands still"
+        )
     if firmware.config_checksum != firmware.expected_config_checksum:
         problems.append(
             f"the motor controller's configuration checksum 0x{firmware.config_checksum:08x} "
@@ -365,10 +425,12 @@ def decide(state: CoreState, inputs: Inputs, config: SafetyConfig, now_ms: int) 
         now_ms=now_ms,
         fresh=inputs.firmware if status_problem(inputs.firmware, config, now_ms) is None else None,
     )
+    step.high_kmh, step.low_kmh = channel_speeds_kmh(step.fresh, inputs, config)
     _apply_stage_caps(step, "stage cap lowered")
     _track_grip_sensor(step)
     _check_emergencies(step)
     _check_link_and_firmware(step)
+    _check_channels(step)
     _check_following(step)
     _check_grip(step)
     _continue_reset(step)
@@ -425,6 +487,8 @@ class _Step(_Record):
     inputs: Inputs
     config: SafetyConfig
     fresh: FirmwareStatus | None  # the firmware status when usable for a speed reading
+    high_kmh: float | None = None  # the higher usable belt speed reading (SR-CHAN-3)
+    low_kmh: float | None = None  # the lower one (equal to high_kmh with one channel)
     clear_firmware_fault: bool = False
     stop_requested: bool = False
     reset_done: bool = False
@@ -671,15 +735,15 @@ def _emergency_input(inputs: Inputs) -> bool:
 
 def _check_overspeed(step: _Step) -> None:
     """Measured above max(limit, commanded) + margin for > overspeed_ms: EStop (SR-PLAUS-1)."""
-    fresh = step.fresh
+    measured_kmh = step.high_kmh
     state = step.state
     config = step.config
-    if fresh is None:
+    if measured_kmh is None:
         step.state = replace(step.state, overspeed_since_ms=None)
         return
     reference_kmh = max(stage_limit_kmh(stage_config(state, config), config), state.commanded_kmh)
     margin_kmh = max(config.overspeed_abs_kmh, config.overspeed_rel * reference_kmh)
-    if fresh.measured_kmh <= reference_kmh + margin_kmh:
+    if measured_kmh <= reference_kmh + margin_kmh:
         step.state = replace(step.state, overspeed_since_ms=None)
         return
     since_ms = state.overspeed_since_ms if state.overspeed_since_ms is not None else step.now_ms
@@ -690,20 +754,21 @@ def _check_overspeed(step: _Step) -> None:
             step,
             FaultCode.OVERSPEED,
             StopKind.EMERGENCY,
-            f"Belt measured at {fresh.measured_kmh:.2f} km/h for {lasted_ms} ms, above the "
-            f"allowed {reference_kmh:.2f} km/h + {margin_kmh:.2f} km/h margin",
+            f"Belt measured at {measured_kmh:.2f} km/h{_source(step, measured_kmh)} for "
+            f"{lasted_ms} ms, above the allowed {reference_kmh:.2f} km/h + {margin_kmh:.2f} "
+            "km/h margin",
         )
 
 
 def _check_moving_at_rest(step: _Step) -> None:
     """Belt moving while it should stand still for > moving_at_rest_ms: EStop (SR-PLAUS-3)."""
-    fresh = step.fresh
+    measured_kmh = step.high_kmh
     state = step.state
     config = step.config
     should_rest = state.mode is Mode.IDLE or (
         state.mode is Mode.FAULTED and state.fault_rest_reached
     )
-    if fresh is None or not should_rest or fresh.measured_kmh <= config.standstill_kmh:
+    if measured_kmh is None or not should_rest or measured_kmh <= config.standstill_kmh:
         step.state = replace(step.state, moving_at_rest_since_ms=None)
         return
     since_ms = (
@@ -718,8 +783,8 @@ def _check_moving_at_rest(step: _Step) -> None:
             step,
             FaultCode.MOVING_AT_REST,
             StopKind.EMERGENCY,
-            f"Belt measured moving at {fresh.measured_kmh:.2f} km/h for {lasted_ms} ms while "
-            f"it should stand still ({state.mode.value})",
+            f"Belt measured moving at {measured_kmh:.2f} km/h{_source(step, measured_kmh)} "
+            f"for {lasted_ms} ms while it should stand still ({state.mode.value})",
         )
 
 
@@ -817,13 +882,13 @@ def _check_following(step: _Step) -> None:
     else:
         lag_kmh = _ramp_rate_kmh_s(state, config) * config.follow_lag_ms / 1000.0
         tolerance_kmh = max(config.follow_tol_kmh, config.follow_rel * expected_kmh) + lag_kmh
-    deviation_kmh = fresh.measured_kmh - expected_kmh
-    too_fast = deviation_kmh > tolerance_kmh
+    # Too fast is judged on the higher channel, too slow on the lower (SR-CHAN-3).
+    high_kmh = fresh.measured_kmh if step.high_kmh is None else step.high_kmh
+    low_kmh = fresh.measured_kmh if step.low_kmh is None else step.low_kmh
+    too_fast = high_kmh - expected_kmh > tolerance_kmh
     # A belt at rest while clearly commanded to move is stalled, even below the tolerance.
-    stalled = (
-        expected_kmh > 2.0 * config.standstill_kmh and fresh.measured_kmh <= config.standstill_kmh
-    )
-    too_slow = state.mode is Mode.RUNNING and (-deviation_kmh > tolerance_kmh or stalled)
+    stalled = expected_kmh > 2.0 * config.standstill_kmh and low_kmh <= config.standstill_kmh
+    too_slow = state.mode is Mode.RUNNING and (expected_kmh - low_kmh > tolerance_kmh or stalled)
     if not (too_fast or too_slow):
         step.state = replace(step.state, follow_since_ms=None)
         return
@@ -832,7 +897,8 @@ def _check_following(step: _Step) -> None:
     lasted_ms = step.now_ms - since_ms
     if lasted_ms <= config.follow_ms:
         return
-    seen = f"Belt measured at {fresh.measured_kmh:.2f} km/h for {lasted_ms} ms, "
+    shown_kmh = high_kmh if too_fast else low_kmh
+    seen = f"Belt measured at {shown_kmh:.2f} km/h{_source(step, shown_kmh)} for {lasted_ms} ms, "
     if too_fast:
         seen += f"above the expected {expected_kmh:.2f} km/h by more than {tolerance_kmh:.2f} km/h"
     else:
@@ -846,6 +912,72 @@ def _check_following(step: _Step) -> None:
         StopKind.EMERGENCY if too_fast else StopKind.CONTROLLED,
         seen,
     )
+
+
+def _source(step: _Step, speed_kmh: float) -> str:
+    """`` (Pi belt sensor)`` when ``speed_kmh`` is the second channel's reading and not the
+    firmware's; empty otherwise, so single-channel messages read as before."""
+    fresh = step.fresh
+    if fresh is None or fresh.measured_kmh != speed_kmh:
+        return " (Pi belt sensor)"
+    return ""
+
+
+def channel_tolerance_kmh(
+    state: CoreState, config: SafetyConfig, channel: ChannelConfig, high_kmh: float
+) -> float:
+    """How far the two speed channels may differ now (SR-CHAN-2): max(abs, rel x the higher
+    reading) plus the present ramp rate x the lag allowed between the channels."""
+    lag_kmh = _ramp_rate_kmh_s(state, config) * channel.agree_lag_ms / 1000.0
+    return max(channel.agree_abs_kmh, channel.agree_rel * high_kmh) + lag_kmh
+
+
+def _check_channels(step: _Step) -> None:
+    """The firmware's speed reading and the Pi's own belt sensor (SR-CHAN-1, SR-CHAN-2).
+
+    A configured second channel without a valid reading latches ``belt_sensor`` (controlled
+    stop); two usable readings further apart than the tolerance for longer than
+    ``disagree_ms`` latch ``channels_disagree`` with an emergency stop. Watched in every mode.
+    """
+    config = step.config
+    channel = config.second_channel
+    if channel is None:
+        return
+    reading = step.inputs.belt_sensor
+    if reading is None or not _reading_valid(reading):
+        shown = "no reading" if reading is None else f"{reading.speed_kmh!r} km/h"
+        _latch(
+            step,
+            FaultCode.BELT_SENSOR,
+            StopKind.CONTROLLED,
+            f"The Pi's belt sensor gave {shown}, not a valid speed reading",
+        )
+        step.state = replace(step.state, disagree_since_ms=None)
+        return
+    fresh = step.fresh
+    state = step.state
+    if fresh is None:
+        step.state = replace(step.state, disagree_since_ms=None)
+        return
+    firmware_kmh = fresh.measured_kmh
+    sensor_kmh = reading.speed_kmh
+    high_kmh = max(firmware_kmh, sensor_kmh)
+    tolerance_kmh = channel_tolerance_kmh(state, config, channel, high_kmh)
+    if abs(firmware_kmh - sensor_kmh) <= tolerance_kmh:
+        step.state = replace(step.state, disagree_since_ms=None)
+        return
+    since_ms = state.disagree_since_ms if state.disagree_since_ms is not None else step.now_ms
+    step.state = replace(step.state, disagree_since_ms=since_ms)
+    lasted_ms = step.now_ms - since_ms
+    if lasted_ms > channel.disagree_ms:
+        _latch(
+            step,
+            FaultCode.CHANNELS_DISAGREE,
+            StopKind.EMERGENCY,
+            f"The belt speed channels disagree for {lasted_ms} ms: the motor controller reads "
+            f"{firmware_kmh:.2f} km/h, the Pi's belt sensor {sensor_kmh:.2f} km/h (allowed "
+            f"difference {tolerance_kmh:.2f} km/h)",
+        )
 
 
 def _check_grip(step: _Step) -> None:
@@ -1211,7 +1343,11 @@ def _settle(step: _Step) -> None:
     fresh = step.fresh
     state = step.state
     config = step.config
-    if fresh is None or not belt_at_rest(fresh, config):
+    if (
+        fresh is None
+        or not belt_at_rest(fresh, config)
+        or not second_channel_at_rest(step.inputs, config)
+    ):
         return
     if state.mode is Mode.STOPPING:
         stage = stage_config(state, config)

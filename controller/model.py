@@ -45,6 +45,21 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class ChannelConfig:
+    """The second, independent belt-speed channel (the Pi's own sensor) and how the two
+    channels must agree (SR-CHAN-*). Absent (``SafetyConfig.second_channel is None``) when no
+    second sensor is fitted: the SR-CHAN rules are then off."""
+
+    agree_abs_kmh: float = 0.4  # channels agree within max(abs, rel * the higher reading) ...
+    agree_rel: float = 0.10
+    agree_lag_ms: int = 500  # ... plus ramp rate * lag (the channels lag differently)
+    disagree_ms: int = 1000  # disagreement for longer than this: EStop, latch
+    distance_per_pulse_mm: float = 62.7  # the sensor's resolution (for the config rules)
+    debounce_ms: float = 2.0  # edges closer than this to the last one are bounce
+    stale_ms: int = 1000  # no pulse for this long: the sensor reads 0 (at rest or silent)
+
+
+@dataclass(frozen=True)
 class SafetyConfig:
     """Every number the safety core decides with. Validated at load (see controller.config)."""
 
@@ -70,6 +85,7 @@ class SafetyConfig:
     # Firmware fault codes (FwFault in firmware_bridge.messages) answered with ESTOP rather than
     # STOP: 5 safety key open, 6 ESTOP, 10 overspeed.
     firmware_emergency_fault_codes: frozenset[int] = frozenset({5, 6, 10})
+    second_channel: ChannelConfig | None = None  # the Pi's own belt sensor (SR-CHAN-*)
 
 
 # --------------------------------------------------------------------------
@@ -100,6 +116,20 @@ class FirmwareStatus:
     config_checksum: int  # echoed from CONFIGURE
     expected_config_checksum: int  # what the bridge sent in CONFIGURE
     boot_id: int  # from HELLO; changes only when the firmware reboots
+
+
+@dataclass(frozen=True)
+class BeltSensorReading:
+    """The Pi's own belt sensor (second speed channel), read at this tick.
+
+    ``speed_kmh`` is distance per pulse over the last pulse period, bounded by distance per
+    pulse over the time since the last pulse (the belt cannot have been faster than that);
+    0 once no pulse has come for the sensor's stale time.
+    """
+
+    speed_kmh: float
+    pulses: int  # accepted pulses since the sensor was opened
+    since_pulse_ms: int | None  # time since the last accepted pulse; None: none yet
 
 
 class Button(StrEnum):
@@ -179,6 +209,7 @@ class Inputs:
     local: tuple[LocalCommand, ...] = ()
     remote: tuple[RemoteCommand, ...] = ()
     stage_cap: int = 1  # highest stage the training program allows for this session
+    belt_sensor: BeltSensorReading | None = None  # second speed channel, when fitted
 
 
 # --------------------------------------------------------------------------
@@ -205,6 +236,8 @@ class FaultCode(StrEnum):
     FIRMWARE_FAULT = "firmware_fault"
     FIRMWARE_REBOOT = "firmware_reboot"
     CONFIG_MISMATCH = "config_mismatch"
+    CHANNELS_DISAGREE = "channels_disagree"
+    BELT_SENSOR = "belt_sensor"
     INTERNAL = "internal"
 
 
@@ -285,6 +318,7 @@ class CoreState:
     fault_rest_reached: bool = False  # FAULTED and the belt has been seen at rest since
     secondary_faults: tuple[FaultCode, ...] = ()  # further faults seen while already FAULTED
     reset_armed_ms: int | None = None  # a RESET sent CLEAR_FAULT and waits (SR-RESET-3)
+    disagree_since_ms: int | None = None  # the speed channels disagree since (SR-CHAN-2)
 
 
 @dataclass(frozen=True)
