@@ -61,6 +61,15 @@ def summary(config: AppConfig, source: str) -> str:
         f"on, log {Path(config.state_dir) / training.db_file}" if training.enabled else "off"
     )
     inputs = config.gpio.inputs.items()
+    sensor = config.belt_sensor
+    if sensor is None:
+        sensor_text = "none: one speed channel (verify-config lists the uncovered double faults)"
+    else:
+        sensor_text = (
+            f"BCM {sensor.pin}, {_num(sensor.distance_per_pulse_mm)} mm a pulse, agree within "
+            f"{_num(sensor.agree.abs_kmh)} km/h / {sensor.agree.rel:.0%} for "
+            f"{sensor.agree.duration_ms} ms"
+        )
     lines = [
         f"{source}: OK",
         f"  treadmill   {config.treadmill.id} ({config.treadmill.name})",
@@ -72,6 +81,7 @@ def summary(config: AppConfig, source: str) -> str:
         f"{_num(control.stop_decel_kmh_s)} km/h/s, shutdown wait {control.shutdown_timeout_s:g} s",
         f"  gpio        {config.gpio.pin_factory}, {len(inputs)} inputs "
         f"({', '.join(f'{name}={wiring.pin}' for name, wiring in inputs)})",
+        f"  belt sensor {sensor_text}",
         f"  mqtt        {mqtt_text}",
         f"  training    {training_text}",
         "",

@@ -55,7 +55,7 @@ from controller.config_rules import (
     check_safety_config,
 )
 from controller.errors import ConfigError, ConfigIssue, CredentialsError
-from controller.model import GripLossAction, SafetyConfig, StageConfig
+from controller.model import ChannelConfig, GripLossAction, SafetyConfig, StageConfig
 from controller.schema_errors import model_of as _model_of
 from controller.schema_errors import number_text as _number
 from controller.schema_errors import schema_issue
@@ -442,6 +442,59 @@ class GpioSection(_Section):
         return value
 
 
+class BeltSensorAgree(_Section):
+    """How closely the two belt speed channels must agree (SR-CHAN-2)."""
+
+    abs_kmh: Annotated[float, Range(0.1, 2.0, "km/h")] = Field(
+        default=0.4, description="Allowed difference: max(abs_kmh, rel x the higher reading)..."
+    )
+    rel: Annotated[float, Range(0.0, 0.5)] = Field(
+        default=0.10, description="...relative part (fraction of the higher reading)"
+    )
+    lag_ms: Annotated[int, Range(0, 2000, "ms")] = Field(
+        default=500, description="...plus ramp rate x lag_ms (the channels lag differently)"
+    )
+    duration_ms: Annotated[int, Range(100, 3000, "ms")] = Field(
+        default=1000, description="Disagreement for longer than this: emergency stop, latched"
+    )
+
+
+class BeltSensorSection(_Section):
+    """The Pi's own belt sensor (reed, hall or optical on a roller): a second speed channel,
+    independent of the motor controller's sensor. Leave the section out when none is fitted
+    (``treadmill verify-config`` then lists the double faults left uncovered)."""
+
+    pin: Annotated[int, Range(2, 27)] = Field(description="BCM GPIO number of the sensor output")
+    active: Literal["high", "low"] = Field(
+        description="Level while a magnet (or mark) passes: a pulse starts at this edge"
+    )
+    pull: Literal["up", "down", "none"] = Field(
+        description="Internal pull resistor (up for an open-collector hall sensor or a reed)"
+    )
+    distance_per_pulse_mm: Annotated[float, Range(5.0, 1000.0, "mm")] = Field(
+        description="Belt travel per pulse: roller circumference / magnets (e.g. 250.9 / 4)"
+    )
+    debounce_ms: Annotated[float, Range(0.0, 20.0, "ms")] = Field(
+        default=2.0, description="A pulse closer than this to the last one is contact bounce"
+    )
+    stale_ms: Annotated[int, Range(100, 3000, "ms")] = Field(
+        default=1000, description="No pulse for this long: the sensor reads 0 km/h"
+    )
+    agree: BeltSensorAgree = Field(default_factory=BeltSensorAgree)
+
+    def channel(self) -> ChannelConfig:
+        """The core's view of this sensor (SR-CHAN-*)."""
+        return ChannelConfig(
+            agree_abs_kmh=self.agree.abs_kmh,
+            agree_rel=self.agree.rel,
+            agree_lag_ms=self.agree.lag_ms,
+            disagree_ms=self.agree.duration_ms,
+            distance_per_pulse_mm=self.distance_per_pulse_mm,
+            debounce_ms=self.debounce_ms,
+            stale_ms=self.stale_ms,
+        )
+
+
 class StageGrip(_Section):
     """The grip interlock of one stage."""
 
@@ -603,6 +656,9 @@ class AppConfig(_Section):
     control: ControlSection = Field(default_factory=ControlSection)
     grip_sensor: GripSensorSection = Field(default_factory=GripSensorSection)
     gpio: GpioSection
+    belt_sensor: BeltSensorSection | None = Field(
+        default=None, description="The Pi's own belt sensor (second speed channel); optional"
+    )
     stages: tuple[StageSection, ...] = Field(
         strict=False,  # a YAML list becomes a tuple: the config stays immutable
         min_length=1,
@@ -664,6 +720,7 @@ class AppConfig(_Section):
             grip_chatter_window_ms=grip.chatter_window_ms,
             grip_stuck_window_ms=grip.stuck_window_ms,
             max_grip_grace_ms=grip.max_grace_ms,
+            second_channel=self.belt_sensor.channel() if self.belt_sensor is not None else None,
         )
 
     @property
@@ -702,6 +759,18 @@ SAFETY_TO_YAML: dict[str, KeyPath] = {
     "grip_chatter_window_ms": ("grip_sensor", "chatter_window_ms"),
     "grip_stuck_window_ms": ("grip_sensor", "stuck_window_ms"),
     "max_grip_grace_ms": ("grip_sensor", "max_grace_ms"),
+    "second_channel": ("belt_sensor",),
+}
+
+#: Where each :class:`~controller.model.ChannelConfig` field is written under ``belt_sensor``.
+CHANNEL_TO_YAML: dict[str, KeyPath] = {
+    "agree_abs_kmh": ("agree", "abs_kmh"),
+    "agree_rel": ("agree", "rel"),
+    "agree_lag_ms": ("agree", "lag_ms"),
+    "disagree_ms": ("agree", "duration_ms"),
+    "distance_per_pulse_mm": ("distance_per_pulse_mm",),
+    "debounce_ms": ("debounce_ms",),
+    "stale_ms": ("stale_ms",),
 }
 
 #: Where each :class:`~controller.model.StageConfig` field is written inside a stage entry.
@@ -744,6 +813,8 @@ def yaml_key_path(safety_key_path: str) -> KeyPath:
         if rest and isinstance(rest[0], str) and rest[0] in STAGE_TO_YAML:
             return ("stages", parts[1], *STAGE_TO_YAML[rest[0]], *rest[1:])
         return parts
+    if head == "second_channel" and len(parts) == 2 and parts[1] in CHANNEL_TO_YAML:
+        return ("belt_sensor", *CHANNEL_TO_YAML[str(parts[1])])
     if isinstance(head, str) and head in SAFETY_TO_YAML:
         return (*SAFETY_TO_YAML[head], *parts[1:])
     return parts
@@ -851,6 +922,21 @@ def _wiring_problems(config: AppConfig) -> list[Problem]:
                     f"BCM {wiring.pin} is the UART {'TXD' if wiring.pin == 14 else 'RXD'} "
                     f"used by serial.port {config.serial.port}: choose another pin",
                 )
+            )
+    sensor = config.belt_sensor
+    if sensor is not None:
+        where = ("belt_sensor", "pin")
+        if sensor.pin in used:
+            problems.append(
+                (
+                    where,
+                    f"BCM {sensor.pin} is already used by gpio.inputs.{used[sensor.pin]}: the "
+                    "belt sensor needs its own pin",
+                )
+            )
+        if uart and sensor.pin in (14, 15):
+            problems.append(
+                (where, f"BCM {sensor.pin} is the UART used by serial.port: choose another pin")
             )
     if config.gpio.mock_socket is not None and config.gpio.pin_factory != "mock":
         problems.append(

@@ -7,7 +7,7 @@ range or what to do. The loader (controller.config) maps the key path to the fil
 line and refuses to start on any problem (rule SR-CONFIG-1 in docs/safety.md).
 
 Example:
-    >>> from controller.model import GripLossAction, SafetyConfig, StageConfig
+    >>> from controller.model import ChannelConfig, GripLossAction, SafetyConfig, StageConfig
     >>> stage = StageConfig(1, "walk", 2.0, 0.5, 0.2, 0.4, 1, GripLossAction.STOP_LATCH, 300)
     >>> check_safety_config(SafetyConfig(stages=(stage,), machine_max_kmh=16.0))
     []
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from controller.model import GripLossAction, SafetyConfig, StageConfig
+from controller.model import ChannelConfig, GripLossAction, SafetyConfig, StageConfig
 
 MACHINE_MAX_KMH_BOUND: Final = 25.0
 """No treadmill this controller drives is rated above this speed."""
@@ -57,6 +57,7 @@ def check_safety_config(config: SafetyConfig) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     _check_machine(config, problems)
     _check_stages(config, problems)
+    _check_second_channel(config, problems)
     return problems
 
 
@@ -285,5 +286,94 @@ def _check_stage_grip(
                 "must be true: this stage lets the belt run without a hand on the rails "
                 f"(grip_hands_required {stage.grip_hands_required}, on_grip_loss "
                 f"{stage.on_grip_loss.value}), so the safety key cord must be clipped on",
+            )
+        )
+
+
+#: km/h per (mm/ms).
+_KMH_PER_MM_PER_MS: Final = 3.6
+
+
+def pulse_period_ms(channel: ChannelConfig, speed_kmh: float) -> float:
+    """Time between two pulses of the second belt sensor at ``speed_kmh`` (ms)."""
+    return channel.distance_per_pulse_mm * _KMH_PER_MM_PER_MS / speed_kmh
+
+
+def sensor_floor_kmh(channel: ChannelConfig) -> float:
+    """Slowest belt the second sensor still sees: one pulse per ``stale_ms`` (km/h)."""
+    return channel.distance_per_pulse_mm * _KMH_PER_MM_PER_MS / channel.stale_ms
+
+
+def _check_second_channel(config: SafetyConfig, problems: list[ConfigProblem]) -> None:
+    """SR-CONFIG-9: the second speed channel's thresholds, and a sensor fine enough for them.
+
+    * 0.1 <= agree_abs_kmh <= 2; 0 <= agree_rel <= 0.5; 0 <= agree_lag_ms <= 2000;
+      100 <= disagree_ms <= 3000; 5 <= distance_per_pulse_mm <= 1000;
+      0 <= debounce_ms <= 20; 100 <= stale_ms <= 3000;
+    * the slowest belt the sensor sees (one pulse per stale_ms) is within agree_abs_kmh, so a
+      slow belt between two pulses never reads as a disagreement;
+    * at every stage's start speed two pulses (the first reading) come within disagree_ms;
+    * the debounce lets through the pulses of a belt at twice the machine maximum, so a
+      runaway is measured rather than filtered out.
+    """
+    channel = config.second_channel
+    if channel is None:
+        return
+    prefix = "second_channel."
+    ranges: list[ConfigProblem] = []
+    _in_range(ranges, prefix + "agree_abs_kmh", channel.agree_abs_kmh, 0.1, 2.0, unit="km/h")
+    _in_range(ranges, prefix + "agree_rel", channel.agree_rel, 0.0, 0.5, unit="(fraction)")
+    _in_range(ranges, prefix + "agree_lag_ms", channel.agree_lag_ms, 0, 2000, unit="ms")
+    _in_range(ranges, prefix + "disagree_ms", channel.disagree_ms, 100, 3000, unit="ms")
+    _in_range(
+        ranges,
+        prefix + "distance_per_pulse_mm",
+        channel.distance_per_pulse_mm,
+        5.0,
+        1000.0,
+        unit="mm",
+    )
+    _in_range(ranges, prefix + "debounce_ms", channel.debounce_ms, 0.0, 20.0, unit="ms")
+    _in_range(ranges, prefix + "stale_ms", channel.stale_ms, 100, 3000, unit="ms")
+    problems.extend(ranges)
+    if ranges:
+        return
+    floor_kmh = sensor_floor_kmh(channel)
+    if floor_kmh > channel.agree_abs_kmh:
+        problems.append(
+            ConfigProblem(
+                prefix + "stale_ms",
+                f"with {channel.distance_per_pulse_mm:g} mm a pulse and stale_ms "
+                f"{channel.stale_ms}, a belt slower than {floor_kmh:.2f} km/h reads 0, more "
+                f"than agree_abs_kmh {channel.agree_abs_kmh:g}: the channels would disagree on "
+                "a slow belt. Raise stale_ms or agree_abs_kmh, or fit more magnets",
+            )
+        )
+    for index, stage in enumerate(config.stages):
+        if not stage.start_kmh > 0.0:
+            continue  # refused by SR-CONFIG-2 already
+        first_reading_ms = 2.0 * pulse_period_ms(channel, stage.start_kmh)
+        if first_reading_ms > channel.disagree_ms:
+            problems.append(
+                ConfigProblem(
+                    f"stages[{index}].start_kmh",
+                    f"at the start speed {stage.start_kmh:g} km/h the belt sensor "
+                    f"({channel.distance_per_pulse_mm:g} mm a pulse) needs "
+                    f"{first_reading_ms:.0f} ms for its first reading, more than "
+                    f"second_channel.disagree_ms {channel.disagree_ms}: raise the start speed "
+                    "or disagree_ms, or fit more magnets (a smaller distance per pulse)",
+                )
+            )
+    if not 0.0 < config.machine_max_kmh <= MACHINE_MAX_KMH_BOUND:
+        return  # refused by SR-CONFIG-2 already
+    fastest_period_ms = pulse_period_ms(channel, 2.0 * config.machine_max_kmh)
+    if channel.debounce_ms >= fastest_period_ms:
+        problems.append(
+            ConfigProblem(
+                prefix + "debounce_ms",
+                f"debounce {channel.debounce_ms:g} ms would swallow the pulses of a belt at "
+                f"{2.0 * config.machine_max_kmh:g} km/h (twice the machine maximum, a pulse "
+                f"every {fastest_period_ms:.1f} ms): a runaway would not be measured. Use less "
+                "than that",
             )
         )
