@@ -444,7 +444,8 @@ def decide(state: CoreState, inputs: Inputs, config: SafetyConfig, now_ms: int) 
         motion=_motion(step.state, config, previous_kmh),
         clear_firmware_fault=step.clear_firmware_fault,
         events=tuple(step.events),
-        belt_at_rest=at_rest(step.state, step.fresh, config),
+        belt_at_rest=at_rest(step.state, step.fresh, config)
+        and second_channel_at_rest(inputs, config),
         firmware_fresh=firmware_fresh(inputs.firmware, config, now_ms),
     )
 

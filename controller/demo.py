@@ -394,9 +394,8 @@ async def _headless(demo: _Demo, run: asyncio.Task[int], out: TextIO) -> bool:
 
 
 async def _demo(args: argparse.Namespace, interactive: bool, out: TextIO, err: TextIO) -> int:
-    from gpiozero.pins.mock import MockFactory  # noqa: PLC0415
-
     from controller.config import ConfigError, load_config  # noqa: PLC0415
+    from controller.gpio import mock_pin_factory  # noqa: PLC0415
     from controller.service import Service  # noqa: PLC0415
     from firmware_bridge.sim.pty import PtySimulator  # noqa: PLC0415
 
@@ -428,7 +427,7 @@ async def _demo(args: argparse.Namespace, interactive: bool, out: TextIO, err: T
             )
             service = Service(
                 config,
-                pin_factory=MockFactory(),
+                pin_factory=mock_pin_factory(),
                 simulator=simulator,
                 enable_mqtt=broker is not None,
             )

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpiozero import DigitalInputDevice
-from gpiozero.pins.mock import MockFactory
+from gpiozero.pins.mock import MockFactory, MockPin
 
 from controller.errors import GpioError
 from controller.model import Button
@@ -62,6 +62,43 @@ class PanelReading:
     held: frozenset[Button] = frozenset()  # buttons held down right now
 
 
+class TimedMockPin(MockPin):  # type: ignore[misc]  # gpiozero ships no type information
+    """A mock pin that a simulated sensor can drive at a given time on the factory's clock.
+
+    gpiozero's mock pins stamp a change with ``time.monotonic()`` when it is driven; a
+    simulated belt sensor knows when its pulse happened, which may be a few milliseconds
+    before the simulator gets round to driving the pin. :meth:`drive_at` stamps the change
+    with that time, as the kernel stamps a real edge.
+    """
+
+    _stamp_s: float | None = None
+    _KEEP_STATES = 16  # mock pins log every change; keep the log short on a busy sensor
+
+    def _change_state(self, value: Any) -> bool:
+        changed = bool(super()._change_state(value))
+        if changed and self._stamp_s is not None:
+            self._last_change = self._stamp_s
+        return changed
+
+    def drive_at(self, high: bool, at_s: float) -> None:
+        """Drive the input high or low, stamped ``at_s`` seconds (``time.monotonic`` clock)."""
+        self._stamp_s = at_s
+        try:
+            if high:
+                self.drive_high()
+            else:
+                self.drive_low()
+        finally:
+            self._stamp_s = None
+        if len(self.states) > 4 * self._KEEP_STATES:
+            del self.states[: -self._KEEP_STATES]
+
+
+def mock_pin_factory() -> Any:
+    """gpiozero's MockFactory with :class:`TimedMockPin` pins (the demo, tests, scenarios)."""
+    return MockFactory(pin_class=TimedMockPin)
+
+
 def make_pin_factory(name: str) -> Any:
     """Build the gpiozero pin factory named in the config (``lgpio`` or ``mock``).
 
@@ -69,7 +106,7 @@ def make_pin_factory(name: str) -> Any:
     (e.g. lgpio missing, no ``/dev/gpiochip*``).
     """
     if name == "mock":
-        return MockFactory()
+        return mock_pin_factory()
     if name == "lgpio":
         try:
             # Imported lazily: it needs the lgpio C module, present only on a Pi.

@@ -167,6 +167,8 @@ SIM_FAULT_VALUE_PARAMS: Final[Mapping[str, str]] = {
     "drop_frames": "pct",
     "corrupt_bytes": "pct",
     "runaway": "accel_kmh_s",
+    "belt_slip": "pct",
+    "belt_sensor_noisy": "pct",
 }
 STATES: Final[tuple[str, ...]] = tuple(mode.value for mode in Mode)
 FAULT_CODES: Final[tuple[str, ...]] = tuple(code.value for code in FaultCode)
@@ -885,8 +887,7 @@ async def run_scenario(
     Raises :class:`ScenarioRunError` when the service cannot be started; a step that fails
     is recorded in ``errors`` (and fails the result).
     """
-    from gpiozero.pins.mock import MockFactory  # noqa: PLC0415
-
+    from controller.gpio import mock_pin_factory  # noqa: PLC0415
     from controller.model import SelectStage  # noqa: PLC0415
     from controller.service import Service, monotonic_ms  # noqa: PLC0415
     from firmware_bridge.sim.pty import PtySimulator  # noqa: PLC0415
@@ -906,7 +907,7 @@ async def run_scenario(
         )
         service = Service(
             run_config,
-            pin_factory=MockFactory(),
+            pin_factory=mock_pin_factory(),
             simulator=simulator,
             enable_mqtt=False,
             install_signal_handlers=False,

@@ -34,9 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from controller import core, version
+from controller.beltsensor import BeltSensor
 from controller.commands import AssignClient, CommandRejected, ParsedCommand
 from controller.config import AppConfig, ConfigError, load_config, read_mqtt_credentials
-from controller.gpio import InputSpec, PanelInputs, PanelReading, make_pin_factory
+from controller.gpio import (
+    InputSpec,
+    PanelInputs,
+    PanelReading,
+    TimedMockPin,
+    make_pin_factory,
+)
 from controller.model import (
     Button,
     CoreState,
@@ -292,6 +299,7 @@ class Service:
         self.mock_panel: Any | None = None  # a controller.mockpanel.MockPanel with mock pins
 
         self.panel: PanelInputs | None = None
+        self.belt_sensor: BeltSensor | None = None
         self.bridge: FirmwareBridge | None = None
         self.publisher: Any | None = None
         self.training: Any | None = None
@@ -503,6 +511,7 @@ class Service:
             local=tuple(local),
             remote=tuple(remote),
             stage_cap=self._stage_cap,
+            belt_sensor=self.belt_sensor.read() if self.belt_sensor is not None else None,
         )
         decision = core.decide(self.state, inputs, self._safety, now_ms)
         self._carry_out(decision.motion, now_ms)
@@ -915,6 +924,7 @@ class Service:
             clock_ms=self._clock_ms,
         )
         stack.callback(self.panel.close)
+        self._open_belt_sensor(stack, factory)
         if config.gpio.pin_factory == "mock":
             # Mock pins start at their pull level, which for fail-safe wiring means "e-stop
             # pressed, key removed". Put the simulated console in its normal state. The mock
@@ -945,6 +955,38 @@ class Service:
         if self._enable_mqtt:
             self.publisher = MqttPublisher(mqtt_settings(config), on_command=self.on_remote_command)
             self.publisher.set_sources(state=self._mqtt_state, diagnostics=self.diagnostics)
+
+    def _open_belt_sensor(self, stack: contextlib.AsyncExitStack, factory: Any) -> None:
+        """The Pi's own belt sensor, when configured (second speed channel, SR-CHAN-*).
+
+        With the in-process simulator and mock pins, the simulated sensor's pulses drive the
+        sensor's mock pin, stamped with the time each pulse happened.
+        """
+        section = self.config.belt_sensor
+        if section is None:
+            return
+        sensor = BeltSensor(
+            section.pin,
+            pin_factory=factory,
+            active_high=section.active == "high",
+            pull=section.pull,
+            distance_per_pulse_mm=section.distance_per_pulse_mm,
+            debounce_ms=section.debounce_ms,
+            stale_ms=section.stale_ms,
+        )
+        self.belt_sensor = sensor
+        stack.callback(sensor.close)
+        pin = sensor.pin
+        if self.simulator is not None and isinstance(pin, TimedMockPin):
+            active_high = section.active == "high"
+
+            def drive(pulses_ms: list[float]) -> None:
+                for pulse_ms in pulses_ms:
+                    at_s = pulse_ms / 1000.0
+                    pin.drive_at(active_high, at_s)
+                    pin.drive_at(not active_high, at_s + 0.0005)  # a 0.5 ms pulse
+
+            self.simulator.attach_belt_sensor(section.distance_per_pulse_mm, drive)
 
     async def _run_tasks(self) -> None:
         _, bridge = self._parts()

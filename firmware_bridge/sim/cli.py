@@ -16,6 +16,14 @@ and each gets a one-line answer starting with ``OK`` or ``ERR``::
 (the simavr harness ``firmware/build/emu/treadmill-emu``, built on first use), and
 ``--native [BINARY]`` runs the native host build of the firmware's C core. Both speak the same
 stdin commands and print the same ``PTY <path>`` line (docs/firmware.md).
+
+The simulator also models the Pi's own belt sensor (the second speed channel), with its own
+faults, separate from the firmware's sensor: ``inject belt_sensor_frozen``,
+``inject belt_sensor_silent``, ``inject belt_sensor_noisy 20`` (percent jitter and bounce),
+and for both channels ``inject belt_slip 30`` (the belt slips 30 % on the driven roller, where
+the firmware's sensor is) and ``inject sensor_silent`` (the firmware's sensor). Its pulses
+reach a controller that runs the simulator in-process (``serial.port: sim://``, the demo, the
+scenarios); ``status`` shows the speed of its last period as ``belt_sensor_kmh``.
 """
 
 from __future__ import annotations
@@ -145,7 +153,8 @@ def _status_line(sim: PtySimulator) -> str:
         f"motor_enabled={int(fw.motor_enabled)} motor_powered={int(fw.motor_powered)} "
         f"true_kmh={fw.true_speed_kmh:.2f} measured_kmh={fw.measured_kmh:.2f} "
         f"commanded_kmh={fw.commanded_kmh:.2f} key={'closed' if fw.safety_key_closed else 'open'} "
-        f"boot_id={fw.boot_id:#010x} cable={'in' if sim.connected else 'out'} injected={faults}"
+        f"boot_id={fw.boot_id:#010x} cable={'in' if sim.connected else 'out'} "
+        f"belt_sensor_kmh={fw.physics.aux_speed_kmh:.2f} injected={faults}"
     )
 
 

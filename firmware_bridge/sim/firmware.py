@@ -111,6 +111,11 @@ class SimFault(Enum):
     REBOOT = "reboot"  # the firmware resets now (one-shot)
     DISCONNECT = "disconnect"  # the cable is unplugged (PtySimulator only)
     LEASE_IGNORED = "lease_ignored"  # broken firmware: the lease never expires
+    SENSOR_SILENT = "sensor_silent"  # the firmware's speed sensor gives no more pulses
+    BELT_SLIP = "belt_slip"  # the belt slips pct % on the driven roller (firmware's sensor)
+    BELT_SENSOR_FROZEN = "belt_sensor_frozen"  # the Pi's sensor pulses at a fixed period
+    BELT_SENSOR_SILENT = "belt_sensor_silent"  # the Pi's sensor gives no more pulses
+    BELT_SENSOR_NOISY = "belt_sensor_noisy"  # the Pi's sensor: pct % jitter and bounce
 
     @classmethod
     def parse(cls, name: str) -> SimFault:
@@ -124,7 +129,9 @@ class SimFault(Enum):
 
 
 #: Faults that need a percentage.
-_PCT_FAULTS = frozenset({SimFault.DROP_FRAMES, SimFault.CORRUPT_BYTES})
+_PCT_FAULTS = frozenset(
+    {SimFault.DROP_FRAMES, SimFault.CORRUPT_BYTES, SimFault.BELT_SLIP, SimFault.BELT_SENSOR_NOISY}
+)
 
 
 @dataclass(frozen=True)
@@ -348,6 +355,18 @@ class SimFirmware:
             active.add(SimFault.STUCK_SPEED)
         if self._lease_ignored:
             active.add(SimFault.LEASE_IGNORED)
+        physics = self._physics
+        if physics.sensor_silent:
+            active.add(SimFault.SENSOR_SILENT)
+        if physics.slip_frac > 0:
+            active.add(SimFault.BELT_SLIP)
+        aux = {
+            "frozen": SimFault.BELT_SENSOR_FROZEN,
+            "silent": SimFault.BELT_SENSOR_SILENT,
+            "noisy": SimFault.BELT_SENSOR_NOISY,
+        }
+        if physics.aux_fault is not None:
+            active.add(aux[physics.aux_fault])
         return frozenset(active)
 
     @property
@@ -440,8 +459,9 @@ class SimFirmware:
         pct: float | None = None,
         accel_kmh_s: float | None = None,
     ) -> None:
-        """Inject ``fault`` (see :class:`SimFault`). ``pct`` (0..100] for DROP_FRAMES and
-        CORRUPT_BYTES (default 10), ``accel_kmh_s`` for RUNAWAY (default 0.5)."""
+        """Inject ``fault`` (see :class:`SimFault`). ``pct`` (0..100] for DROP_FRAMES,
+        CORRUPT_BYTES, BELT_SLIP (at most 95 % is applied) and BELT_SENSOR_NOISY (default 10),
+        ``accel_kmh_s`` for RUNAWAY (default 0.5)."""
         when = self._now_ms if now_ms is None else now_ms
         if pct is not None and fault not in _PCT_FAULTS:
             raise ValueError(
@@ -464,8 +484,12 @@ class SimFirmware:
                 )
             if fault is SimFault.DROP_FRAMES:
                 self._drop_pct = value
-            else:
+            elif fault is SimFault.CORRUPT_BYTES:
                 self._corrupt_pct = value
+            elif fault is SimFault.BELT_SLIP:
+                self._physics.set_slip(min(value, 95.0) / 100.0)
+            else:
+                self._physics.set_aux_noise(value)
         elif fault is SimFault.SENSOR_FREEZE:
             self._physics.set_sensor_frozen(True)
         elif fault is SimFault.RUNAWAY:
@@ -479,6 +503,12 @@ class SimFirmware:
             self._boot(when, ResetCause.WATCHDOG)
         elif fault is SimFault.LEASE_IGNORED:
             self._lease_ignored = True
+        elif fault is SimFault.SENSOR_SILENT:
+            self._physics.set_sensor_silent(True)
+        elif fault is SimFault.BELT_SENSOR_FROZEN:
+            self._physics.set_aux_fault("frozen")
+        elif fault is SimFault.BELT_SENSOR_SILENT:
+            self._physics.set_aux_fault("silent")
         else:  # SimFault.DISCONNECT
             raise ValueError(
                 "disconnect is a cable fault: use PtySimulator.disconnect() / inject(DISCONNECT)"
@@ -499,6 +529,14 @@ class SimFirmware:
             self._physics.set_stuck(False)
         elif fault is SimFault.LEASE_IGNORED:
             self._lease_ignored = False
+        elif fault is SimFault.SENSOR_SILENT:
+            self._physics.set_sensor_silent(False)
+        elif fault is SimFault.BELT_SLIP:
+            self._physics.set_slip(0.0)
+        elif fault in (SimFault.BELT_SENSOR_FROZEN, SimFault.BELT_SENSOR_SILENT):
+            self._physics.set_aux_fault(None)
+        elif fault is SimFault.BELT_SENSOR_NOISY:
+            self._physics.set_aux_noise(0.0)
         _LOG.info("sim: fault %s cleared", fault.value)
 
     # ------------------------------------------------------------------ boot and shutdown

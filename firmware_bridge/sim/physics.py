@@ -24,6 +24,17 @@ The chain modelled, from the firmware's output to what the firmware reads back:
    that), and after ``stale_factor`` times the last period (at most ``stale_cap_ms``) the
    reading is stale and reads 0.
 
+4. **The Pi's own belt sensor** (a second, independent channel on the other roller): one
+   pulse every ``aux_distance_per_pulse_mm`` of *belt* travel. The pulse times are collected
+   (:meth:`BeltPhysics.take_aux_pulses`) and handed to the controller's GPIO input; the
+   controller computes the speed itself. It has its own faults: *frozen* (pulses keep coming
+   at the period they had, whatever the belt does), *silent* (no more pulses: a cut wire, a
+   lost magnet) and *noisy* (jittered pulses with contact bounce).
+
+A **slipping belt** (:meth:`BeltPhysics.set_slip`) moves slower than the driven roller, on
+which the firmware's sensor sits: the firmware reads the roller, the Pi's sensor the belt.
+The firmware's own sensor can also fall *silent* (:meth:`BeltPhysics.set_sensor_silent`).
+
 The true belt speed (:attr:`BeltPhysics.true_speed_kmh`) and the sensor reading
 (:attr:`BeltPhysics.measured_kmh`) are kept apart so tests can compare them.
 """
@@ -63,6 +74,8 @@ class PhysicsParams:
     stale_factor: float = 3.0  # no pulse for this many periods: reading is stale (0)
     stale_cap_ms: float = 2000.0  # ... but never wait longer than this
     gate_ms: float = 100.0  # the reading averages the pulse periods of this window
+    aux_distance_per_pulse_mm: float = 62.7  # the Pi's sensor: 4 magnets on a 250.9 mm roller
+    aux_pulse_jitter_ms: float = 0.05  # its timestamps: kernel edge stamps, a few us
 
     def __post_init__(self) -> None:
         positive = {
@@ -74,6 +87,7 @@ class PhysicsParams:
             "distance_per_pulse_mm": self.distance_per_pulse_mm,
             "stale_factor": self.stale_factor,
             "stale_cap_ms": self.stale_cap_ms,
+            "aux_distance_per_pulse_mm": self.aux_distance_per_pulse_mm,
         }
         for name, value in positive.items():
             if not value > 0:
@@ -83,6 +97,7 @@ class PhysicsParams:
             "walker_strike_ms": self.walker_strike_ms,
             "pulse_jitter_ms": self.pulse_jitter_ms,
             "noise_kmh": self.noise_kmh,
+            "aux_pulse_jitter_ms": self.aux_pulse_jitter_ms,
         }
         for name, value in non_negative.items():
             if not value >= 0:
@@ -130,6 +145,20 @@ class BeltPhysics:
         self._recent_pulses_ms: deque[float] = deque(maxlen=256)
         self._measured_kmh = 0.0
         self._sensor_quiet = True
+        self._sensor_silent = False
+        self._slip_frac = 0.0
+        self._roller_mm = 0.0  # travel of the driven roller, where the firmware's sensor is
+        # The Pi's sensor has its own random source, so adding it changes nothing else.
+        self._aux_rng = random.Random(0x5EC)  # noqa: S311 - a reproducible simulation
+        self._aux_distance_per_pulse_mm = params.aux_distance_per_pulse_mm
+        self._aux_distance_mm = 0.0
+        self._aux_next_mm = params.aux_distance_per_pulse_mm
+        self._aux_pending: deque[float] = deque(maxlen=4096)  # bounded when nobody reads
+        self._aux_last_ms: float | None = None
+        self._aux_period_ms: float | None = None
+        self._aux_mode: str | None = None  # None, "frozen" or "silent"
+        self._aux_frozen_period_ms: float | None = None
+        self._aux_noise_pct = 0.0
 
     # ---------------------------------------------------------------- inputs
 
@@ -152,6 +181,45 @@ class BeltPhysics:
     def set_sensor_frozen(self, frozen: bool) -> None:
         """Sensor fault: the reading stays at its present value."""
         self._frozen_kmh = self._measured_kmh if frozen else None
+
+    def set_sensor_silent(self, silent: bool) -> None:
+        """The firmware's sensor gives no more pulses (cut wire): its reading falls to 0."""
+        self._sensor_silent = silent
+
+    def set_slip(self, frac: float) -> None:
+        """The belt slips on the driven roller: it moves at (1 - frac) of the roller's speed.
+        The firmware's sensor (on that roller) reads the roller, the Pi's sensor the belt."""
+        if not 0.0 <= frac < 1.0:
+            raise ValueError(f"slip must be in [0, 1), got {frac!r}")
+        self._slip_frac = frac
+
+    def set_aux_distance_per_pulse(self, distance_mm: float) -> None:
+        """Belt travel per pulse of the Pi's sensor (set to the controller's config)."""
+        if not distance_mm > 0:
+            raise ValueError(f"distance per pulse must be > 0, got {distance_mm!r}")
+        self._aux_distance_per_pulse_mm = distance_mm
+        self._aux_next_mm = self._aux_distance_mm + distance_mm
+
+    def set_aux_fault(self, mode: str | None) -> None:
+        """The Pi's sensor: ``"frozen"`` (pulses at the present period whatever the belt
+        does), ``"silent"`` (no pulses), or None (healthy again)."""
+        if mode not in (None, "frozen", "silent"):
+            raise ValueError(f"belt sensor fault must be frozen, silent or None, got {mode!r}")
+        self._aux_mode = mode
+        self._aux_frozen_period_ms = self._aux_period_ms if mode == "frozen" else None
+
+    def set_aux_noise(self, pct: float) -> None:
+        """The Pi's sensor: each pulse jittered by ``pct`` % of its period (standard
+        deviation) and, with ``pct`` % chance, followed by contact bounce 0.3 ms later."""
+        if not 0.0 <= pct <= 100.0:
+            raise ValueError(f"belt sensor noise must be 0..100 %, got {pct!r}")
+        self._aux_noise_pct = pct
+
+    def take_aux_pulses(self) -> list[float]:
+        """Pulse times (ms) of the Pi's sensor since the last call, oldest first."""
+        pulses = list(self._aux_pending)
+        self._aux_pending.clear()
+        return pulses
 
     # ---------------------------------------------------------------- outputs
 
@@ -223,6 +291,29 @@ class BeltPhysics:
     def sensor_frozen(self) -> bool:
         return self._frozen_kmh is not None
 
+    @property
+    def sensor_silent(self) -> bool:
+        return self._sensor_silent
+
+    @property
+    def slip_frac(self) -> float:
+        return self._slip_frac
+
+    @property
+    def aux_fault(self) -> str | None:
+        """The Pi's sensor fault in force: "frozen", "silent", "noisy" or None."""
+        if self._aux_mode is not None:
+            return self._aux_mode
+        return "noisy" if self._aux_noise_pct > 0 else None
+
+    @property
+    def aux_speed_kmh(self) -> float:
+        """Speed shown by the Pi's sensor's last period (for status lines; 0 without one)."""
+        period = self._aux_period_ms
+        if period is None:
+            return 0.0
+        return self._aux_distance_per_pulse_mm * _KMH_PER_MM_PER_MS / period
+
     # ---------------------------------------------------------------- model
 
     def advance(self, now_ms: float) -> None:
@@ -253,8 +344,9 @@ class BeltPhysics:
             else:
                 self._motor_kmh = max(target, self._motor_kmh - step)
 
-        # 2. Belt: first-order lag toward the motor output less the walker's load.
-        drive_kmh = self._motor_kmh * (1.0 - self._walker_dip(end_ms))
+        # 2. Belt: first-order lag toward the motor output less the walker's load (and less
+        # the slip on the driven roller).
+        drive_kmh = self._motor_kmh * (1.0 - self._walker_dip(end_ms)) * (1.0 - self._slip_frac)
         before_kmh = self._belt_kmh
         alpha = 1.0 - math.exp(-dt_ms / p.belt_time_constant_ms)
         after_kmh = before_kmh + (drive_kmh - before_kmh) * alpha
@@ -269,16 +361,63 @@ class BeltPhysics:
         speed_mm_ms_0 = before_kmh / _KMH_PER_MM_PER_MS
         speed_mm_ms_1 = after_kmh / _KMH_PER_MM_PER_MS
         travelled_mm = 0.5 * (speed_mm_ms_0 + speed_mm_ms_1) * dt_ms
-        new_distance_mm = self._distance_mm + travelled_mm
-        while new_distance_mm >= self._next_pulse_mm and travelled_mm > 0:
-            frac = (self._next_pulse_mm - self._distance_mm) / travelled_mm
+        # The firmware's sensor counts the driven roller, which turns faster than a slipping
+        # belt moves.
+        rolled_mm = travelled_mm / (1.0 - self._slip_frac)
+        new_roller_mm = self._roller_mm + rolled_mm
+        while new_roller_mm >= self._next_pulse_mm and rolled_mm > 0:
+            frac = (self._next_pulse_mm - self._roller_mm) / rolled_mm
             pulse_ms = start_ms + frac * dt_ms
             if p.pulse_jitter_ms > 0:
                 pulse_ms += self._rng.gauss(0.0, p.pulse_jitter_ms)
-            self._record_pulse(min(pulse_ms, end_ms))
+            if not self._sensor_silent:
+                self._record_pulse(min(pulse_ms, end_ms))
             self._next_pulse_mm += p.distance_per_pulse_mm
-        self._distance_mm = new_distance_mm
+        self._roller_mm = new_roller_mm
+        self._aux_step(start_ms, dt_ms, travelled_mm)
+        self._distance_mm += travelled_mm
         self._now_ms = end_ms
+
+    def _aux_step(self, start_ms: float, dt_ms: float, travelled_mm: float) -> None:
+        """Pulses of the Pi's own belt sensor within one step (on belt travel)."""
+        end_ms = start_ms + dt_ms
+        if self._aux_mode == "frozen":
+            period = self._aux_frozen_period_ms
+            last = self._aux_last_ms
+            while period is not None and last is not None and last + period <= end_ms:
+                last += period
+                self._aux_pending.append(last)
+            self._aux_last_ms = last
+            self._aux_distance_mm += travelled_mm
+            self._aux_next_mm = self._aux_distance_mm + self._aux_distance_per_pulse_mm
+            return
+        new_mm = self._aux_distance_mm + travelled_mm
+        while new_mm >= self._aux_next_mm and travelled_mm > 0:
+            frac = (self._aux_next_mm - self._aux_distance_mm) / travelled_mm
+            self._aux_pulse(start_ms + frac * dt_ms)
+            self._aux_next_mm += self._aux_distance_per_pulse_mm
+        self._aux_distance_mm = new_mm
+
+    def _aux_pulse(self, pulse_ms: float) -> None:
+        rng = self._aux_rng
+        p = self._params
+        last = self._aux_last_ms
+        if last is not None:
+            self._aux_period_ms = pulse_ms - last
+        self._aux_last_ms = pulse_ms
+        if self._aux_mode == "silent":
+            return
+        stamp_ms = pulse_ms
+        if p.aux_pulse_jitter_ms > 0:
+            stamp_ms += rng.gauss(0.0, p.aux_pulse_jitter_ms)
+        noise = self._aux_noise_pct / 100.0
+        if noise > 0 and self._aux_period_ms is not None:
+            stamp_ms += rng.gauss(0.0, noise * self._aux_period_ms)
+        if self._aux_pending:
+            stamp_ms = max(stamp_ms, self._aux_pending[-1] + 0.1)
+        self._aux_pending.append(stamp_ms)
+        if noise > 0 and rng.random() < noise:
+            self._aux_pending.append(stamp_ms + 0.3)  # contact bounce
 
     def _walker_dip(self, now_ms: float) -> float:
         p = self._params

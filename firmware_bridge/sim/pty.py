@@ -86,6 +86,7 @@ class PtySimulator:
         self._tick_task: asyncio.Task[None] | None = None
         self._tx_dropped_bytes = 0
         self._opened = False
+        self._belt_pulse_sink: Callable[[list[float]], None] | None = None
 
     # ---------------------------------------------------------------- properties
 
@@ -184,6 +185,16 @@ class PtySimulator:
             return
         self._firmware.clear(fault)
 
+    def attach_belt_sensor(
+        self, distance_per_pulse_mm: float, sink: Callable[[list[float]], None]
+    ) -> None:
+        """Wire the simulated Pi belt sensor: every tick ``sink`` gets the pulse times (ms on
+        ``clock_ms``) since the last one; the sensor gives a pulse every
+        ``distance_per_pulse_mm`` of belt travel (the controller's configured value)."""
+        self._firmware.physics.set_aux_distance_per_pulse(distance_per_pulse_mm)
+        self._firmware.physics.take_aux_pulses()
+        self._belt_pulse_sink = sink
+
     def set_safety_key(self, closed: bool) -> None:
         """Close or open the safety key circuit (open cuts motor power in hardware)."""
         self._firmware.set_safety_key(closed, now_ms=self._clock_ms())
@@ -240,6 +251,9 @@ class PtySimulator:
         period_s = self._tick_ms / 1000.0
         while True:
             self._write(self._firmware.tick(self._clock_ms()))
+            pulses = self._firmware.physics.take_aux_pulses()
+            if pulses and self._belt_pulse_sink is not None:
+                self._belt_pulse_sink(pulses)
             await asyncio.sleep(period_s)
 
     def _write(self, data: bytes) -> None:
