@@ -71,7 +71,7 @@ def idle(config: SafetyConfig = CONFIG, stage_number: int = 1) -> ChannelRig:
     rig.tick()
     if stage_number != 1:
         rig.tick(*(), dt_ms=TICK_MS)
-        from controller.model import SelectStage  # noqa: PLC0415
+        from controller.model import SelectStage
 
         rig.tick(SelectStage(stage_number))
     assert rig.core.mode is Mode.IDLE, rig.history[-1].events
@@ -90,7 +90,7 @@ def running(config: SafetyConfig = CONFIG, stage_number: int = 1) -> ChannelRig:
 
 def at_speed(speed_kmh: float, stage_number: int = 4, config: SafetyConfig = CONFIG) -> ChannelRig:
     """RUNNING at ``stage_number`` with the belt steady at ``speed_kmh``."""
-    from controller.model import SetTarget  # noqa: PLC0415
+    from controller.model import SetTarget
 
     rig = running(config, stage_number)
     rig.tick(SetTarget(speed_kmh))
@@ -160,7 +160,8 @@ def test_SR_CHAN_2_disagreement_longer_than_the_limit_estops_and_latches() -> No
     assert fault_code(decision) is FaultCode.CHANNELS_DISAGREE
     assert is_estop(decision)
     message = decision.state.fault.message  # type: ignore[union-attr]
-    assert "2.00 km/h" in message and "3.00 km/h" in message
+    assert "2.00 km/h" in message
+    assert "3.00 km/h" in message
 
 
 def test_SR_CHAN_2_timer_restarts_when_the_channels_agree_again() -> None:
@@ -199,7 +200,7 @@ def test_SR_CHAN_2_tolerance_is_absolute_or_relative_to_the_higher_reading(
 
 def test_SR_CHAN_2_lag_allowance_while_ramping() -> None:
     rig = running(CONFIG, 4)
-    from controller.model import SetTarget  # noqa: PLC0415
+    from controller.model import SetTarget
 
     rig.tick(SetTarget(6.0))  # ramping up at 0.5 km/h/s: lag allowance 0.25 km/h
     tolerance = channel_tolerance_kmh(rig.core, CONFIG, CHANNEL, 1.0)
@@ -331,8 +332,7 @@ def test_SR_CHAN_4_stopping_waits_until_the_pi_sensor_reads_rest() -> None:
     rig.run_ms(200)
     assert rig.core.mode is Mode.STOPPING
     rig.sensor_kmh = 0.0
-    rig.tick()
-    assert rig.core.mode is Mode.IDLE
+    assert rig.tick().state.mode is Mode.IDLE
 
 
 def test_SR_CHAN_4_start_and_reset_refused_while_the_pi_sensor_sees_motion() -> None:
@@ -371,7 +371,7 @@ def test_SR_CHAN_exhaustive_one_tick(mode: str, sensor: str, link: str) -> None:
         rig.press(Button.STOP)
     value = SENSOR_CASES[sensor]
     rig.sensor_missing = value == "missing"
-    rig.sensor_kmh = None if value in (None, "missing") else float(value)  # type: ignore[arg-type]
+    rig.sensor_kmh = None if value in (None, "missing") else float(value)
     rig.link = link
     decision = rig.tick()
     codes = (
@@ -386,4 +386,12 @@ def test_SR_CHAN_exhaustive_one_tick(mode: str, sensor: str, link: str) -> None:
     if link == "stale":
         assert not isinstance(decision.motion, SetSpeed)
     if isinstance(decision.motion, SetSpeed):
-        assert sensor in ("agree", "high", "zero") and link == "fresh"
+        assert sensor in ("agree", "high", "zero")
+        assert link == "fresh"
+
+
+def test_SR_CHAN_4_start_refused_without_a_pi_reading_says_so() -> None:
+    rig = idle()
+    rig.sensor_missing = True
+    blockers = start_blockers(rig.core, rig.inputs(), rig.config, rig.now_ms)
+    assert any("Pi's belt sensor still sees the belt moving (no reading)" in b for b in blockers)
