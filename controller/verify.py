@@ -420,6 +420,48 @@ def _stage_title(stage: StageConfig) -> str:
     )
 
 
+#: Double faults that only a second, independent speed channel (``belt_sensor``) detects:
+#: with one sensor every check reads the same faulty reading (docs/safety.md, SR-CHAN-*).
+UNCOVERED_WITHOUT_SECOND_CHANNEL: Final[tuple[str, ...]] = (
+    "the motor controller's speed reading freezes, then the motor board runs away: every "
+    "check reads the frozen value, nothing trips (belt 9.78 km/h on an 8.0 km/h machine)",
+    "the speed reading freezes at walking speed and the belt then slows or stalls under load: "
+    "the controller believes the belt still moves",
+    "the belt slips on the driven roller, where the motor controller's sensor sits: the "
+    "reading follows the command while the belt runs slower and lurches",
+    "the speed sensor reads low (a lost magnet, a mis-set distance per pulse) while the motor "
+    "board drives faster than commanded: overspeed is judged on a low reading",
+)
+
+
+def channel_coverage(config: AppConfig) -> list[str]:
+    """What the config's speed channels cover, as report lines (SR-CHAN-*)."""
+    sensor = config.belt_sensor
+    if sensor is not None:
+        return [
+            "## Speed channels",
+            "",
+            f"Two independent belt speed channels: the motor controller's sensor and the Pi's "
+            f"belt sensor on BCM {sensor.pin} ({sensor.distance_per_pulse_mm:g} mm a pulse). "
+            f"They must agree within max({sensor.agree.abs_kmh:g} km/h, "
+            f"{sensor.agree.rel:.0%}) plus ramp lag; a disagreement for more than "
+            f"{sensor.agree.duration_ms} ms is an emergency stop (SR-CHAN-2). Overspeed, "
+            "moving-at-rest and not-following use the safe one of the two readings (SR-CHAN-3).",
+            "",
+        ]
+    lines = [
+        "## Speed channels: double faults NOT covered",
+        "",
+        "This config has no `belt_sensor` section: the belt speed is read by the motor "
+        "controller's sensor alone, and one sensor cannot check itself. These double faults "
+        "are not detected by the controller (add a belt sensor on the Pi, docs/configuration.md):",
+        "",
+    ]
+    lines.extend(f"* {text}" for text in UNCOVERED_WITHOUT_SECOND_CHANNEL)
+    lines.append("")
+    return lines
+
+
 def format_markdown(report: VerifyReport, config: AppConfig) -> str:
     """The commissioning report as Markdown (also readable as plain text)."""
     safety = config.safety()
@@ -441,6 +483,7 @@ def format_markdown(report: VerifyReport, config: AppConfig) -> str:
         "`controller/verify.py`). The runaway is run with the firmware's own checks off, so "
         "the controller's overspeed check alone must catch it.",
         "",
+        *channel_coverage(config),
     ]
     for stage_report in report.stages:
         lines.append(f"## {_stage_title(stage_report.stage)}")

@@ -95,3 +95,23 @@ def test_unknown_stage_is_refused() -> None:
     err = io.StringIO()
     assert verify_main([str(DEMO_CONFIG), "--stage", "9"], io.StringIO(), err) == 78
     assert "--stage 9: the config has stages 1 to 4" in err.getvalue()
+
+
+def test_SR_CHAN_report_lists_uncovered_double_faults_without_a_belt_sensor(
+    tmp_path: Path,
+) -> None:
+    from controller.verify import UNCOVERED_WITHOUT_SECOND_CHANNEL, channel_coverage
+
+    with_sensor = load_config(DEMO_CONFIG)
+    lines = channel_coverage(with_sensor)
+    assert lines[0] == "## Speed channels"
+    assert "SR-CHAN-2" in "\n".join(lines)
+    text = DEMO_CONFIG.read_text(encoding="utf-8")
+    start = text.index("\nbelt_sensor:")
+    end = text.index("\nstages:")
+    path = tmp_path / "one_channel.yaml"
+    path.write_text(text[:start] + text[end:], encoding="utf-8")
+    lines = channel_coverage(load_config(path))
+    assert lines[0] == "## Speed channels: double faults NOT covered"
+    for fault in UNCOVERED_WITHOUT_SECOND_CHANNEL:
+        assert f"* {fault}" in lines
