@@ -423,6 +423,9 @@ def write_service_config(
     state_dir = directory / "state"
     state_dir.mkdir(exist_ok=True)
     raw["serial"]["port"] = port
+    # The simulator runs in this process, the service in another: the Pi belt sensor's pulses
+    # cannot reach the service's mock pins, so the rig measures the one-channel controller.
+    raw.pop("belt_sensor", None)
     raw["state_dir"] = str(state_dir)
     raw["gpio"]["mock_socket"] = str(mock_socket)
     raw["logging"] = {"level": log_level, "format": "plain"}
