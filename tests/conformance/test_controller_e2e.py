@@ -55,7 +55,7 @@ async def test_FW_3_controller_walks_stops_on_grip_loss_and_a_killed_controller_
         await poll_until(
             lambda: rig.measured_kmh <= STANDSTILL_KMH, timeout_s=5, what="sensor at rest"
         )
-        await rig.panel.ok("grip both")
+        await rig.grip_held()  # RESET needs the reset conditions to hold, the grip among them
         await rig.panel.ok("press reset")
         await rig.wait_status(
             lambda s: s["state"] == "idle" and s["fault"] is None,
