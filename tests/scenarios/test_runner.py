@@ -295,3 +295,38 @@ def test_training_steps_run_with_the_training_program(tmp_path: Path) -> None:
     code, out, _err = _main([str(path), "--config", str(DEMO_CONFIG)])
     assert code == EXIT_OK, out
     assert "result: PASS (3/3 expectations held)" in out
+
+
+@pytest.mark.slow
+async def test_plot_marks_the_stage_limit_and_the_grip_grace_window(tmp_path: Path) -> None:
+    """The grace window starts when the grip is released at a grip-watched stage and lasts
+    the stage's grace time (the fault comes at its end); the limit follows the stage."""
+    from controller.scenario import (
+        grace_windows,
+        grouped_events,
+        load_scenario,
+        load_scenario_config,
+        run_scenario,
+        stage_limit_series,
+        write_plot,
+    )
+
+    path = REPO / "scenarios" / "grip_loss_stage2_stops_after_longer_grace.yaml"
+    scenario = load_scenario(path)
+    result = await run_scenario(scenario, load_scenario_config(scenario))
+    stage2 = result.stages[1]
+    (window,) = grace_windows(result)
+    start_s, end_s, stage = window
+    assert stage == 2
+    released = next(s.done_s for s in result.steps if s.text == "grip none")
+    assert abs(start_s - released) < 0.1
+    assert abs((end_s - start_s) - stage2.grip_grace_ms / 1000) < 0.05
+    fault_s = next(t for t, kinds, _alarm in grouped_events(result) if "fault" in kinds)
+    assert abs(fault_s - end_s) < 0.1  # the grip-loss fault at the end of the window
+    limits = stage_limit_series(result)
+    assert max(limits) == min(stage2.max_kmh, result.machine_max_kmh)
+    grouped = grouped_events(result)
+    assert any({"grip_lost", "fault"} <= set(kinds) for _t, kinds, _a in grouped)  # one label
+    plot = tmp_path / "plot.png"
+    write_plot(result, plot)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
