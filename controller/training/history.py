@@ -92,6 +92,7 @@ class ClientReport:
     stage_since: datetime | None
     weeks: tuple[WeekRow, ...]
     next_unlock: UnlockStatus | None  # None for sessions without a client
+    sessions: tuple[SessionRecord, ...] = ()  # the sessions in the weeks shown (the plot)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -199,15 +200,33 @@ def build_reports(
         rows = weekly_rows(
             history, today=today, weeks=weeks, goal=config.goal, in_progress=in_progress
         )
+        shown = tuple(
+            sorted(
+                (
+                    r
+                    for r in history
+                    if rows
+                    and rows[0].monday
+                    <= local_day(r.start_utc)
+                    <= rows[-1].monday + timedelta(days=6)
+                ),
+                key=lambda r: r.start_utc,
+            )
+        )
         if wanted_id is None:
-            reports.append(ClientReport(None, 1, None, rows, None))
+            reports.append(ClientReport(None, 1, None, rows, None, shown))
             continue
         client = clients.get(wanted_id)
         unlocked = 1 if client is None else min(client.unlocked_stage, max_stage)
         status = unlock_status(history, unlocked, config, max_stage=max_stage)
         reports.append(
             ClientReport(
-                wanted_id, unlocked, None if client is None else client.updated_utc, rows, status
+                wanted_id,
+                unlocked,
+                None if client is None else client.updated_utc,
+                rows,
+                status,
+                shown,
             )
         )
     return reports
@@ -270,7 +289,7 @@ def render_table(
         for criterion in status.criteria:
             mark = "✓" if criterion.met else "✗"
             lines.append(
-                f"  {mark} {criterion.name}: {criterion.actual:g} of {criterion.required:g}"
+                f"  {mark} {criterion.name}: {criterion.actual:g}, needs {criterion.required:g}"
             )
         if status.all_met and status.needs_trainer:
             lines.append(
@@ -310,45 +329,80 @@ def render_json(
 def write_plot(
     reports: Sequence[ClientReport], path: Path, *, goal: WeeklyGoalConfig, max_stage: int
 ) -> None:
-    """Weekly moving minutes per stage as stacked bars, one panel per client.
+    """One row per client: sessions per week against the goal (left), speed per session
+    (right: average and top speed, the average coloured by the session's highest stage).
 
-    Raises :class:`ImportError` when matplotlib is missing (``pip install
-    'treadmill-controller[plot]'``).
+    The goal is a number of sessions of a minimum length, so the left panel counts sessions:
+    those that reached the goal's minimum length, and the shorter ones on top, with the
+    goal's session count as the line. Raises :class:`ImportError` when matplotlib is missing
+    (``pip install 'treadmill-controller[plot]'``).
     """
     import matplotlib  # noqa: PLC0415 -- optional dependency, imported only for --plot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415 -- optional dependency, see above
+    from matplotlib.dates import DateFormatter  # noqa: PLC0415 -- see above
 
     panels = max(len(reports), 1)
-    figure, axes = plt.subplots(panels, 1, figsize=(8, 2.6 * panels + 0.6), squeeze=False)
-    goal_minutes = goal.sessions_min * goal.session_min_min
-    for axis, report in zip(axes[:, 0], reports, strict=False):
-        labels = [row.week[5:] for row in report.weeks]
-        bottoms = [0.0] * len(report.weeks)
-        for stage in range(1, max_stage + 1):
-            values = [row.stage_minutes.get(stage, 0.0) for row in report.weeks]
-            if any(values):
-                axis.bar(
-                    labels, values, bottom=bottoms, label=f"stage {stage}", color=f"C{stage - 1}"
-                )
-                bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
-        axis.axhline(goal_minutes, linestyle="--", linewidth=1, color="grey")
-        axis.text(
-            len(labels) - 0.5,
-            goal_minutes,
-            f"goal {goal.sessions_min} x {goal.session_min_min:g} min",
-            va="bottom",
-            ha="right",
-            fontsize="small",
-        )
-        axis.set_ylim(0, max([goal_minutes, *bottoms]) * 1.18)
-        for index, row in enumerate(report.weeks):
-            axis.text(index, bottoms[index], "✓" if row.goal_met else "", ha="center", va="bottom")
+    figure, axes = plt.subplots(
+        panels, 2, figsize=(12, 2.9 * panels + 0.8), squeeze=False, width_ratios=(1, 1.4)
+    )
+    for row_axes, report in zip(axes, reports, strict=False):
+        left, right = row_axes
         name = report.client_id or NO_CLIENT
-        axis.set_title(f"{name}: moving minutes per week (unlocked stage {report.unlocked_stage})")
-        axis.set_ylabel("min")
-        axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+        labels = [row.week[5:] for row in report.weeks]
+        qualifying = [row.goal_sessions for row in report.weeks]
+        shorter = [row.sessions - row.goal_sessions for row in report.weeks]
+        left.bar(labels, qualifying, color="C0",
+                 label=f"sessions of {goal.session_min_min:g} min or more")  # fmt: skip
+        left.bar(labels, shorter, bottom=qualifying, color="C0", alpha=0.3, hatch="//",
+                 label="shorter sessions")  # fmt: skip
+        left.axhline(goal.sessions_min, linestyle="--", linewidth=1, color="grey")
+        left.text(
+            -0.45, goal.sessions_min,
+            f"goal: {goal.sessions_min} of {goal.session_min_min:g} min or more",
+            va="bottom", ha="left", fontsize="small", color="dimgrey",
+        )  # fmt: skip
+        totals = [row.sessions for row in report.weeks]
+        top = max([goal.sessions_max, *totals]) + 1.5
+        left.set_ylim(0, top)
+        for index, row in enumerate(report.weeks):
+            mark = "✓" if row.goal_met else ""
+            left.text(index, totals[index] + 0.05, mark, ha="center", va="bottom", color="green")
+        left.set_title(f"{name}: sessions per week", fontsize="medium")
+        left.set_ylabel("sessions")
+        left.yaxis.get_major_locator().set_params(integer=True)
+        left.legend(loc="upper left", fontsize="x-small", framealpha=0.8)
+        # speed progression, one point per session
+        days = [local_day(r.start_utc) for r in report.sessions]
+        if report.sessions:
+            right.plot(days, [r.max_kmh for r in report.sessions], color="grey", linewidth=0.8,
+                       marker=".", label="top speed")  # fmt: skip
+            right.plot(days, [r.avg_kmh for r in report.sessions], color="black",
+                       linewidth=1.2, label="average speed")  # fmt: skip
+            for stage in range(1, max_stage + 1):
+                picked = [r for r in report.sessions if r.highest_stage == stage]
+                if picked:
+                    right.scatter(
+                        [local_day(r.start_utc) for r in picked],
+                        [r.avg_kmh for r in picked],
+                        color=f"C{stage - 1}", zorder=3, s=28, label=f"stage {stage}",
+                    )  # fmt: skip
+            right.set_ylim(0, max(r.max_kmh for r in report.sessions) * 1.25 + 0.1)
+            right.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="x-small")
+        else:
+            right.text(0.5, 0.5, "no sessions", transform=right.transAxes, ha="center")
+        if report.weeks:
+            first = report.weeks[0].monday
+            right.set_xlim(first - timedelta(days=0.5), report.weeks[-1].monday + timedelta(6.5))
+        right.xaxis.set_major_formatter(DateFormatter("%d %b"))  # type: ignore[no-untyped-call]  # matplotlib is untyped here
+        right.set_title(
+            f"{name}: speed per session (unlocked stage {report.unlocked_stage})",
+            fontsize="medium",
+        )
+        right.set_ylabel("km/h")
+        right.tick_params(axis="x", labelsize="small")
+        right.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -29,7 +29,7 @@ class Criterion:
 
     def describe(self) -> str:
         mark = "met" if self.met else "NOT met"
-        return f"{self.name}: {_number(self.actual)} of {_number(self.required)} ({mark})"
+        return f"{self.name}: {_number(self.actual)}, needs {_number(self.required)} ({mark})"
 
     def to_json(self) -> dict[str, str | float | bool]:
         return {

@@ -102,7 +102,7 @@ def test_table_for_known_sessions(small_db: Path) -> None:
     assert lines[3].endswith("longest 20 min (goal at most 15)")
     assert lines[4] == "goal met in 1 of 2 weeks (6 sessions, 72 min)"
     assert lines[5] == "towards stage 3: not yet"
-    assert "✗ sessions at stage 2 (at least 5 min): 1 of 6" in out
+    assert "✗ sessions at stage 2 (at least 5 min): 1, needs 6" in out  # not "1 of 6"
 
 
 def test_all_clients_and_sessions_without_a_client(small_db: Path) -> None:
@@ -264,3 +264,29 @@ def test_until_picks_the_last_week_and_the_current_week_is_marked(small_db: Path
     status, _, err = run(["--db", str(small_db), "--until", "21.03.2025"])
     assert status == EXIT_USAGE
     assert "'21.03.2025' is not a date: use YYYY-MM-DD" in err
+
+
+def test_report_carries_the_sessions_of_the_weeks_shown_for_the_speed_plot() -> None:
+    """The speed-progression panel plots each session of the weeks shown, in order, and no
+    session after the report's last week (``--until``)."""
+    from controller.training.config import TrainingConfig
+    from controller.training.history import build_reports
+
+    monday = date(2025, 3, 24)
+    sessions = [
+        record(session_id="old", start=at(monday - timedelta(weeks=3))),
+        record(session_id="b", start=at(monday + timedelta(2))),
+        record(session_id="a", start=at(monday)),
+        record(session_id="later", start=at(monday + timedelta(weeks=1))),
+    ]
+    (report,) = build_reports(
+        sessions,
+        {"c1": ClientRecord("c1", 1, at(monday))},
+        config=TrainingConfig(),
+        max_stage=4,
+        today=monday + timedelta(days=6),
+        weeks=2,
+        client_id="c1",
+    )
+    assert [r.session_id for r in report.sessions] == ["a", "b"]
+    assert all(r.avg_kmh > 0 for r in report.sessions)

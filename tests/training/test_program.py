@@ -301,7 +301,7 @@ async def test_unlock_refused_lists_the_unmet_criteria(tmp_path: Path) -> None:
         tick = drive.tick(IDLE, 0.0, trainer_action=True)
         (refused,) = [e for e in tick.events if e.kind == "unlock_refused"]
         assert "stage 2 not unlocked" in refused.message
-        assert "sessions at stage 1 (at least 5 min): 4 of 6 (NOT met)" in refused.message
+        assert "sessions at stage 1 (at least 5 min): 4, needs 6 (NOT met)" in refused.message
         criteria = json.loads(str(refused.details["criteria"]))
         assert [c["met"] for c in criteria] == [False, True, True]
         assert tick.stage_cap == 1

@@ -36,7 +36,7 @@ def test_five_sessions_are_not_enough() -> None:
     (unmet,) = status.unmet
     assert unmet.name.startswith("sessions at stage 1")
     assert (unmet.required, unmet.actual) == (6, 5)
-    assert "5 of 6 (NOT met)" in unmet.describe()
+    assert "5, needs 6 (NOT met)" in unmet.describe()
 
 
 def test_one_of_the_last_three_too_short_at_speed_blocks_the_unlock() -> None:
