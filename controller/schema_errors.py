@@ -98,6 +98,47 @@ def _bounds_text(root: type[BaseModel], loc: Sequence[KeyPart], ctx: Mapping[str
     )
 
 
+def _is_union_tag(part: str) -> bool:
+    return part in _UNION_MEMBERS or ("[" in part and part != "[key]")
+
+
+def file_key_path(
+    data: Any, pydantic_loc: Sequence[Any], *, union_tags: bool
+) -> tuple[KeyPart, ...]:
+    """The key path in the file of a pydantic error location.
+
+    The location is walked through the parsed document: a part that is a key (or index) of the
+    mapping (or list) reached so far is part of the path, whatever its name, so a key written
+    ``none`` or ``int`` is never mistaken for pydantic's union tag. Only a part that is not in
+    the document and, with ``union_tags``, names a union member is dropped. The result may be
+    empty (the document itself).
+    """
+    path: list[KeyPart] = []
+    node: Any = data
+    for part in pydantic_loc:
+        if not isinstance(part, str | int):
+            continue
+        in_file = False
+        if isinstance(node, Mapping):
+            in_file = part in node
+        elif isinstance(node, list) and isinstance(part, int):
+            in_file = 0 <= part < len(node)
+        if in_file:
+            path.append(part)
+            node = node[part]
+            continue
+        if union_tags and isinstance(part, str) and _is_union_tag(part):
+            continue
+        path.append(part)
+        node = None
+    return tuple(path)
+
+
+def _last_key(loc: Sequence[KeyPart]) -> str:
+    """The last key of ``loc`` as written in a message (the document itself when empty)."""
+    return repr(loc[-1]) if loc else "(top level)"
+
+
 def schema_issue(
     document: YamlDocument,
     error: Mapping[str, Any],
@@ -112,27 +153,21 @@ def schema_issue(
     (a list whose items are one of several models); by default they come from ``root``.
     ``union_tags``: the models have union fields, and pydantic puts the member of the union
     (``int``, ``str``, ``function-after[...]``) in the location; drop those from the key path
-    (a file whose keys may be named ``int`` or ``none`` must leave this off).
+    when they are not keys written in the file (see :func:`file_key_path`). Whatever the
+    location, even empty, the result is a message, never an exception.
     """
-    loc: tuple[KeyPart, ...] = tuple(
-        part
-        for part in error["loc"]
-        if isinstance(part, str | int)
-        and not (
-            union_tags
-            and isinstance(part, str)
-            and (part in _UNION_MEMBERS or ("[" in part and part != "[key]"))
-        )
-    )
+    loc = file_key_path(document.data, error["loc"], union_tags=union_tags)
     kind = str(error["type"])
     value = error.get("input")
     if kind == "missing":
+        if not loc:
+            return document.issue(loc, f"a required value is missing: {error.get('msg', kind)}")
         where = "at the top level" if len(loc) == 1 else f"in {format_key_path(loc[:-1])}"
         return document.issue(loc, f"required key {loc[-1]!r} is missing {where}")
     if kind == "extra_forbidden":
         allowed = keys_at(loc[:-1]) if keys_at is not None else allowed_keys(root, loc[:-1])
-        message = f"unknown key {loc[-1]!r}"
-        close = closest(str(loc[-1]), allowed) if allowed else None
+        message = f"unknown key {_last_key(loc)}"
+        close = closest(str(loc[-1]), allowed) if allowed and loc else None
         if close:
             message += f" (did you mean {close!r}?)"
         if allowed:
@@ -148,7 +183,8 @@ def schema_issue(
     if loc and loc[-1] == "[key]":
         # A key of a table keyed by number (training.session_length_min) that is not one.
         loc = loc[:-1]
-        return document.issue(loc, f"{shown(loc[-1])} is not a valid key here: use a number")
+        key = shown(loc[-1]) if loc else "this key"
+        return document.issue(loc, f"{key} is not a valid key here: use a number")
     message = str(error["msg"])
     message = message[0].lower() + message[1:] if message else kind
     if kind in ("model_type", "model_attributes_type", "dict_type"):
