@@ -16,9 +16,11 @@ _HANDS = {0: "-", 1: ">=1 hand", 2: "2 hands"}
 
 
 def _num(value: float) -> str:
-    """``2.0`` -> ``"2.0"``, ``0.25`` -> ``"0.25"``: at least one decimal, no float noise."""
-    text = f"{value:.2f}".rstrip("0")
-    return text + "0" if text.endswith(".") else text
+    """``2.0`` -> ``"2.0"``, ``0.25`` -> ``"0.25"``, ``0.001`` -> ``"0.001"``: at least one
+    decimal, every significant digit up to six, no float noise (a rate of 0.001 never reads
+    as 0.0)."""
+    text = f"{value:.6g}"
+    return text if "." in text or "e" in text else text + ".0"
 
 
 def check_config_main(path: Path, out: TextIO, err: TextIO) -> int:

@@ -52,6 +52,7 @@ from controller.config_rules import (
     STALE_MAX_MS,
     STOP_DECEL_MAX_KMH_S,
     STOP_DECEL_MIN_KMH_S,
+    WIRE_RATE_MIN_KMH_S,
     check_safety_config,
 )
 from controller.errors import ConfigError, ConfigIssue, CredentialsError
@@ -224,7 +225,7 @@ class FirmwareSection(_Section):
     max_speed_kmh: Annotated[float, Range(0.5, MACHINE_MAX_KMH_BOUND, "km/h")] = Field(
         description="Machine ceiling: no stage and no command may go above it"
     )
-    max_accel_kmh_s: Annotated[float, Range(0.0, 5.0, "km/h/s", low_open=True)] = Field(
+    max_accel_kmh_s: Annotated[float, Range(WIRE_RATE_MIN_KMH_S, 5.0, "km/h/s")] = Field(
         default=1.0, description="Firmware acceleration ceiling; every stage's accel_kmh_s <= it"
     )
     max_decel_kmh_s: Annotated[float, Range(STOP_DECEL_MIN_KMH_S, 20.0, "km/h/s")] = Field(
@@ -263,6 +264,14 @@ class OverspeedSection(_Section):
     duration_ms: Annotated[int, Range(50, 2000, "ms")] = Field(
         default=500, description="...for longer than this"
     )
+    runaway_accel_kmh_s: Annotated[float, Range(0.1, 10.0, "km/h/s")] = Field(
+        default=1.0,
+        description="Above the limit plus margin and accelerating faster than this: runaway, "
+        "ESTOP at once (no command accelerates this fast)",
+    )
+    runaway_window_ms: Annotated[int, Range(40, 1000, "ms")] = Field(
+        default=200, description="The acceleration must be seen through both halves of this"
+    )
 
 
 class FollowSection(_Section):
@@ -280,6 +289,24 @@ class FollowSection(_Section):
     lag_ms: Annotated[int, Range(0, 5000, "ms")] = Field(
         default=1000,
         description="Belt lag allowed while ramping: adds rate x lag to the tolerance",
+    )
+
+
+class LinkSection(_Section):
+    """The serial link's health as the safety core judges it (SR-LINK-2, SR-LINK-3)."""
+
+    settle_ms: Annotated[int, Range(0, 10_000, "ms")] = Field(
+        default=500, description="Link up and fresh this long before a START is accepted"
+    )
+    window_ms: Annotated[int, Range(100, 10_000, "ms")] = Field(
+        default=1000, description="Link-quality window"
+    )
+    loss_max: Annotated[float, Range(0.01, 0.9)] = Field(
+        default=0.5,
+        description="More than this share of the firmware's frames lost in a window: fault",
+    )
+    window_min_frames: Annotated[int, Range(1, 1000)] = Field(
+        default=10, description="A window with fewer frames sent is not judged"
     )
 
 
@@ -304,6 +331,7 @@ class ControlSection(_Section):
     )
     overspeed: OverspeedSection = Field(default_factory=OverspeedSection)
     follow: FollowSection = Field(default_factory=FollowSection)
+    link: LinkSection = Field(default_factory=LinkSection)
     moving_at_rest_ms: Annotated[int, Range(50, 2000, "ms")] = Field(
         default=500, description="Belt measured moving while it should be at rest this long: fault"
     )
@@ -347,6 +375,10 @@ class GripSensorSection(_Section):
     )
     max_grace_ms: Annotated[int, Range(0, GRIP_GRACE_BOUND_MS, "ms")] = Field(
         default=2000, description="Upper bound for any stage's grip.grace_ms"
+    )
+    regrip_ms: Annotated[int, Range(0, 2000, "ms")] = Field(
+        default=500,
+        description="During a grip loss a touch ends the loss only once held this long",
     )
 
 
@@ -525,10 +557,10 @@ class StageSection(_Section):
         description="The belt starts (from standstill) at this speed: above "
         "control.standstill_kmh, at most max_kmh"
     )
-    accel_kmh_s: Annotated[float, Range(0.0, STAGE_RATE_BOUND_KMH_S, "km/h/s", low_open=True)] = (
+    accel_kmh_s: Annotated[float, Range(WIRE_RATE_MIN_KMH_S, STAGE_RATE_BOUND_KMH_S, "km/h/s")] = (
         Field(description="Acceleration towards a higher target (at most firmware.max_accel_kmh_s)")
     )
-    decel_kmh_s: Annotated[float, Range(0.0, STAGE_RATE_BOUND_KMH_S, "km/h/s", low_open=True)] = (
+    decel_kmh_s: Annotated[float, Range(WIRE_RATE_MIN_KMH_S, STAGE_RATE_BOUND_KMH_S, "km/h/s")] = (
         Field(description="Deceleration towards a lower target (at most firmware.max_decel_kmh_s)")
     )
     grip: StageGrip
@@ -721,6 +753,13 @@ class AppConfig(_Section):
             grip_stuck_window_ms=grip.stuck_window_ms,
             max_grip_grace_ms=grip.max_grace_ms,
             second_channel=self.belt_sensor.channel() if self.belt_sensor is not None else None,
+            link_settle_ms=control.link.settle_ms,
+            link_window_ms=control.link.window_ms,
+            link_loss_max=control.link.loss_max,
+            link_window_min_frames=control.link.window_min_frames,
+            grip_regrip_ms=grip.regrip_ms,
+            runaway_accel_kmh_s=control.overspeed.runaway_accel_kmh_s,
+            runaway_window_ms=control.overspeed.runaway_window_ms,
         )
 
     @property
@@ -759,6 +798,13 @@ SAFETY_TO_YAML: dict[str, KeyPath] = {
     "grip_chatter_window_ms": ("grip_sensor", "chatter_window_ms"),
     "grip_stuck_window_ms": ("grip_sensor", "stuck_window_ms"),
     "max_grip_grace_ms": ("grip_sensor", "max_grace_ms"),
+    "link_settle_ms": ("control", "link", "settle_ms"),
+    "link_window_ms": ("control", "link", "window_ms"),
+    "link_loss_max": ("control", "link", "loss_max"),
+    "link_window_min_frames": ("control", "link", "window_min_frames"),
+    "grip_regrip_ms": ("grip_sensor", "regrip_ms"),
+    "runaway_accel_kmh_s": ("control", "overspeed", "runaway_accel_kmh_s"),
+    "runaway_window_ms": ("control", "overspeed", "runaway_window_ms"),
     "second_channel": ("belt_sensor",),
 }
 

@@ -21,17 +21,25 @@ from dataclasses import dataclass
 from typing import Final
 
 from controller.model import ChannelConfig, GripLossAction, SafetyConfig, StageConfig
+from firmware_bridge.messages import SetSpeed, Stop, field_bounds
 
 MACHINE_MAX_KMH_BOUND: Final = 25.0
 """No treadmill this controller drives is rated above this speed."""
 
-STAGE_RATE_BOUND_KMH_S: Final = 3.6
+WIRE_RATE_MIN_KMH_S: Final = field_bounds(SetSpeed, "accel_kmh_s")[0]
+"""Lowest ramp rate SET_SPEED and STOP can carry (0.01 km/h/s): the lower bound of every rate
+the configuration accepts, taken from the wire's field table so the two cannot drift apart."""
+
+STAGE_RATE_BOUND_KMH_S: Final = min(3.6, field_bounds(SetSpeed, "accel_kmh_s")[1])
 """Stage acceleration and deceleration ceiling: 1 m/s^2, the controlled-stop ramp."""
+
+RUNAWAY_ACCEL_BOUND_KMH_S: Final = 10.0
+"""Highest runaway threshold: a belt accelerating at 10 km/h/s is far beyond any command."""
 
 STOP_DECEL_MIN_KMH_S: Final = 1.0
 """Slowest allowed controlled stop: from 8 km/h it already takes 8 s."""
 
-STOP_DECEL_MAX_KMH_S: Final = 10.8
+STOP_DECEL_MAX_KMH_S: Final = min(10.8, field_bounds(Stop, "decel_kmh_s")[1])
 """Firmest allowed controlled stop: 3 m/s^2, the level training studies use to perturb balance."""
 
 LEASE_MIN_MS: Final = 50
@@ -167,6 +175,25 @@ def _check_machine(config: SafetyConfig, problems: list[ConfigProblem]) -> None:
     _in_range(
         problems, "max_grip_grace_ms", config.max_grip_grace_ms, 0, GRIP_GRACE_BOUND_MS, unit="ms"
     )
+    _in_range(problems, "link_settle_ms", config.link_settle_ms, 0, 10_000, unit="ms")
+    _in_range(problems, "link_window_ms", config.link_window_ms, 100, 10_000, unit="ms")
+    _in_range(
+        problems, "link_loss_max", config.link_loss_max, 0.0, 0.9, unit="(fraction)", low_open=True
+    )
+    _in_range(
+        problems, "link_window_min_frames", config.link_window_min_frames, 1, 1000, unit="frames"
+    )
+    _in_range(problems, "grip_regrip_ms", config.grip_regrip_ms, 0, 2000, unit="ms")
+    _in_range(
+        problems,
+        "runaway_accel_kmh_s",
+        config.runaway_accel_kmh_s,
+        0.0,
+        RUNAWAY_ACCEL_BOUND_KMH_S,
+        unit="km/h/s",
+        low_open=True,
+    )
+    _in_range(problems, "runaway_window_ms", config.runaway_window_ms, 40, 1000, unit="ms")
     for code in sorted(config.firmware_emergency_fault_codes):
         _in_range(problems, "firmware_emergency_fault_codes", code, 1, 255, unit="(fault code)")
 
@@ -241,10 +268,9 @@ def _check_stage_speeds(
             problems,
             f"{key}.{name}",
             value,
-            0.0,
+            WIRE_RATE_MIN_KMH_S,
             STAGE_RATE_BOUND_KMH_S,
-            unit="km/h/s",
-            low_open=True,
+            unit="km/h/s (the lowest rate SET_SPEED can carry is 0.01 km/h/s)",
         )
 
 

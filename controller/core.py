@@ -52,6 +52,7 @@ from controller.model import (
     FirmwareStatus,
     GripLossAction,
     Inputs,
+    LinkHealth,
     LocalCommand,
     Mode,
     MotionCommand,
@@ -87,6 +88,10 @@ WARNING_GRIP_SUSPECT: Final = "grip_sensor_suspect"
 
 WARNING_GRIP_STUCK: Final = "grip_sensor_stuck"
 """Warning flag: the grip reading has not changed for a long time while running (SR-GRIP-7)."""
+
+WIRE_SPEED_RESOLUTION_KMH: Final = 0.01
+"""Resolution of SET_SPEED's speed on the wire (docs/protocol.md; a drift test ties the two).
+Rising or falling is decided on the wire value, as the firmware sees it (SR-MOTION-2)."""
 
 FAULT_ADVICE: Final[Mapping[FaultCode, str]] = {
     FaultCode.GRIP_LOST: "Hold the rails, then press RESET",
@@ -151,6 +156,45 @@ def stage_config(state: CoreState, config: SafetyConfig) -> StageConfig:
 def stage_limit_kmh(stage: StageConfig, config: SafetyConfig) -> float:
     """Highest speed allowed at ``stage``: min(stage max, machine max) (SR-SPEED-1)."""
     return min(stage.max_kmh, config.machine_max_kmh)
+
+
+def wire_speed_kmh(speed_kmh: float) -> float:
+    """``speed_kmh`` as SET_SPEED carries it on the wire (rounded to 0.01 km/h)."""
+    return round(speed_kmh / WIRE_SPEED_RESOLUTION_KMH) * WIRE_SPEED_RESOLUTION_KMH
+
+
+def measured_accel_kmh_s(
+    samples: tuple[tuple[int, float], ...], measured_kmh: float, now_ms: int, window_ms: int
+) -> tuple[tuple[tuple[int, float], ...], float]:
+    """Acceleration of a measured speed over the last half to whole ``window_ms``, and the
+    samples to keep for the next tick (SR-PLAUS-5).
+
+    Keeps two ``(ms, km/h)`` samples half a window apart and returns the slope from the
+    older one (between half a window and a whole window old) to now; 0 until half a window
+    has been seen. Pure and small on purpose: any speed channel can be fed through it.
+    """
+    half_ms = max(window_ms // 2, 1)
+    if samples and now_ms < samples[-1][0]:
+        samples = ()  # time went backwards: start again
+    if not samples or now_ms - samples[-1][0] >= half_ms:
+        samples = (*samples[-1:], (now_ms, measured_kmh))
+    oldest_ms, oldest_kmh = samples[0]
+    elapsed_ms = now_ms - oldest_ms
+    if elapsed_ms < half_ms:
+        return samples, 0.0
+    return samples, (measured_kmh - oldest_kmh) * 1000.0 / elapsed_ms
+
+
+def _runaway_confirm_ms(config: SafetyConfig) -> int:
+    return config.runaway_window_ms // 2
+
+
+def runaway_seen(
+    measured_kmh: float, accel_kmh_s: float, allowed_kmh: float, config: SafetyConfig
+) -> bool:
+    """A runaway: above the allowed speed (limit + margin) and still accelerating faster than
+    ``runaway_accel_kmh_s``, which no command asks for (SR-PLAUS-5)."""
+    return measured_kmh > allowed_kmh and accel_kmh_s > config.runaway_accel_kmh_s
 
 
 def hands_on_rails(inputs: Inputs) -> int:
@@ -305,6 +349,7 @@ def start_blockers(
             f"fault {state.fault.code.value} is latched: {FAULT_ADVICE[state.fault.code]}"
         )
     problems.extend(_rest_blockers(inputs, config, now_ms))
+    problems.extend(_link_blockers(state, inputs, config, now_ms))
     firmware = inputs.firmware
     if firmware is not None:
         if firmware.state is not FirmwareState.IDLE:
@@ -338,6 +383,13 @@ def reset_blockers(
     A firmware fault is not listed: a reset sends CLEAR_FAULT for it (SR-RESET-3).
     """
     problems = list(_rest_blockers(inputs, config, now_ms))
+    if state.fault is not None and FaultCode.INTERNAL in (
+        state.fault.code,
+        *state.secondary_faults,
+    ):
+        problems.append(
+            "an internal controller error is latched: read the log, then restart the service"
+        )
     if grip_watched(stage_config(state, config)) and WARNING_GRIP_SUSPECT in state.warnings:
         problems.append(
             "the grip sensors are chattering: check the rail sensors and keep the hands still"
@@ -376,6 +428,32 @@ def _rest_blockers(inputs: Inputs, config: SafetyConfig, now_ms: int) -> list[st
             f"differs from 0x{firmware.expected_config_checksum:08x}: restart the service"
         )
     return problems
+
+
+def link_settled(state: CoreState, inputs: Inputs, config: SafetyConfig, now_ms: int) -> bool:
+    """The link has been up, in the same session and fresh for ``link_settle_ms`` (SR-LINK-2)."""
+    return not _link_blockers(state, inputs, config, now_ms)
+
+
+def _link_blockers(
+    state: CoreState, inputs: Inputs, config: SafetyConfig, now_ms: int
+) -> list[str]:
+    """The link must be up and settled before a START (SR-LINK-2)."""
+    link = inputs.link
+    if link is None:
+        return []
+    if not link.up:
+        return ["the firmware link is down: check the USB cable to the motor controller"]
+    since_ms = state.link_settled_since_ms
+    if since_ms is None or state.link_session != link.session:
+        return ["the firmware link has just been set up again: wait a moment"]
+    settled_ms = now_ms - since_ms
+    if settled_ms < config.link_settle_ms:
+        return [
+            f"the firmware link has been up for {settled_ms} ms, less than "
+            f"{config.link_settle_ms} ms: wait a moment"
+        ]
+    return []
 
 
 def _hands_text(count: int) -> str:
@@ -426,9 +504,12 @@ def decide(state: CoreState, inputs: Inputs, config: SafetyConfig, now_ms: int) 
         fresh=inputs.firmware if status_problem(inputs.firmware, config, now_ms) is None else None,
     )
     step.high_kmh, step.low_kmh = channel_speeds_kmh(step.fresh, inputs, config)
+    if step.state.stage > len(config.stages):
+        _change_stage(step, len(config.stages), "stage not in the reloaded configuration")
     _apply_stage_caps(step, "stage cap lowered")
     _track_grip_sensor(step)
     _check_emergencies(step)
+    _check_link(step)
     _check_link_and_firmware(step)
     _check_channels(step)
     _check_following(step)
@@ -603,7 +684,12 @@ def _change_stage(step: _Step, new_stage: int, reason: str) -> None:
     """Move to ``new_stage``; the target follows its limits at once (SR-STAGE-*, SR-GRIP-8)."""
     state = step.state
     config = step.config
-    old = stage_config(state, config)
+    old_number = state.stage
+    old_name = (
+        config.stages[old_number - 1].name
+        if old_number <= len(config.stages)
+        else "not in the configuration"
+    )
     stage = config.stages[new_stage - 1]
     limit = stage_limit_kmh(stage, config)
     if state.mode is Mode.IDLE:
@@ -614,9 +700,9 @@ def _change_stage(step: _Step, new_stage: int, reason: str) -> None:
     step.state = replace(step.state, stage=new_stage, target_kmh=target, grip_action_taken=False)
     step.emit(
         "stage_changed",
-        f"stage {old.number} ({old.name}) -> stage {stage.number} ({stage.name}) ({reason}): "
+        f"stage {old_number} ({old_name}) -> stage {stage.number} ({stage.name}) ({reason}): "
         f"limit {limit:.1f} km/h, target {target:.2f} km/h",
-        from_stage=old.number,
+        from_stage=old_number,
         to_stage=stage.number,
         reason=reason,
         limit_kmh=limit,
@@ -740,10 +826,39 @@ def _check_overspeed(step: _Step) -> None:
     state = step.state
     config = step.config
     if measured_kmh is None:
-        step.state = replace(step.state, overspeed_since_ms=None)
+        step.state = replace(
+            step.state, overspeed_since_ms=None, speed_samples=(), runaway_since_ms=None
+        )
         return
     reference_kmh = max(stage_limit_kmh(stage_config(state, config), config), state.commanded_kmh)
     margin_kmh = max(config.overspeed_abs_kmh, config.overspeed_rel * reference_kmh)
+    # The higher of the speed channels goes through the runaway rule (SR-PLAUS-5).
+    samples, accel_kmh_s = measured_accel_kmh_s(
+        state.speed_samples, measured_kmh, step.now_ms, config.runaway_window_ms
+    )
+    # Once seen, a runaway stays suspected while the belt stays above the allowed speed (a
+    # foot strike may flatten the acceleration for a moment); confirmed after half a window,
+    # so a glitching sensor pulse, which disturbs one 100 ms reading, never trips it.
+    runaway_since_ms = state.runaway_since_ms
+    if measured_kmh <= reference_kmh + margin_kmh:
+        runaway_since_ms = None
+    elif runaway_since_ms is None and runaway_seen(
+        measured_kmh, accel_kmh_s, reference_kmh + margin_kmh, config
+    ):
+        runaway_since_ms = step.now_ms
+    step.state = replace(step.state, speed_samples=samples, runaway_since_ms=runaway_since_ms)
+    if runaway_since_ms is not None and step.now_ms - runaway_since_ms > _runaway_confirm_ms(
+        config
+    ):
+        _latch(
+            step,
+            FaultCode.OVERSPEED,
+            StopKind.EMERGENCY,
+            f"Belt measured at {measured_kmh:.2f} km/h{_source(step, measured_kmh)} and "
+            f"accelerating at {accel_kmh_s:.1f} km/h/s, above the allowed {reference_kmh:.2f} "
+            f"km/h + {margin_kmh:.2f} km/h margin (no command accelerates faster than "
+            f"{config.runaway_accel_kmh_s:.1f} km/h/s): runaway",
+        )
     if measured_kmh <= reference_kmh + margin_kmh:
         step.state = replace(step.state, overspeed_since_ms=None)
         return
@@ -787,6 +902,78 @@ def _check_moving_at_rest(step: _Step) -> None:
             f"Belt measured moving at {measured_kmh:.2f} km/h{_source(step, measured_kmh)} "
             f"for {lasted_ms} ms while it should stand still ({state.mode.value})",
         )
+
+
+def _check_link(step: _Step) -> None:
+    """Link lost or set up again, degraded link, settle time for START (SR-LINK-1..3)."""
+    link = step.inputs.link
+    if link is None:
+        return
+    state = step.state
+    adopted = state.link_session
+    renewed = adopted is not None and link.session != adopted
+    rebooted = (
+        link.boot_id is not None and state.boot_id is not None and link.boot_id != state.boot_id
+    )
+    if rebooted:
+        # The firmware's HELLO announced a new boot: that is the cause, the link loss that
+        # goes with it only its consequence (SR-FW-2).
+        _latch(
+            step,
+            FaultCode.FIRMWARE_REBOOT,
+            StopKind.CONTROLLED,
+            f"The motor controller restarted (boot id {state.boot_id} -> {link.boot_id})",
+        )
+    elif (not link.up or renewed) and state.mode is not Mode.IDLE:
+        # The belt may move (RUNNING, STOPPING) or a fault is latched: motion never resumes
+        # on a reconnect; only RESET and START bring it back (SR-LINK-1).
+        why = (
+            "the serial link is down"
+            if not link.up
+            else f"the serial link was set up again (session {adopted} -> {link.session})"
+        )
+        _latch(step, FaultCode.LINK_STALE, StopKind.CONTROLLED, f"Firmware link lost: {why}")
+    if adopted is None or step.state.mode is Mode.IDLE:
+        step.state = replace(step.state, link_session=link.session)
+    settled = link.up and not renewed and step.fresh is not None
+    since_ms = state.link_settled_since_ms if settled else None
+    if settled and since_ms is None:
+        since_ms = step.now_ms
+    step.state = replace(step.state, link_settled_since_ms=since_ms)
+    _check_link_quality(step, link)
+
+
+def _check_link_quality(step: _Step, link: LinkHealth) -> None:
+    """Share of the firmware's frames missed per window above ``link_loss_max`` (SR-LINK-3)."""
+    config = step.config
+    window = step.state.link_window
+    now_ms = step.now_ms
+    current = (now_ms, link.frames_received, link.frames_missed)
+    if (
+        window is None
+        or now_ms < window[0]
+        or link.frames_received < window[1]
+        or link.frames_missed < window[2]
+    ):
+        step.state = replace(step.state, link_window=current)
+        return
+    elapsed_ms = now_ms - window[0]
+    if elapsed_ms < config.link_window_ms:
+        return
+    step.state = replace(step.state, link_window=current)
+    received = link.frames_received - window[1]
+    missed = link.frames_missed - window[2]
+    sent = received + missed
+    if sent < config.link_window_min_frames or missed <= config.link_loss_max * sent:
+        return
+    _latch(
+        step,
+        FaultCode.LINK_STALE,
+        StopKind.CONTROLLED,
+        f"Firmware link degraded: {missed} of {sent} frames from the motor controller lost in "
+        f"the last {elapsed_ms} ms ({100.0 * missed / sent:.0f} %, limit "
+        f"{100.0 * config.link_loss_max:.0f} %)",
+    )
 
 
 def _check_link_and_firmware(step: _Step) -> None:
@@ -982,9 +1169,14 @@ def _check_channels(step: _Step) -> None:
 
 
 def _check_grip(step: _Step) -> None:
-    """Grace timer and the stage's action on grip loss, while RUNNING (SR-GRIP-2..6)."""
+    """Grace timer and the stage's action on grip loss, while RUNNING (SR-GRIP-2..6, 10)."""
+    stage = stage_config(step.state, step.config)
+    held = grip_ok(stage, step.inputs)
+    held_since_ms = step.state.grip_held_since_ms if held else None
+    if held and held_since_ms is None:
+        held_since_ms = step.now_ms
+    step.state = replace(step.state, grip_held_since_ms=held_since_ms)
     state = step.state
-    stage = stage_config(state, step.config)
     if state.mode is not Mode.RUNNING or not grip_watched(stage):
         step.state = replace(step.state, grip_lost_since_ms=None, grip_action_taken=False)
         return
@@ -997,7 +1189,14 @@ def _check_grip(step: _Step) -> None:
             "the grip reading cannot be trusted",
         )
         return
-    if grip_ok(stage, step.inputs):
+    if held_since_ms is not None:
+        if (
+            state.grip_lost_since_ms is not None
+            and step.now_ms - held_since_ms < step.config.grip_regrip_ms
+        ):
+            # A touch is not yet a hold: the loss goes on (its grace keeps running), but
+            # nothing acts while a hand is on the rail (SR-GRIP-10).
+            return
         if state.grip_action_taken:
             step.emit(
                 "grip_restored",
@@ -1072,7 +1271,7 @@ def _remote_command(step: _Step, command: RemoteCommand) -> None:
         return
     state = step.state
     if isinstance(command, RemoteLowerTarget):
-        speed_kmh = command.speed_kmh
+        speed_kmh = command.speed_kmh + 0.0  # -0.0 becomes 0.0 (SR-REMOTE-2)
         if not (math.isfinite(speed_kmh) and 0.0 <= speed_kmh < state.target_kmh):
             _reject(
                 step,
@@ -1196,7 +1395,7 @@ def _local_target(step: _Step, speed_kmh: float, source: str) -> None:
         _reject(step, source, f"{speed_kmh!r} km/h is not a speed (0 or more)")
         return
     cap_kmh = speed_cap_kmh(state, step.config)
-    target_kmh = min(round(speed_kmh, 6), cap_kmh)
+    target_kmh = min(round(speed_kmh, 6) + 0.0, cap_kmh)  # + 0.0: -0.0 becomes 0.0
     if target_kmh > state.target_kmh and state.mode not in (Mode.IDLE, Mode.RUNNING):
         _reject(step, source, f"the speed cannot be raised while {state.mode.value}")
         return
@@ -1320,6 +1519,7 @@ def _complete_reset(step: _Step, fault: Fault, firmware: FirmwareStatus) -> None
         stop_reason=None,
         target_kmh=min(stage.start_kmh, stage_limit_kmh(stage, step.config)),
         boot_id=firmware.boot_id,
+        link_session=link.session if (link := step.inputs.link) is not None else state.link_session,
     )
     # The speed timers are already clear: a reset needs the belt measured at rest. The
     # commanded speed drops to 0 in the ramp step, as in every IDLE tick.
@@ -1404,7 +1604,10 @@ def _motion(state: CoreState, config: SafetyConfig, previous_kmh: float) -> Moti
     """Exactly one motion command per tick, chosen by mode (SR-MOTION-1)."""
     if state.mode is Mode.RUNNING:
         stage = stage_config(state, config)
-        rate = stage.decel_kmh_s if state.commanded_kmh < previous_kmh else stage.accel_kmh_s
+        # Falling only when the speed on the wire falls: a change below the wire resolution
+        # reaches the firmware as its present set-point, which FW-4 treats as holding.
+        falling = wire_speed_kmh(state.commanded_kmh) < wire_speed_kmh(previous_kmh)
+        rate = stage.decel_kmh_s if falling else stage.accel_kmh_s
         return SetSpeed(speed_kmh=state.commanded_kmh, accel_kmh_s=rate, lease_ms=config.lease_ms)
     return _stop_command(state, config)
 

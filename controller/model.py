@@ -86,6 +86,13 @@ class SafetyConfig:
     # STOP: 5 safety key open, 6 ESTOP, 10 overspeed.
     firmware_emergency_fault_codes: frozenset[int] = frozenset({5, 6, 10})
     second_channel: ChannelConfig | None = None  # the Pi's own belt sensor (SR-CHAN-*)
+    link_settle_ms: int = 500  # link up and fresh this long before a START is accepted
+    link_window_ms: int = 1000  # link-quality window: frames missed / frames sent by the firmware
+    link_loss_max: float = 0.5  # more than this share of frames missed in a window: fault
+    link_window_min_frames: int = 10  # a window with fewer frames sent is not judged
+    grip_regrip_ms: int = 500  # a touch ends a grip loss only when held this long
+    runaway_accel_kmh_s: float = 1.0  # above limit + margin and accelerating faster: runaway
+    runaway_window_ms: int = 200  # accel over half to all of this; seen > half of it: trip
 
 
 # --------------------------------------------------------------------------
@@ -198,8 +205,31 @@ RemoteCommand = RemoteStop | RemoteLowerTarget | RemoteLowerStageCap
 
 
 @dataclass(frozen=True)
+class LinkHealth:
+    """The serial link to the firmware as the bridge sees it at this tick (SR-LINK-*).
+
+    ``session`` counts completed handshakes since the service started: a new value means the
+    link was lost and set up again (a reconnect, a new HELLO, a firmware reboot), however
+    briefly. ``frames_received`` and ``frames_missed`` are cumulative: frames the firmware sent
+    that arrived intact, and frames it sent that never arrived (gaps in its sequence numbers,
+    which is also where a frame with a CRC error shows up). ``boot_id`` is the one the
+    firmware's latest HELLO announced: a reboot shows there before its first STATUS.
+    """
+
+    up: bool  # port open and the handshake of this session complete
+    session: int
+    frames_received: int = 0
+    frames_missed: int = 0
+    boot_id: int | None = None  # from the firmware's latest HELLO, before any STATUS of it
+
+
+@dataclass(frozen=True)
 class Inputs:
-    """Everything the core sees in one tick."""
+    """Everything the core sees in one tick.
+
+    ``link`` is None only where no serial bridge reports on the link (unit tests of other
+    rules); the service always fills it in.
+    """
 
     grip_left: bool
     grip_right: bool
@@ -210,6 +240,7 @@ class Inputs:
     remote: tuple[RemoteCommand, ...] = ()
     stage_cap: int = 1  # highest stage the training program allows for this session
     belt_sensor: BeltSensorReading | None = None  # second speed channel, when fitted
+    link: LinkHealth | None = None
 
 
 # --------------------------------------------------------------------------
@@ -319,6 +350,12 @@ class CoreState:
     secondary_faults: tuple[FaultCode, ...] = ()  # further faults seen while already FAULTED
     reset_armed_ms: int | None = None  # a RESET sent CLEAR_FAULT and waits (SR-RESET-3)
     disagree_since_ms: int | None = None  # the speed channels disagree since (SR-CHAN-2)
+    link_session: int | None = None  # link session adopted (first seen, in IDLE, at a reset)
+    link_settled_since_ms: int | None = None  # link up, same session and fresh since then
+    link_window: tuple[int, int, int] | None = None  # (start_ms, received, missed) at its start
+    grip_held_since_ms: int | None = None  # the required grip has been held since then
+    speed_samples: tuple[tuple[int, float], ...] = ()  # (ms, km/h) for the measured accel
+    runaway_since_ms: int | None = None  # above limit + margin and accelerating since then
 
 
 @dataclass(frozen=True)

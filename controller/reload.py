@@ -69,4 +69,9 @@ def merge_for_running(old: SafetyConfig, new: SafetyConfig) -> SafetyConfig:
         grip_chatter_window_ms=max(old.grip_chatter_window_ms, new.grip_chatter_window_ms),
         grip_stuck_window_ms=min(old.grip_stuck_window_ms, new.grip_stuck_window_ms),
         max_grip_grace_ms=min(old.max_grip_grace_ms, new.max_grip_grace_ms),
+        link_settle_ms=max(old.link_settle_ms, new.link_settle_ms),
+        link_loss_max=min(old.link_loss_max, new.link_loss_max),
+        link_window_min_frames=min(old.link_window_min_frames, new.link_window_min_frames),
+        grip_regrip_ms=max(old.grip_regrip_ms, new.grip_regrip_ms),
+        runaway_accel_kmh_s=min(old.runaway_accel_kmh_s, new.runaway_accel_kmh_s),
     )

@@ -211,6 +211,7 @@ _STEP_ACTIONS: Final = (
     "mqtt",
     "client",
     "trainer",
+    "reload",
 )
 
 
@@ -232,6 +233,7 @@ class StepSpec(_Spec):
     mqtt: MqttStepSpec | None = None
     client: str | None = None
     trainer: bool | None = None
+    reload: str | None = None  # a config file, relative to the scenario: applied as SIGHUP does
 
     @model_validator(mode="after")
     def _one_action(self) -> StepSpec:
@@ -810,11 +812,12 @@ async def _wait_for(
 class _Driver:
     """Carries out scenario steps on one running service."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, reload_config: Callable[[str], AppConfig]) -> None:
         from controller.mockpanel import MockPanel  # noqa: PLC0415 - needs the service module
 
         self.service = service
         self.panel = MockPanel(service)
+        self._reload_config = reload_config
 
     async def do(self, step: StepSpec) -> None:
         from controller.model import SelectStage, SetTarget  # noqa: PLC0415
@@ -843,6 +846,8 @@ class _Driver:
             self.panel.client(None if step.client == "none" else step.client)
         elif step.trainer is not None:
             self.panel.trainer_key(step.trainer)
+        elif step.reload is not None:
+            self.service.apply_config(self._reload_config(step.reload), step.reload)
         else:  # pragma: no cover - StepSpec validation requires one action
             raise ScenarioRunError(f"step at {step.at_s:g} s has no action")
 
@@ -889,6 +894,7 @@ async def run_scenario(
     Raises :class:`ScenarioRunError` when the service cannot be started; a step that fails
     is recorded in ``errors`` (and fails the result).
     """
+    from controller.config import load_config  # noqa: PLC0415 - keeps `--help` fast
     from controller.gpio import mock_pin_factory  # noqa: PLC0415
     from controller.model import SelectStage  # noqa: PLC0415
     from controller.service import Service, monotonic_ms  # noqa: PLC0415
@@ -925,7 +931,14 @@ async def run_scenario(
             await _wait_for(
                 lambda: service.panel is not None, STARTUP_TIMEOUT_S, "the GPIO inputs", run_task
             )
-            driver = _Driver(service)
+            driver = _Driver(
+                service,
+                reload_config=lambda name: scenario_config(
+                    load_config(scenario.base_dir / name),
+                    state_dir=state_dir,
+                    training=spec.training,
+                ),
+            )
             # Inputs at rest before the first tick: key in, e-stop released, no grip.
             driver.panel.reset_inputs()
             await _wait_for(

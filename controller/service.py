@@ -53,6 +53,7 @@ from controller.model import (
     FirmwareState,
     FirmwareStatus,
     Inputs,
+    LinkHealth,
     LocalCommand,
     Mode,
     MotionCommand,
@@ -239,6 +240,18 @@ def firmware_status(snapshot: StatusSnapshot | None) -> FirmwareStatus | None:
     )
 
 
+def link_health(bridge: FirmwareBridge) -> LinkHealth:
+    """The bridge's view of the link, for the core's link rules (SR-LINK-*)."""
+    received, missed = bridge.frame_counts()
+    return LinkHealth(
+        up=bridge.connected,
+        session=bridge.session,
+        frames_received=received,
+        frames_missed=missed,
+        boot_id=bridge.boot_id,
+    )
+
+
 class Service:
     """The running controller. Build it with a loaded config, then ``await run()``."""
 
@@ -296,6 +309,7 @@ class Service:
         self._folds: dict[str, tuple[int, int]] = {}  # message -> (shown at ms, folded since)
         self._combo_since_ms: int | None = None
         self._combo_fired = False
+        self._internal_errors = 0
         self.mock_panel: Any | None = None  # a controller.mockpanel.MockPanel with mock pins
 
         self.panel: PanelInputs | None = None
@@ -469,6 +483,48 @@ class Service:
             bridge.stop(motion.decel_kmh_s)
         self._last_sent = (motion, now_ms)
 
+    def _internal_fault(self, exc: Exception) -> None:
+        """An exception in a tick: latch ``internal`` with a controlled stop and keep the loop
+        alive, so the stop stays commanded and watched (SR-FAULT-4). The first one is logged
+        with its traceback; repeats are counted."""
+        now_ms = self._clock_ms()
+        self._internal_errors += 1
+        what = f"{type(exc).__name__}: {exc}"
+        if self._internal_errors == 1:
+            logger.error(
+                "internal error in the control tick (%s): latching 'internal', controlled stop",
+                what,
+                exc_info=exc,
+            )
+        else:
+            logger.debug("internal error in the control tick again (%s)", what)
+        decision = core.internal_fault(
+            self.state, self._safety, now_ms, f"Internal error in the control tick ({what})"
+        )
+        self.state = decision.state
+        self.last_motion = decision.motion
+        self._carry_out(decision.motion, now_ms)
+        for event in decision.events:
+            self._emit(event)
+
+    def _last_resort_stop(self, reason: str) -> None:
+        """The service is going down: a controlled STOP on the wire, if there is a wire.
+
+        Not ESTOP: cutting the motor throws a person walking backwards, and a STOP (or,
+        without a wire, the firmware's lease expiry) ramps the belt down at the firmware's
+        controlled rate on its own, without this process (SR-FAULT-4, FW-3).
+        """
+        logger.critical(
+            "service stopping on an error: %s; controlled STOP sent, the firmware's lease "
+            "stops the belt if it does not arrive",
+            reason,
+        )
+        if self.bridge is not None:
+            try:
+                self.bridge.stop(self._safety.stop_decel_kmh_s)
+            except Exception:
+                logger.exception("could not send STOP; the firmware lease will stop the belt")
+
     def _emergency_stop(self, reason: str) -> None:
         """Last resort when a task fails: ESTOP on the wire, if there is a wire."""
         logger.critical("emergency stop: %s", reason)
@@ -512,6 +568,7 @@ class Service:
             remote=tuple(remote),
             stage_cap=self._stage_cap,
             belt_sensor=self.belt_sensor.read() if self.belt_sensor is not None else None,
+            link=link_health(bridge),
         )
         decision = core.decide(self.state, inputs, self._safety, now_ms)
         self._carry_out(decision.motion, now_ms)
@@ -521,6 +578,16 @@ class Service:
         self.last_inputs = inputs
         self.last_motion = decision.motion
         self.last_decision = decision
+        if not self.ready.is_set() and core.link_settled(self.state, inputs, self._safety, now_ms):
+            # Ready once a START could be accepted as far as the link goes (SR-LINK-2).
+            self.ready.set()
+            self.notifier.ready(self.status_line())
+            logger.info(
+                "ready: controller %s, firmware handshake done and the link settled, "
+                "control loop at %s Hz",
+                version(),
+                self.config.control.rate_hz,
+            )
         for event in decision.events:
             self._emit(event)
 
@@ -665,13 +732,6 @@ class Service:
         # command flood does not pause the loop for tens of milliseconds.
         gc.collect()
         gc.freeze()
-        self.ready.set()
-        self.notifier.ready(self.status_line())
-        logger.info(
-            "ready: controller %s, firmware handshake done, control loop at %s Hz",
-            version(),
-            self.config.control.rate_hz,
-        )
         period_s = 1.0 / self.config.control.rate_hz
         late_threshold_s = period_s / 4
         next_deadline = loop.time() + period_s
@@ -693,14 +753,19 @@ class Service:
                 if self._reload_requested:
                     self._reload_requested = False
                     self._tasks.append(asyncio.create_task(self._reload(), name="config-reload"))
-                self._tick()
+                try:
+                    self._tick()
+                except Exception as exc:  # the single catch-all (SR-FAULT-4)
+                    self._internal_fault(exc)
                 if self._shutdown_reason is not None and self._shutdown_done():
                     break
         except asyncio.CancelledError:
-            self._emergency_stop("control loop cancelled while the service was running")
+            self._last_resort_stop("control loop cancelled while the service was running")
             raise
         except Exception:
-            self._emergency_stop("unexpected error in the control loop")
+            # The catch-all itself failed: the fault could not be recorded or the STOP not
+            # handed over. The process exits; the firmware's lease stops the belt (SR-FAULT-4).
+            self._last_resort_stop("the control loop's error handling failed")
             raise
         self._finish_shutdown()
 
@@ -776,6 +841,13 @@ class Service:
             )
             self.notifier.ready(self.status_line())
             return
+        self.apply_config(new_config, str(path))
+        self.notifier.ready(self.status_line())
+
+    def apply_config(self, new_config: AppConfig, source: str) -> None:
+        """Apply a loaded, checked config as SIGHUP does: tighter limits at once, looser ones
+        when the belt is at rest; a stage no longer in the table is clamped by the core at
+        the next tick (SR-STAGE-6). Sections that need a restart keep their running values."""
         new_safety = new_config.safety()
         restart_needed = [
             section
@@ -802,11 +874,10 @@ class Service:
         self.config = new_config.model_copy(
             update={s: getattr(self.config, s) for s in restart_needed}
         )
-        message = f"{path} reloaded: {applied}"
+        message = f"{source} reloaded: {applied}"
         if restart_needed:
             message += f"; changes to {', '.join(restart_needed)} need a restart"
-        self._emit(Event("config_reloaded", message, {"file": str(path)}))
-        self.notifier.ready(self.status_line())
+        self._emit(Event("config_reloaded", message, {"file": source}))
 
     # ------------------------------------------------------------------ other tasks
 
@@ -818,7 +889,7 @@ class Service:
             raise
         except Exception:
             logger.exception("task %s failed", name)
-            self._emergency_stop(f"task {name} failed")
+            self._last_resort_stop(f"task {name} failed")
             raise
 
     async def _gpio_watch(self) -> None:

@@ -276,6 +276,25 @@ class FirmwareBridge:
             last_error=self._last_error,
         )
 
+    @property
+    def session(self) -> int:
+        """Completed handshakes since the bridge was created: a new value means the link was
+        lost and set up again, however briefly (the controller latches a fault, SR-LINK-1)."""
+        return self._handshakes
+
+    @property
+    def boot_id(self) -> int | None:
+        """The boot id of the firmware's latest HELLO (None before the first): a reboot shows
+        here as soon as its HELLO arrives, before any STATUS of the new boot."""
+        return self._hello.boot_id if self._hello is not None else None
+
+    def frame_counts(self) -> tuple[int, int]:
+        """(frames received intact, frames missed) from the firmware, cumulative across
+        reconnects; a missed frame is a gap in the firmware's sequence numbers, which is also
+        where a frame lost to a CRC error shows up (SR-LINK-3)."""
+        rx = self._rx_seq.stats
+        return rx.received, rx.missed
+
     def latest(self) -> StatusSnapshot | None:
         """The most recent STATUS (None before the first). Judge its age from ``received_ms``."""
         return self._latest

@@ -193,6 +193,21 @@ class FieldSpec:
         return f"{self.lo}..{self.hi}{unit}"
 
 
+def field_bounds(message: type[Message], name: str) -> tuple[float, float]:
+    """The allowed range of field ``name`` of ``message`` in user units (km/h, km/h/s, ms).
+
+    The configuration derives its own bounds from this, so that every value it accepts can
+    be put on the wire (SR-CONFIG-3):
+
+    >>> field_bounds(SetSpeed, "accel_kmh_s")
+    (0.01, 20.0)
+    """
+    for spec in message.FIELDS:
+        if spec.name == name:
+            return spec.lo / spec.scale, spec.hi / spec.scale
+    raise KeyError(f"{message.__name__} has no field {name!r}")
+
+
 def _fixed(name: str, unit: str, lo: int, hi: int, *, doc: str = "") -> FieldSpec:
     return FieldSpec(name, FieldKind.FIXED, "H", unit, lo, hi, scale=100, doc=doc)
 
@@ -417,7 +432,8 @@ class SetSpeed:
             1,
             ACCEL_MAX_RAW,
             doc="ramp rate toward the target; an acceleration (max_accel) above the present "
-            "set-point, a deceleration (max_decel) below it",
+            "set-point, a deceleration (max_decel) below it; equal to it at 0.01 km/h: "
+            "holding, within either (FW-4)",
         ),
         _uint("lease_ms", "H", "ms", 1, LEASE_MAX_MS, doc="motion lease from receipt"),
     )

@@ -69,6 +69,12 @@ from firmware_bridge.messages import (
 )
 from firmware_bridge.sim.physics import BeltPhysics, PhysicsParams
 
+
+def wire_speed_kmh(speed_kmh: float) -> float:
+    """``speed_kmh`` at SET_SPEED's resolution of 0.01 km/h (FW-4 compares at it)."""
+    return round(speed_kmh * 100) / 100
+
+
 __all__ = [
     "HostFrame",
     "InjectedFault",
@@ -826,11 +832,19 @@ class SimFirmware:
             self._shutdown(FwFault.SPEED_ABOVE_CEILING, round(msg.speed_kmh * 100))
             return
         # FW-4: the ramp rate is an acceleration when the target is above the present
-        # set-point and a deceleration when below it; each has its own ceiling.
-        if msg.speed_kmh < self._commanded_kmh:
-            ramp_ceiling = min(conf.max_decel_kmh_s, cfg.max_decel_kmh_s)
+        # set-point and a deceleration when below it; each has its own ceiling. Compared at
+        # the wire's resolution: a target equal to the set-point rounded to 0.01 km/h is
+        # holding, which moves the set-point by half a resolution at most, so either ceiling
+        # bounds its rate.
+        accel_ceiling = min(conf.max_accel_kmh_s, cfg.max_accel_kmh_s)
+        decel_ceiling = min(conf.max_decel_kmh_s, cfg.max_decel_kmh_s)
+        setpoint_kmh = wire_speed_kmh(self._commanded_kmh)
+        if msg.speed_kmh < setpoint_kmh:
+            ramp_ceiling = decel_ceiling
+        elif msg.speed_kmh > setpoint_kmh:
+            ramp_ceiling = accel_ceiling
         else:
-            ramp_ceiling = min(conf.max_accel_kmh_s, cfg.max_accel_kmh_s)
+            ramp_ceiling = max(accel_ceiling, decel_ceiling)
         if msg.accel_kmh_s > ramp_ceiling:
             self._nak(seq, NakReason.ABOVE_CEILING)
             self._shutdown(FwFault.ACCEL_ABOVE_CEILING, round(msg.accel_kmh_s * 100))

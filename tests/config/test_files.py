@@ -35,7 +35,18 @@ BAD_FILES: dict[str, tuple[int, str, str]] = {
     "wrong_type": (6, "serial.baud", "valid integer; got 'fast'"),
     "out_of_range": (36, "control.rate_hz", "must be from 10 to 200 Hz; got 500"),
     "stage_above_ceiling": (30, "stages[1].max_kmh", "up to firmware.max_speed_kmh"),
-    "zero_decel": (27, "stages[0].decel_kmh_s", "more than 0 and at most 3.6 km/h/s; got 0"),
+    "zero_decel": (27, "stages[0].decel_kmh_s", "from 0.01 to 3.6 km/h/s; got 0"),
+    # SR-CONFIG-3: below the 0.01 km/h/s a SET_SPEED can carry.
+    "accel_below_wire_resolution": (
+        26,
+        "stages[0].accel_kmh_s",
+        "from 0.01 to 3.6 km/h/s; got 0.001",
+    ),
+    "decel_below_wire_resolution": (
+        27,
+        "stages[0].decel_kmh_s",
+        "from 0.01 to 3.6 km/h/s; got 0.005",
+    ),
     "grace_above_bound": (28, "stages[0].grip.grace_ms", "up to grip_sensor.max_grace_ms"),
     "lease_longer_than_stale": (8, "firmware.lease_ms", "longer than firmware.stale_ms"),
     "unsafe_grip_wiring": (11, "gpio.inputs.grip_left.active", "a hand on the left rail"),

@@ -21,6 +21,7 @@ from controller.model import (
     FirmwareStatus,
     GripLossAction,
     Inputs,
+    LinkHealth,
     LocalCommand,
     Mode,
     Press,
@@ -165,6 +166,7 @@ class Rig:
     measured_kmh: float | None = None  # None: the belt follows the last command exactly
     fw_commanded_kmh: float = 0.0  # the firmware's own ramped set-point in STATUS
     stage_cap: int = 4
+    link_health: LinkHealth | None = None  # None: no bridge reports on the link
     history: list[Decision] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -204,6 +206,7 @@ class Rig:
             local=local,
             remote=remote,
             stage_cap=self.stage_cap,
+            link=self.link_health,
         )
 
     def tick(

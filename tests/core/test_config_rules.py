@@ -7,8 +7,15 @@ from dataclasses import replace
 
 import pytest
 
-from controller.config_rules import ConfigProblem, check_safety_config
+from controller.config_rules import (
+    STAGE_RATE_BOUND_KMH_S,
+    STOP_DECEL_MAX_KMH_S,
+    WIRE_RATE_MIN_KMH_S,
+    ConfigProblem,
+    check_safety_config,
+)
 from controller.model import GripLossAction, SafetyConfig
+from firmware_bridge.messages import SetSpeed, Stop, field_bounds
 from tests.core.support import DEFAULT_CONFIG, make_config, stage
 
 
@@ -87,11 +94,24 @@ def test_SR_CONFIG_2_machine_max_within_bounds(machine_max_kmh: float) -> None:
 
 
 @pytest.mark.parametrize("field", ["accel_kmh_s", "decel_kmh_s"])
-@pytest.mark.parametrize("value", [0.0, -0.2, 3.7, math.nan])
-def test_SR_CONFIG_3_stage_rates_positive_and_bounded(field: str, value: float) -> None:
+@pytest.mark.parametrize("value", [0.0, -0.2, 0.001, 0.005, 0.0099, 3.7, math.nan])
+def test_SR_CONFIG_3_stage_rates_on_the_wire_and_bounded(field: str, value: float) -> None:
     problem = _only_problem(make_config(stage(1, **{field: value})))  # type: ignore[arg-type]  # parametrized keyword
     assert problem.key_path == f"stages[0].{field}"
-    assert "must be in (0, 3.6] km/h/s" in problem.message
+    assert "must be in [0.01, 3.6] km/h/s" in problem.message
+
+
+@pytest.mark.parametrize("field", ["accel_kmh_s", "decel_kmh_s"])
+@pytest.mark.parametrize("value", [0.01, 0.014, 3.6])
+def test_SR_CONFIG_3_rates_the_wire_can_carry_are_accepted(field: str, value: float) -> None:
+    assert check_safety_config(make_config(stage(1, **{field: value}))) == []  # type: ignore[arg-type]  # parametrized keyword
+
+
+def test_SR_CONFIG_3_bounds_come_from_the_wire_field_table() -> None:
+    lowest, highest = field_bounds(SetSpeed, "accel_kmh_s")
+    assert WIRE_RATE_MIN_KMH_S == lowest == field_bounds(Stop, "decel_kmh_s")[0]
+    assert highest >= STAGE_RATE_BOUND_KMH_S
+    assert field_bounds(Stop, "decel_kmh_s")[1] >= STOP_DECEL_MAX_KMH_S
 
 
 @pytest.mark.parametrize("value", [0.0, -1.0, 0.9, 10.9, math.inf])

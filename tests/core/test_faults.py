@@ -138,8 +138,13 @@ def test_SR_STALE_1_stale_link_while_faulted_is_recorded_once() -> None:
 # ---------------------------------------------------------------- plausibility
 
 
+# These steps of the reading are abrupt enough to count as a runaway (SR-PLAUS-5), which
+# trips earlier; the SR-PLAUS-1 timer is shown with that rule's threshold out of reach.
+NO_RUNAWAY = make_config(runaway_accel_kmh_s=10.0)
+
+
 def test_SR_PLAUS_1_overspeed_beyond_margin_for_too_long_estops() -> None:
-    rig = running_rig()
+    rig = running_rig(NO_RUNAWAY)
     # Limit 2.0 km/h: margin max(0.3, 5 %) = 0.3 -> overspeed above 2.3 km/h.
     rig.tick(SetTarget(2.0))
     rig.run_ms(10_000)
@@ -154,7 +159,7 @@ def test_SR_PLAUS_1_overspeed_beyond_margin_for_too_long_estops() -> None:
 
 
 def test_SR_PLAUS_1_overspeed_timer_restarts_when_speed_drops_back() -> None:
-    rig = running_rig()
+    rig = running_rig(NO_RUNAWAY)
     rig.tick(SetTarget(2.0))
     rig.run_ms(10_000)
     for _ in range(5):
@@ -457,6 +462,24 @@ def test_SR_FAULT_3_every_fault_message_says_what_to_do() -> None:
     rig = faulted_rig()
     assert rig.core.fault is not None
     assert rig.core.fault.message.endswith(". Hold the rails, then press RESET.")
+
+
+@pytest.mark.parametrize("secondary", [False, True])
+def test_SR_FAULT_4_reset_is_refused_while_internal_is_latched(secondary: bool) -> None:
+    rig = running_rig()
+    if secondary:
+        rig.estop = True
+        rig.tick()
+        rig.estop = False
+    decision = internal_fault(rig.core, DEFAULT_CONFIG, rig.now_ms + 1, "ValueError: boom")
+    rig.state = decision.state
+    rig.run_ms(3000)
+    refused = rig.press(Button.RESET)
+    assert refused.state.mode is Mode.FAULTED
+    (event,) = [e for e in refused.events if e.kind == "reset_refused"]
+    assert "an internal controller error is latched: read the log, then restart the service" in (
+        event.message
+    )
 
 
 def test_SR_FAULT_4_internal_fault_latches_with_a_controlled_stop() -> None:

@@ -31,6 +31,7 @@ from controller.model import (
     FirmwareState,
     GripLossAction,
     Inputs,
+    LinkHealth,
     Press,
     RemoteLowerStageCap,
     RemoteLowerTarget,
@@ -41,6 +42,7 @@ from controller.model import (
 )
 from tests.core.support import (
     DEFAULT_CONFIG,
+    TICK_MS,
     Rig,
     faulted_rig,
     idle_rig,
@@ -187,13 +189,21 @@ def _estop_key() -> list[Decision]:
 
 @script("overspeed, moving at rest, invalid reading")
 def _plausibility() -> list[Decision]:
-    rig = running_rig()
+    rig = running_rig(make_config(runaway_accel_kmh_s=10.0))  # the SR-PLAUS-1 timer alone
     rig.tick(SetTarget(2.0))
     rig.run_ms(8000)
     rig.measured_kmh = 2.5
     mark = len(rig.history)
     rig.run_ms(560)
     decisions = _from(rig, mark)
+    rig = running_rig()  # a runaway (SR-PLAUS-5)
+    rig.tick(SetTarget(2.0))
+    rig.run_ms(8000)
+    mark = len(rig.history)
+    for step in range(1, 30):
+        rig.measured_kmh = 2.0 + 0.04 * step
+        rig.tick()
+    decisions += _from(rig, mark)
     rig = idle_rig()
     rig.measured_kmh = 0.4
     mark = len(rig.history)
@@ -227,6 +237,35 @@ def _link() -> list[Decision]:
     return decisions
 
 
+@script("link: lost, set up again, degraded, reboot announced by HELLO; start before settled")
+def _link_health() -> list[Decision]:
+    decisions = []
+    for health in (
+        LinkHealth(up=False, session=1),
+        LinkHealth(up=True, session=2),
+        LinkHealth(up=False, session=1, boot_id=99),
+    ):
+        rig = running_rig()
+        rig.link_health = LinkHealth(up=True, session=1)
+        rig.tick()
+        rig.link_health = health
+        decisions.append(rig.tick())
+    rig = running_rig()
+    rig.link_health = LinkHealth(up=True, session=1)
+    rig.tick()
+    rig.link_health = LinkHealth(up=True, session=1, frames_received=10, frames_missed=40)
+    mark = len(rig.history)
+    rig.run_ms(DEFAULT_CONFIG.link_window_ms)
+    decisions += _from(rig, mark)
+    rig = idle_rig()
+    rig.link_health = LinkHealth(up=False, session=1)
+    decisions.append(rig.press(Button.START))
+    rig.link_health = LinkHealth(up=True, session=1)
+    decisions.append(rig.press(Button.START))
+    decisions.append(rig.press(Button.START))
+    return decisions
+
+
 @script("firmware: fault (controlled, emergency), reboot, configuration mismatch")
 def _firmware() -> list[Decision]:
     decisions = []
@@ -242,10 +281,17 @@ def _firmware() -> list[Decision]:
     return decisions
 
 
-@script("internal fault")
+@script("internal fault; reset refused; reload with fewer stages")
 def _internal() -> list[Decision]:
     rig = running_rig()
-    return [internal_fault(rig.core, DEFAULT_CONFIG, rig.now_ms + 1, "ValueError: boom")]
+    decision = internal_fault(rig.core, DEFAULT_CONFIG, rig.now_ms + 1, "ValueError: boom")
+    rig.state = decision.state
+    rig.run_ms(3000)
+    decisions = [decision, rig.press(Button.RESET)]
+    rig = idle_rig(stage_number=4)
+    rig.config = make_config(*DEFAULT_CONFIG.stages[:2])
+    decisions.append(rig.tick())
+    return decisions
 
 
 # ---------------------------------------------------------------- grip
@@ -264,7 +310,7 @@ def _grip() -> list[Decision]:
         rig.grip = (False, False)
         rig.run_ms(900)
         rig.grip = (False, True)
-        rig.tick()
+        rig.run_ms(config.grip_regrip_ms + TICK_MS)  # held again: the loss is over (SR-GRIP-10)
         decisions += _from(rig, mark)
     return decisions
 

@@ -122,6 +122,10 @@ def test_SR_PLAUS_1_property_overspeed_only_beyond_margin_and_time(
     measured = limit + margin + excess_kmh
     assume(measured >= 0.0 and abs(excess_kmh) > 1e-6)
     rig.measured_kmh = measured
+    # The reading has stood at this value: no acceleration, so SR-PLAUS-5 stays out of it.
+    rig.state = replace(
+        rig.core, speed_samples=((rig.now_ms - 150, measured), (rig.now_ms - 50, measured))
+    )
     for _ in range(lasting_ticks):
         rig.tick()
     lasted_ms = (lasting_ticks - 1) * 20

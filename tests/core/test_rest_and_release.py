@@ -15,6 +15,7 @@ from controller.model import (
 )
 from tests.core.support import (
     DEFAULT_CONFIG,
+    TICK_MS,
     faulted_rig,
     running_rig,
     single_stage_config,
@@ -96,7 +97,7 @@ def test_SR_GRIP_9_optional_grip_warn_stage_starts_without_hands_and_warns_once(
     assert len(rig.events("grip_warning")) == 1  # once per loss, belt still running
     assert rig.core.mode is Mode.RUNNING
     rig.grip = (False, True)
-    rig.tick()
+    rig.run_ms(config.grip_regrip_ms + TICK_MS)  # held again: the loss is over (SR-GRIP-10)
     rig.grip = (False, False)
     rig.run_ms(1000)
     assert len(rig.events("grip_warning")) == 2

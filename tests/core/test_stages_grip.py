@@ -27,6 +27,7 @@ from controller.model import (
 )
 from tests.core.support import (
     DEFAULT_CONFIG,
+    TICK_MS,
     faulted_rig,
     idle_rig,
     make_config,
@@ -191,8 +192,12 @@ def test_SR_GRIP_3_slow_ramps_down_and_recovers_without_latching() -> None:
     assert refused.state.target_kmh == 0.8
     assert len(rig.events("grip_lost")) == 1
     rig.grip = (True, False)
-    restored = rig.tick()
-    assert [e.kind for e in restored.events] == ["grip_restored"]
+    touched = rig.tick()
+    assert touched.events == ()  # a touch is not yet a hold (SR-GRIP-10)
+    rig.run_ms(rig.config.grip_regrip_ms - 2 * TICK_MS)
+    assert rig.events("grip_restored") == []
+    restored = rig.run_ms(2 * TICK_MS)
+    assert [e.kind for d in restored for e in d.events] == ["grip_restored"]
     assert rig.press(Button.FASTER).state.target_kmh == 0.9
 
 
@@ -203,7 +208,7 @@ def test_SR_GRIP_4_warn_gives_one_warning_per_loss() -> None:
     assert len(rig.events("grip_warning")) == 1
     assert rig.core.mode is Mode.RUNNING
     rig.grip = (True, True)
-    rig.tick()
+    rig.run_ms(rig.config.grip_regrip_ms + TICK_MS)  # held again: the loss is over (SR-GRIP-10)
     rig.grip = (False, False)
     rig.run_ms(600)
     assert len(rig.events("grip_warning")) == 2
@@ -211,12 +216,15 @@ def test_SR_GRIP_4_warn_gives_one_warning_per_loss() -> None:
 
 
 def test_SR_GRIP_5_grip_back_within_grace_cancels_the_timer() -> None:
+    """Back within the grace and held for grip_regrip_ms (SR-GRIP-10): the loss is over."""
     rig = running_rig()
     for _ in range(5):
         rig.grip = (False, False)
         rig.run_ms(260)
         rig.grip = (True, False)
         rig.tick()
+        assert rig.core.grip_lost_since_ms is not None  # a touch, not yet a hold
+        rig.run_ms(rig.config.grip_regrip_ms + TICK_MS)
         assert rig.core.grip_lost_since_ms is None
     assert rig.core.mode is Mode.RUNNING
     assert rig.events("grip_lost") == []

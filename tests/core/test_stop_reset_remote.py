@@ -331,6 +331,41 @@ def test_SR_REMOTE_2_remote_target_only_lowers() -> None:
         assert "may only lower it" in decision.events[0].message
 
 
+@pytest.mark.parametrize("local", [False, True])
+def test_SR_REMOTE_2_negative_zero_is_reported_as_zero(local: bool) -> None:
+    rig = running_rig()
+    decision = rig.tick(SetTarget(-0.0)) if local else rig.tick(remote=(RemoteLowerTarget(-0.0),))
+    assert decision.state.target_kmh == 0.0
+    assert str(decision.state.target_kmh) == "0.0"  # not -0.0
+    changed = [e for e in decision.events if e.kind == "target_changed"]
+    assert changed[0].message.endswith(
+        "-> 0.00 km/h (" + ("console target)" if local else "remote)")
+    )
+    assert "-0.00" not in changed[0].message
+    assert decision.state.mode is Mode.STOPPING  # a zero target is a stop (SR-SPEED-5)
+
+
+@pytest.mark.parametrize("faulted", [False, True])
+def test_SR_STAGE_6_reload_with_fewer_stages_while_idle_or_faulted_clamps_the_stage(
+    faulted: bool,
+) -> None:
+    rig = idle_rig(stage_number=4)
+    if faulted:
+        rig.estop = True
+        rig.tick()
+        rig.estop = False
+        assert rig.core.mode is Mode.FAULTED
+    rig.config = replace(DEFAULT_CONFIG, stages=DEFAULT_CONFIG.stages[:2])
+    decision = rig.tick()
+    assert decision.state.stage == 2
+    (changed,) = [e for e in decision.events if e.kind == "stage_changed"]
+    assert changed.message.startswith(
+        "stage 4 (not in the configuration) -> stage 2 (supported backward walk) "
+        "(stage not in the reloaded configuration)"
+    )
+    assert decision.state.mode is (Mode.FAULTED if faulted else Mode.IDLE)
+
+
 def test_SR_REMOTE_3_remote_stage_cap_only_lowers_and_applies_at_once() -> None:
     rig = running_rig(stage_number=3)
     decision = rig.tick(remote=(RemoteLowerStageCap(2),))

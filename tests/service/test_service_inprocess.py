@@ -9,16 +9,27 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from controller import core as service_core
 from controller import service as service_module
 from controller.commands import CommandRejected
 from controller.config import load_config
 from controller.gpio import BUTTON_LOCKOUT_MS
-from controller.model import FaultCode, Mode, RemoteLowerTarget, RemoteStop, SetSpeed
+from controller.model import (
+    FaultCode,
+    Mode,
+    RemoteLowerTarget,
+    RemoteStop,
+    SetSpeed,
+    SetTarget,
+    StopKind,
+)
 from controller.service import Service, TickRecord
 from firmware_bridge.messages import EStop, Stop
 from firmware_bridge.messages import SetSpeed as WireSetSpeed
@@ -132,7 +143,11 @@ async def test_remote_stop_stops_belt_and_remote_speed_up_is_rejected(tmp_path: 
         assert not any(isinstance(m, WireSetSpeed) and m.speed_kmh > 0 for m in sent[last_stop:])
 
 
-async def test_unexpected_task_error_sends_ESTOP_and_exits_nonzero(tmp_path: Path) -> None:
+async def test_SR_FAULT_4_unexpected_task_error_sends_STOP_and_exits_nonzero(
+    tmp_path: Path,
+) -> None:
+    """A service task other than the loop fails: a controlled STOP, never ESTOP, then exit 1
+    (the firmware's lease ramps the belt down if the STOP were lost)."""
     path = write_config(tmp_path)
     simulator = PtySimulator(seed=5)
     service = Service(
@@ -155,7 +170,84 @@ async def test_unexpected_task_error_sends_ESTOP_and_exits_nonzero(tmp_path: Pat
     code = await asyncio.wait_for(task, timeout=10)
     assert code == 1
     frames = [h.frame.message for h in simulator.firmware.host_frames]
-    assert any(isinstance(m, EStop) for m in frames), "no ESTOP reached the firmware"
+    assert any(isinstance(m, Stop) for m in frames), "no STOP reached the firmware"
+    assert not any(isinstance(m, EStop) for m in frames), "a category-0 ESTOP was sent"
+
+
+def _fail_once(real: Callable[..., Any], fired: list[bool]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not fired:
+            fired.append(True)
+            raise RuntimeError("injected failure in the control tick")
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+TICK_PARTS = [
+    "panel.read",
+    "bridge.latest",
+    "core.decide",
+    "bridge.set_speed",
+    "events",
+    "training.on_tick",
+    "watchdog",
+    "observers",
+]
+
+
+@pytest.mark.parametrize("part", TICK_PARTS)
+async def test_SR_FAULT_4_exception_in_each_part_of_the_tick_latches_with_a_controlled_stop(
+    tmp_path: Path, part: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_service(tmp_path) as service:
+        await hold_rails_and_start(service)
+        await wait_until(lambda: true_kmh(service) >= 0.3, timeout_s=10, what="belt moving")
+        assert service.panel is not None
+        assert service.bridge is not None
+        fired: list[bool] = []
+        if part == "panel.read":
+            monkeypatch.setattr(service.panel, "read", _fail_once(service.panel.read, fired))
+        elif part == "bridge.latest":
+            monkeypatch.setattr(service.bridge, "latest", _fail_once(service.bridge.latest, fired))
+        elif part == "core.decide":
+            monkeypatch.setattr(service_core, "decide", _fail_once(service_core.decide, fired))
+        elif part == "bridge.set_speed":
+            set_speed = service.bridge.set_speed
+            monkeypatch.setattr(service.bridge, "set_speed", _fail_once(set_speed, fired))
+        elif part == "events":
+            monkeypatch.setattr(service, "_emit", _fail_once(service._emit, fired))
+            service.submit_local(SetTarget(0.9))  # an event in the next tick
+        elif part == "training.on_tick":
+            assert service.training is not None
+            on_tick = service.training.on_tick
+            monkeypatch.setattr(service.training, "on_tick", _fail_once(on_tick, fired))
+        elif part == "watchdog":
+            watchdog = service.notifier.watchdog
+            monkeypatch.setattr(service.notifier, "watchdog", _fail_once(watchdog, fired))
+        else:
+            service.observers.append(_fail_once(lambda record: None, fired))
+        await wait_until(lambda: bool(fired), timeout_s=2, what=f"the failure in {part}")
+        await wait_until(lambda: mode(service) is Mode.FAULTED, timeout_s=1, what="FAULTED")
+        assert service.state.fault is not None
+        assert service.state.fault.code is FaultCode.INTERNAL
+        assert service.state.fault.stop is StopKind.CONTROLLED
+        assert "injected failure in the control tick" in service.state.fault.message
+        await wait_until(lambda: true_kmh(service) <= 0.1, timeout_s=3, what="belt at rest")
+        frames = [h.frame.message for h in service.simulator.firmware.host_frames]  # type: ignore[union-attr]
+        assert any(isinstance(m, Stop) for m in frames)
+        assert not any(isinstance(m, EStop) for m in frames), "a category-0 ESTOP was sent"
+        # The loop lives on: it keeps ticking, and only a restart clears the fault.
+        ticks = service.loop_stats.ticks
+        await wait_until(lambda: service.loop_stats.ticks > ticks + 5, timeout_s=1, what="ticks")
+        assert service.mock_panel is not None
+        service.mock_panel.press("reset")
+        await wait_until(
+            lambda: any(e.kind == "reset_refused" for _, e in service.event_log),
+            timeout_s=1,
+            what="reset refused",
+        )
+        assert service.state.fault.code is FaultCode.INTERNAL
 
 
 def no_training(raw: dict[str, object]) -> None:

@@ -279,6 +279,31 @@ def test_fw4_accel_above_the_ceiling_is_a_fault() -> None:
     assert host.fw.true_speed_kmh == 0.0
 
 
+@pytest.mark.parametrize("rate_kmh_s", [0.5, 1.0, 2.0])
+def test_fw4_set_speed_equal_to_the_set_point_is_holding(rate_kmh_s: float) -> None:
+    """A SET_SPEED whose speed equals the set-point at the wire's resolution moves nothing
+    and is accepted with a rate within either ceiling (accel 1.0 here, decel above it)."""
+    host = Host(QUIET)
+    host.handshake(dataclasses.replace(LIMITS, max_accel_kmh_s=1.0))
+    host.run_at(1.0, 1.0, for_ms=3000)
+    assert host.fw.commanded_kmh == 1.0
+    answers = host.send(SetSpeed(speed_kmh=1.0, accel_kmh_s=rate_kmh_s, lease_ms=LEASE_MS))
+    assert not any(isinstance(m, Nak | FaultReport) for m in answers), answers
+    assert host.state() is FwState.RUNNING
+    assert host.fw.commanded_kmh == 1.0
+
+
+def test_fw4_deceleration_below_the_set_point_is_checked_against_max_decel() -> None:
+    host = Host(QUIET)
+    host.handshake(dataclasses.replace(LIMITS, max_accel_kmh_s=1.0))
+    host.run_at(1.0, 1.0, for_ms=3000)
+    answers = host.send(SetSpeed(speed_kmh=0.99, accel_kmh_s=2.0, lease_ms=LEASE_MS))
+    assert not any(isinstance(m, Nak | FaultReport) for m in answers), answers
+    too_fast = LIMITS.max_decel_kmh_s + 0.01
+    answers = host.send(SetSpeed(speed_kmh=0.5, accel_kmh_s=too_fast, lease_ms=LEASE_MS))
+    assert host.fault() is FwFault.ACCEL_ABOVE_CEILING
+
+
 def test_fw4_configure_above_compiled_ceilings_is_refused() -> None:
     host = Host(QUIET)
     host.boot()
