@@ -889,7 +889,11 @@ async def run_scenario(
     timeline_path: Path | None = None,
     config_source: str = "",
 ) -> ScenarioResult:
-    """Run ``scenario`` in real time on ``config`` (pointed at the simulator and mock pins).
+    """Run ``scenario`` on ``config`` (pointed at the simulator and mock pins).
+
+    In real time, or on a virtual clock when the running loop is a
+    :class:`~controller.virtual_time.VirtualTimeLoop`: the service, the simulator and the
+    runner then all read the loop's clock, and idle time costs nothing.
 
     Raises :class:`ScenarioRunError` when the service cannot be started; a step that fails
     is recorded in ``errors`` (and fails the result).
@@ -898,20 +902,26 @@ async def run_scenario(
     from controller.gpio import mock_pin_factory  # noqa: PLC0415
     from controller.model import SelectStage  # noqa: PLC0415
     from controller.service import Service, monotonic_ms  # noqa: PLC0415
+    from controller.virtual_time import VirtualTimeLoop  # noqa: PLC0415
+    from firmware_bridge.sim.memory import MemorySimulator  # noqa: PLC0415
     from firmware_bridge.sim.pty import PtySimulator  # noqa: PLC0415
 
     spec = scenario.spec
     stage = resolve_stage(scenario, config)
     loop = asyncio.get_running_loop()
+    virtual = isinstance(loop, VirtualTimeLoop)
+    clock_ms = loop.clock_ms if isinstance(loop, VirtualTimeLoop) else monotonic_ms
     wall_start = loop.time()
     with tempfile.TemporaryDirectory(prefix="treadmill-scenario-") as state_dir:
         run_config = scenario_config(config, state_dir=state_dir, training=spec.training)
         # A stable link that disappears while "unplugged", like /dev/serial/by-id/...: a
         # reconnecting bridge must never open a recycled /dev/pts/N of another program.
-        simulator = PtySimulator(
+        # On a virtual clock the cable is in memory; in real time it is a pseudo-terminal.
+        simulator = (MemorySimulator if virtual else PtySimulator)(
             _sim_config(spec.simulator),
             seed=spec.seed,
             link_path=Path(state_dir) / "firmware.tty",
+            clock_ms=clock_ms,
         )
         service = Service(
             run_config,
@@ -919,6 +929,7 @@ async def run_scenario(
             simulator=simulator,
             enable_mqtt=False,
             install_signal_handlers=False,
+            clock_ms=clock_ms,
         )
         records: list[TickRecord] = []
         service.observers.append(records.append)
@@ -956,8 +967,8 @@ async def run_scenario(
                     f"stage {stage} to be selected",
                     run_task,
                 )
-            t0_ms = monotonic_ms()
-            t0_loop = t0_ms / 1000.0  # the loop clock is time.monotonic(): the same clock
+            t0_ms = clock_ms()
+            t0_loop = t0_ms / 1000.0  # the loop clock and clock_ms are the same clock
             await _run_steps(spec, driver, steps, t0_loop, run_task)
             remaining = t0_loop + spec.duration_s - loop.time()
             if remaining > 0 and not run_task.done():
@@ -1578,6 +1589,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only validate the files (and their configs), do not run them",
     )
+    parser.add_argument(
+        "--virtual-time",
+        action="store_true",
+        help="run on a virtual clock: idle time costs nothing (the test suite's default)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log the service at INFO")
     return parser
 
@@ -1641,13 +1657,17 @@ def scenario_main(argv: list[str], out: TextIO | None = None, err: TextIO | None
     if args.jobs < 1:
         err.write(f"--jobs must be at least 1, got {args.jobs}\n")
         return EXIT_INVALID
-    results = asyncio.run(
-        run_scenarios(
-            [(scenario, config) for scenario, config, _source in loaded],
-            jobs=args.jobs,
-            config_sources=[source for _scenario, _config, source in loaded],
-        )
+    batch = run_scenarios(
+        [(scenario, config) for scenario, config, _source in loaded],
+        jobs=args.jobs,
+        config_sources=[source for _scenario, _config, source in loaded],
     )
+    if args.virtual_time:
+        from controller.virtual_time import run_virtual  # noqa: PLC0415
+
+        results = run_virtual(batch)
+    else:
+        results = asyncio.run(batch)
     failed = 0
     for (scenario, _config, _source), result in zip(loaded, results, strict=True):
         if isinstance(result, ScenarioRunError):

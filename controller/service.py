@@ -1011,6 +1011,8 @@ class Service:
             clock_ms=self._clock_ms,
             handshake_timeout_ms=config.serial.handshake_timeout_ms,
             link_timeout_ms=config.serial.link_timeout_ms,
+            # an in-memory simulator (firmware_bridge.sim.memory) brings its own link
+            open_port=getattr(self.simulator, "open_connection", None),
         )
         self.bridge.on_link_change = self._on_link_change
         if config.training.enabled:

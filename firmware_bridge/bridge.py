@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import serial
@@ -168,6 +168,8 @@ class FirmwareBridge:
         on_link_change: Callable[[bool, str], None] | None = None,
         on_hello: Callable[[Hello], None] | None = None,
         rng: random.Random | None = None,
+        open_port: Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+        | None = None,
     ) -> None:
         if not port:
             raise ValueError("FirmwareBridge port is empty: give the serial device path")
@@ -201,6 +203,9 @@ class FirmwareBridge:
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 - backoff jitter, not cryptography
         self.on_link_change = on_link_change
         self.on_hello = on_hello
+        # Opens the link; None: the serial device ``port`` (an in-memory simulator passes its
+        # own, see firmware_bridge.sim.memory).
+        self._open_port = open_port
         self.ready = asyncio.Event()
 
         self._seq = SequenceCounter()
@@ -353,9 +358,12 @@ class FirmwareBridge:
         try:
             while True:
                 try:
-                    reader, writer = await serial_asyncio_fast.open_serial_connection(
-                        url=self._port, baudrate=self._baud, exclusive=True
-                    )
+                    if self._open_port is not None:
+                        reader, writer = await self._open_port()
+                    else:
+                        reader, writer = await serial_asyncio_fast.open_serial_connection(
+                            url=self._port, baudrate=self._baud, exclusive=True
+                        )
                 except (serial.SerialException, OSError, ValueError) as exc:
                     reason = (
                         f"cannot open serial port {self._port}: {exc}: check the cable, the "

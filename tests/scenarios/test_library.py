@@ -24,6 +24,7 @@ from controller.scenario import (
     load_scenario_config,
     run_scenarios,
 )
+from controller.virtual_time import run_virtual
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO_DIR = REPO / "scenarios"
@@ -62,13 +63,33 @@ NOT_SHOWN_BY_SCENARIOS: dict[str, str] = {
 KNOWN_DEFECTS: dict[str, str] = {}
 
 
+#: Scenarios also run in real time over the pseudo-terminal, as end-to-end checks of the
+#: virtual-clock runs: a grip stop, a link loss the firmware's lease ends, an e-stop.
+REAL_TIME: tuple[str, ...] = (
+    "grip_loss_stage1_stops_and_latches",
+    "link_loss_firmware_lease_stops_belt",
+    "estop_stops_belt_reset_needs_release",
+)
+
+
+def _run(paths: list[Path], *, virtual: bool) -> dict[str, ScenarioResult | ScenarioRunError]:
+    scenarios = [load_scenario(path) for path in paths]
+    items = [(scenario, load_scenario_config(scenario)) for scenario in scenarios]
+    batch = run_scenarios(items, jobs=JOBS)
+    results = run_virtual(batch) if virtual else asyncio.run(batch)
+    return {path.stem: result for path, result in zip(paths, results, strict=True)}
+
+
 @pytest.fixture(scope="module")
 def library_results() -> dict[str, ScenarioResult | ScenarioRunError]:
-    """Run the whole library once, ``JOBS`` scenarios at a time."""
-    scenarios = [load_scenario(path) for path in FILES]
-    items = [(scenario, load_scenario_config(scenario)) for scenario in scenarios]
-    results = asyncio.run(run_scenarios(items, jobs=JOBS))
-    return {path.stem: result for path, result in zip(FILES, results, strict=True)}
+    """Run the whole library once on a virtual clock, ``JOBS`` scenarios at a time."""
+    return _run(FILES, virtual=True)
+
+
+@pytest.fixture(scope="module")
+def real_time_results() -> dict[str, ScenarioResult | ScenarioRunError]:
+    """The :data:`REAL_TIME` scenarios, in real time."""
+    return _run([SCENARIO_DIR / f"{name}.yaml" for name in REAL_TIME], virtual=False)
 
 
 def test_library_is_not_empty() -> None:
@@ -94,6 +115,24 @@ def test_scenario_holds(
     if isinstance(result, ScenarioRunError):
         pytest.fail(f"{name}: could not run: {result}")
     assert result.passed, format_report(result)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", REAL_TIME)
+def test_scenario_holds_in_real_time(
+    name: str,
+    real_time_results: dict[str, ScenarioResult | ScenarioRunError],
+    library_results: dict[str, ScenarioResult | ScenarioRunError],
+) -> None:
+    """The end-to-end check of the virtual clock: the same verdicts, and the same stop."""
+    result = real_time_results[name]
+    if isinstance(result, ScenarioRunError):
+        pytest.fail(f"{name}: could not run: {result}")
+    assert result.passed, format_report(result)
+    virtual = library_results[name]
+    assert not isinstance(virtual, ScenarioRunError)
+    assert [e.passed for e in virtual.expectations] == [e.passed for e in result.expectations]
+    assert [s.cause for s in virtual.stops] == [s.cause for s in result.stops]
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])

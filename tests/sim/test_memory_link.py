@@ -1,0 +1,50 @@
+"""The in-memory cable: the bridge handshakes with the simulated firmware, and an unplug is seen."""
+
+from __future__ import annotations
+
+import asyncio
+
+from controller.virtual_time import run_virtual
+from firmware_bridge.bridge import FirmwareBridge, FirmwareLimits
+from firmware_bridge.sim.memory import MEMORY_PORT, MemorySimulator
+
+
+async def _handshake_then_unplug() -> tuple[bool, list[tuple[bool, str]], bool]:
+    loop = asyncio.get_running_loop()
+
+    def clock_ms() -> int:
+        return round(loop.time() * 1000)
+
+    changes: list[tuple[bool, str]] = []
+    async with MemorySimulator(clock_ms=clock_ms) as sim:
+        limits = FirmwareLimits(
+            max_speed_kmh=8.0, max_accel_kmh_s=0.5, max_decel_kmh_s=3.6, max_lease_ms=300
+        )
+        bridge = FirmwareBridge(
+            sim.port,
+            baud=115200,
+            limits=limits,
+            clock_ms=clock_ms,
+            open_port=sim.open_connection,
+            on_link_change=lambda up, reason: changes.append((up, reason)),
+        )
+        task = asyncio.create_task(bridge.run(), name="firmware-bridge")
+        await asyncio.wait_for(bridge.ready.wait(), timeout=5.0)
+        ready = bridge.connected
+        await sim.disconnect()
+        await asyncio.sleep(1.0)
+        down = not bridge.connected
+        await sim.reconnect()
+        await asyncio.sleep(2.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return ready and down, changes, sim.port == MEMORY_PORT
+
+
+def test_the_bridge_handshakes_over_memory_and_sees_an_unplug_and_a_replug() -> None:
+    ok, changes, named = run_virtual(_handshake_then_unplug())
+    assert ok
+    assert named
+    assert [up for up, _ in changes] == [True, False, True, False]  # the last: bridge stopped
+    assert "end of file" in changes[1][1]
+    assert changes[3][1] == "bridge stopped"
