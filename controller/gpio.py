@@ -94,9 +94,16 @@ class TimedMockPin(MockPin):  # type: ignore[misc]  # gpiozero ships no type inf
             del self.states[: -self._KEEP_STATES]
 
 
-def mock_pin_factory() -> Any:
-    """gpiozero's MockFactory with :class:`TimedMockPin` pins (the demo, tests, scenarios)."""
-    return MockFactory(pin_class=TimedMockPin)
+def mock_pin_factory(clock_s: Callable[[], float] | None = None) -> Any:
+    """gpiozero's MockFactory with :class:`TimedMockPin` pins (the demo, tests, scenarios).
+
+    ``clock_s`` replaces the factory's ``ticks()`` clock (``time.monotonic``), for runs on a
+    virtual clock (``controller.virtual_time``): the belt sensor then times its pulses on it.
+    """
+    factory = MockFactory(pin_class=TimedMockPin)
+    if clock_s is not None:
+        factory.ticks = clock_s  # shadows gpiozero's static ticks() for this factory only
+    return factory
 
 
 def make_pin_factory(name: str) -> Any:

@@ -925,7 +925,7 @@ async def run_scenario(
         )
         service = Service(
             run_config,
-            pin_factory=mock_pin_factory(),
+            pin_factory=mock_pin_factory(loop.time if virtual else None),
             simulator=simulator,
             enable_mqtt=False,
             install_signal_handlers=False,
