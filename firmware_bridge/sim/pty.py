@@ -76,6 +76,8 @@ class PtySimulator:
         self._config = config if config is not None else SimConfig()
         self._clock_ms = clock_ms
         self._tick_ms = tick_ms
+        self._rx_ms = 0  # when the last bytes from the host were handed to the firmware
+        self._looked_ms = clock_ms()  # when this process last looked at the port
         self._link_path = Path(link_path) if link_path is not None else None
         rng = random.Random(seed)  # noqa: S311 - a reproducible simulation, not cryptography
         self._firmware = SimFirmware(self._config, rng, now_ms=clock_ms())
@@ -89,6 +91,11 @@ class PtySimulator:
         self._belt_pulse_sink: Callable[[list[float]], None] | None = None
 
     # ---------------------------------------------------------------- properties
+
+    @property
+    def looked_ms(self) -> int:
+        """When (``clock_ms``) this simulator last looked at its port (a tick or a read)."""
+        return self._looked_ms
 
     @property
     def firmware(self) -> SimFirmware:
@@ -233,24 +240,53 @@ class PtySimulator:
                 self._link_path.unlink()
 
     def _on_readable(self) -> None:
+        self._read_input()
+
+    def _arrival_ms(self) -> int:
+        """When the bytes waiting now reached the port, as well as this process can tell.
+
+        A chip's UART receives while its main loop runs; this process, on a loaded host, can be
+        descheduled for longer than a lease. Normally it looks at the port at least every tick,
+        so waiting bytes arrived just now. After a stall of its own (more than two ticks since
+        it last looked) they arrived during the stall, at the earliest when it last looked:
+        they are credited to that moment, so that the simulator's own stall never reads as a
+        late host and expires the lease (FW-3) with SET_SPEED frames sitting unread. A stall
+        longer than the lease still expires it, as it would on a chip whose receiver stopped.
+        """
+        now_ms = self._clock_ms()
+        stalled = now_ms - self._looked_ms > 2 * self._tick_ms
+        arrival_ms = self._looked_ms if stalled else now_ms
+        self._looked_ms = now_ms
+        return arrival_ms
+
+    def _read_input(self) -> bool:
+        """Hand what the host has sent to the firmware; False when nothing was waiting."""
         fd = self._master_fd
         if fd is None:
-            return
+            return False
         try:
             data = os.read(fd, _READ_CHUNK)
         except BlockingIOError:
-            return
+            return False
         except OSError as exc:
             if exc.errno == errno.EIO:
-                return  # no slave open at this instant; nothing to read
+                return False  # no slave open at this instant; nothing to read
             raise
-        if data:
-            self._write(self._firmware.receive(data, self._clock_ms()))
+        if not data:
+            return False
+        # Never before bytes already handed over: the firmware's clock only moves forward.
+        self._rx_ms = max(self._arrival_ms(), self._rx_ms)
+        self._write(self._firmware.receive(data, self._rx_ms))
+        return True
 
     async def _tick_loop(self) -> None:
         period_s = self._tick_ms / 1000.0
         while True:
-            self._write(self._firmware.tick(self._clock_ms()))
+            # Whatever waits in the port first (see _arrival_ms), then the firmware's tick.
+            while self._read_input():
+                pass
+            self._looked_ms = self._clock_ms()
+            self._write(self._firmware.tick(self._looked_ms))
             pulses = self._firmware.physics.take_aux_pulses()
             if pulses and self._belt_pulse_sink is not None:
                 self._belt_pulse_sink(pulses)
