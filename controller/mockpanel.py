@@ -238,6 +238,11 @@ async def serve_mock_socket(path: Path, panel: MockPanel) -> None:
                 await writer.drain()
         except ConnectionError:
             return
+        except asyncio.CancelledError:
+            # The service is shutting down with a client connected. This is the top of the
+            # connection's own task: end it quietly. Re-raised, asyncio's stream callback
+            # (Python 3.11) logs the cancelled handler as an ERROR with a traceback.
+            return
         finally:
             writer.close()
 

@@ -212,6 +212,7 @@ _STEP_ACTIONS: Final = (
     "client",
     "trainer",
     "reload",
+    "inject",
 )
 
 
@@ -234,6 +235,7 @@ class StepSpec(_Spec):
     client: str | None = None
     trainer: bool | None = None
     reload: str | None = None  # a config file, relative to the scenario: applied as SIGHUP does
+    inject: Literal["tick_error"] | None = None  # an exception in the next control tick
 
     @model_validator(mode="after")
     def _one_action(self) -> StepSpec:
@@ -848,8 +850,20 @@ class _Driver:
             self.panel.trainer_key(step.trainer)
         elif step.reload is not None:
             self.service.apply_config(self._reload_config(step.reload), step.reload)
+        elif step.inject is not None:
+            self.service.observers.append(_fail_once(self.service.observers))
         else:  # pragma: no cover - StepSpec validation requires one action
             raise ScenarioRunError(f"step at {step.at_s:g} s has no action")
+
+
+def _fail_once(observers: list[Callable[[TickRecord], None]]) -> Callable[[TickRecord], None]:
+    """An observer that raises in the next tick (the last part of the tick), then leaves."""
+
+    def observer(_record: TickRecord) -> None:
+        observers.remove(observer)
+        raise RuntimeError("injected by the scenario: an exception in the control tick")
+
+    return observer
 
 
 async def _sim_inject(simulator: Any, name: str, value: float | None) -> None:
@@ -1082,6 +1096,11 @@ async def _run_steps(
 # --------------------------------------------------------------------------- analysis
 
 
+GONE_AFTER_S: Final = 0.25
+"""An ``at`` expectation whose last tick is older than this (12 control periods) fails: the
+service was gone, or stalled, at that time."""
+
+
 def _row_at(rows: Sequence[TimelineRow], t_s: float) -> TimelineRow | None:
     """The last row at or before ``t_s`` (the first row if there is none before)."""
     found: TimelineRow | None = None
@@ -1242,7 +1261,19 @@ def evaluate(
     if not rows:
         return ExpectationResult(index, text, False, "no timeline rows were recorded")
     if e.kind in _AT_KINDS:
-        return _evaluate_at(index, text, e, _req(_row_at(rows, _req(e.at_s, "at_s")), "row"))
+        at_s = _req(e.at_s, "at_s")
+        row = _req(_row_at(rows, at_s), "row")
+        if row.t_s < at_s - GONE_AFTER_S:
+            # No tick near that time: the service was gone (or stalled). The last row says
+            # nothing about the time asked for, so this fails instead of passing on stale data.
+            return ExpectationResult(
+                index,
+                text,
+                False,
+                f"no control tick at {at_s:g} s: the service was gone (last tick at "
+                f"{row.t_s:.2f} s)",
+            )
+        return _evaluate_at(index, text, e, row)
     if e.belt_kmh_never_above is not None:
         from_s, to_s = _req(e.from_s, "from_s"), _req(e.to_s, "to_s")
         speeds = [

@@ -40,8 +40,10 @@ import asyncio
 import contextlib
 import logging
 import random
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import serial
 import serial_asyncio_fast
@@ -215,6 +217,7 @@ class FirmwareBridge:
         self._pending_names: dict[int, str] = {}
 
         self._writer: asyncio.StreamWriter | None = None
+        self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self._phase = _Phase.CLOSED
         self._session_hello: Hello | None = None  # HELLO received in this session
         self._hello: Hello | None = None  # latest firmware HELLO ever received
@@ -355,6 +358,9 @@ class FirmwareBridge:
         """
         failures = 0
         last_logged: str | None = None
+        loop = asyncio.get_running_loop()
+        previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._exception_handler(previous_handler))
         try:
             while True:
                 try:
@@ -386,6 +392,32 @@ class FirmwareBridge:
                 await asyncio.sleep(self._backoff_s(failures))
         finally:
             self._close_session("bridge stopped")
+            loop.set_exception_handler(previous_handler)
+
+    def _exception_handler(
+        self, previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None
+    ) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+        """An unplugged port makes the serial transport report "Fatal write error" to the
+        event loop, which logs it at ERROR with a traceback. For this bridge's own transports
+        that is an expected link loss, already reported once at WARNING by the read loop:
+        keep it at DEBUG. Everything else goes to the handler that was there before."""
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            exc = context.get("exception")
+            transport = context.get("transport")
+            if (
+                transport is not None
+                and transport in self._transports
+                and isinstance(exc, serial.SerialException | OSError)
+            ):
+                _LOG.debug("%s on %s: %s", context.get("message"), self._port, exc)
+                return
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        return handler
 
     def _backoff_s(self, failures: int) -> float:
         """Jittered exponential backoff: min * 2^(n-1), capped, times 0.75..1.25, capped."""
@@ -415,6 +447,7 @@ class FirmwareBridge:
 
     def _begin_session(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
+        self._transports.add(writer.transport)
         transport_serial = writer.transport.get_extra_info("serial")
         if transport_serial is not None:
             # Drop bytes the firmware sent while nobody was listening: they are stale.

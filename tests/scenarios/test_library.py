@@ -42,7 +42,7 @@ NOT_SHOWN_BY_SCENARIOS: dict[str, str] = {
     "SR-SPEED-3": "a paused loop never jumps the ramp: needs a frozen clock, tests/core",
     "SR-FAULT-2": "fault upgrade rules: tests/core",
     "SR-FAULT-3": "secondary faults: tests/core",
-    "SR-FAULT-4": "internal error path: tests/core and tests/service",
+    "SR-LOG-1": "log levels of clean and expected paths: tests/service and tests/sim",
     "SR-STOP-5": "the verdicts the service, training and telemetry read: tests/core, training",
     "SR-MODE-3": "a mode change missing from the table is unreachable by design: tests/core",
     "SR-PLAUS-3": "belt moving at rest: the simulator cannot move an unpowered belt, tests/core",

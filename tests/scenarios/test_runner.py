@@ -14,9 +14,11 @@ from controller.scenario import (
     EXIT_FAILED,
     EXIT_INVALID,
     EXIT_OK,
+    ExpectSpec,
     ScenarioError,
     StepRecord,
     TimelineRow,
+    evaluate,
     find_stops,
     load_scenario_text,
     measure_stop,
@@ -330,3 +332,14 @@ async def test_plot_marks_the_stage_limit_and_the_grip_grace_window(tmp_path: Pa
     plot = tmp_path / "plot.png"
     write_plot(result, plot)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(("at_s", "passes"), [(1.0, True), (1.9, True), (2.2, False), (5.0, False)])
+def test_at_expectations_after_the_service_died_fail(at_s: float, passes: bool) -> None:
+    """The service died at 1.9 s (its last tick): an ``at`` check later than that says the
+    service was gone instead of passing on the last row."""
+    rows = [_row(t / 10, 1.0) for t in range(20)]
+    result = evaluate(0, ExpectSpec(at_s=at_s, state="running"), rows, rows)
+    assert result.passed is passes, result
+    if not passes:
+        assert "the service was gone (last tick at 1.90 s)" in result.observed

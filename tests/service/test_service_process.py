@@ -116,3 +116,19 @@ async def test_ready_and_watchdog_and_watchdog_stops_when_link_goes_stale(
     late = [t for t, m in service.notify.poll() if "WATCHDOG=1" in m.split("\n") and t > quiet_from]
     assert late == [], f"{len(late)} WATCHDOG=1 pings after the link went stale"
     assert service.returncode is None
+
+
+async def test_sigterm_with_a_mock_panel_client_connected_logs_no_error(
+    service: ServiceProcess, simulator: PtySimulator
+) -> None:
+    """A clean shutdown logs no ERROR and no traceback, even with a panel client connected."""
+    reader, writer = await asyncio.open_unix_connection(str(service.mock_socket))
+    writer.write(b"status\n")
+    await writer.drain()
+    assert (await asyncio.wait_for(reader.readline(), timeout=5)).startswith(b"ok ")
+    service.signal(signal.SIGTERM)
+    code = await service.wait(timeout_s=20)
+    writer.close()
+    assert code == 0, service.log()
+    assert " ERROR " not in service.log(), service.log()
+    assert "Traceback" not in service.log(), service.log()

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import tty
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import serial
 
 from firmware_bridge.bridge import FirmwareBridge
 from firmware_bridge.codec import FrameDecoder, encode_frame
@@ -604,3 +606,48 @@ async def test_silent_port_never_comes_up(tmp_path: Path) -> None:
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_unplug_write_errors_of_its_own_transport_are_not_logged_as_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unplug makes the serial transport report "Fatal write error" to the loop; for the
+    bridge's own transport that is an expected link loss: DEBUG, no ERROR, no traceback.
+    Anything else still reaches the previous handler."""
+    bridge = FirmwareBridge("/dev/null", baud=115200, limits=LIMITS, clock_ms=lambda: 0)
+    seen: list[dict[str, object]] = []
+    handler = bridge._exception_handler(lambda _loop, context: seen.append(context))
+
+    class Transport:
+        pass
+
+    own, other = Transport(), Transport()
+    bridge._transports.add(own)  # type: ignore[arg-type]  # a stand-in transport
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level(logging.DEBUG):
+            error = serial.SerialException("write failed: [Errno 5] Input/output error")
+            handler(
+                loop,
+                {
+                    "message": "Fatal write error on serial transport",
+                    "exception": error,
+                    "transport": own,
+                },
+            )
+            handler(
+                loop,
+                {
+                    "message": "Fatal write error on serial transport",
+                    "exception": error,
+                    "transport": other,
+                },
+            )
+            handler(
+                loop, {"message": "something else", "exception": ValueError("x"), "transport": own}
+            )
+    finally:
+        loop.close()
+    assert [c["transport"] for c in seen] == [other, own]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("Fatal write error" in r.getMessage() for r in caplog.records)
