@@ -338,15 +338,22 @@ static void on_set_speed(fw_t *fw, const frame_t *f) {
         shutdown(fw, FAULT_SPEED_ABOVE_CEILING, speed);
         return;
     }
-    /* FW-4: an acceleration when the target is above the present set-point, a deceleration
-     * when below it; each has its own ceiling. */
+    /* FW-4: the target is compared with the present set-point at the wire's resolution
+     * (commanded_x100, the set-point rounded to 0.01 km/h): above it the rate is an
+     * acceleration, below it a deceleration, each with its own ceiling; equal to it the
+     * SET_SPEED is holding (it moves the set-point by half a resolution at most), so its rate
+     * is accepted within either ceiling. */
+    uint16_t accel_limit = fw->conf.max_accel_x100 < CEIL_ACCEL_X100 ? fw->conf.max_accel_x100
+                                                                      : (uint16_t)CEIL_ACCEL_X100;
+    uint16_t decel_limit = fw->conf.max_decel_x100 < CEIL_DECEL_X100 ? fw->conf.max_decel_x100
+                                                                      : (uint16_t)CEIL_DECEL_X100;
     uint16_t ramp_limit;
-    if ((uint32_t)speed * FINE_PER_X100 < fw->commanded_fine) {
-        ramp_limit = fw->conf.max_decel_x100 < CEIL_DECEL_X100 ? fw->conf.max_decel_x100
-                                                               : (uint16_t)CEIL_DECEL_X100;
+    if (speed < fw->commanded_x100) {
+        ramp_limit = decel_limit;
+    } else if (speed > fw->commanded_x100) {
+        ramp_limit = accel_limit;
     } else {
-        ramp_limit = fw->conf.max_accel_x100 < CEIL_ACCEL_X100 ? fw->conf.max_accel_x100
-                                                               : (uint16_t)CEIL_ACCEL_X100;
+        ramp_limit = accel_limit > decel_limit ? accel_limit : decel_limit;
     }
     if (accel > ramp_limit) {
         send_nak(fw, f->seq, NAK_ABOVE_CEILING);

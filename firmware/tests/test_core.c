@@ -647,6 +647,59 @@ static void test_FW_4_accel_and_decel_ceilings(void) {
     CHECK(fault != NULL && get_u32(fault->payload + 1) == 361);
 }
 
+/* FW-4: rising, falling or holding is decided on the wire value: the target against the
+ * set-point rounded to 0.01 km/h. Equal is holding, accepted within either ceiling (accel
+ * 1.00, decel 3.60 here); one resolution step either way is checked as accel or decel. */
+static void test_FW_4_holding_at_the_wire_resolution(void) {
+    fx_ready();
+    fx_drive(100, 100, 2000);
+    CHECK_EQ(fw_commanded_x100(&F.fw), 100);
+    fx_clear();
+    uint8_t s = fx_set_speed(100, 360, 300); /* holding at the decel rate: accepted */
+    CHECK_EQ(fx_answer(s), 0);
+    s = fx_set_speed(100, 50, 300); /* holding at a slow rate: accepted */
+    CHECK_EQ(fx_answer(s), 0);
+    s = fx_set_speed(99, 360, 300); /* one step below: a deceleration within 3.60 */
+    CHECK_EQ(fx_answer(s), 0);
+    CHECK_EQ(st_state(), ST_RUNNING);
+    CHECK_EQ(F.fw.fault, FAULT_NONE);
+    s = fx_set_speed(100, 361, 300); /* holding above both ceilings: a fault */
+    CHECK_EQ(fx_answer(s), NAKED(NAK_ABOVE_CEILING));
+    CHECK_EQ(F.fw.fault, FAULT_ACCEL_ABOVE_CEILING);
+
+    /* one step above the set-point is an acceleration: the decel rate is too fast */
+    fx_ready();
+    fx_drive(100, 100, 2000);
+    s = fx_set_speed(101, 360, 300);
+    CHECK_EQ(fx_answer(s), NAKED(NAK_ABOVE_CEILING));
+    CHECK_EQ(F.fw.fault, FAULT_ACCEL_ABOVE_CEILING);
+
+    /* a set-point between two wire values counts as its rounding (half up): a ramp at
+     * 0.01 km/h/s (1 fine unit per ms) stopped at 1.004 km/h holds at 1.00, at 1.005 at 1.01,
+     * where 1.01 at 3.60 km/h/s is holding (not an acceleration against 1.00) */
+    for (uint32_t ms = 400u; ms <= 500u; ms += 100u) {
+        fx_ready();
+        fx_drive(100, 100, 2000);
+        fx_drive(101, 1, ms);
+        uint16_t wire = (uint16_t)(F.fw.commanded_fine < 100500u ? 100 : 101);
+        CHECK(F.fw.commanded_fine >= 100000u + ms - 20u && F.fw.commanded_fine <= 100000u + ms);
+        CHECK_EQ(fw_commanded_x100(&F.fw), wire);
+        s = fx_set_speed(wire, 360, 300);
+        CHECK_EQ(fx_answer(s), 0);
+        CHECK_EQ(F.fw.fault, FAULT_NONE);
+    }
+    /* exactly half way: 1.005 km/h is 1.01 on the wire */
+    fx_ready();
+    fx_drive(100, 100, 2000);
+    fx_drive(101, 1, 480);
+    while (F.fw.commanded_fine < 100500u) fx_run(1);
+    CHECK_EQ(F.fw.commanded_fine, 100500u);
+    CHECK_EQ(fw_commanded_x100(&F.fw), 101);
+    s = fx_set_speed(101, 360, 300);
+    CHECK_EQ(fx_answer(s), 0);
+    CHECK_EQ(F.fw.fault, FAULT_NONE);
+}
+
 static void test_FW_4_ramp_never_exceeds_accepted_rate(void) {
     fx_ready();
     F.max_step_fine = 0;
@@ -956,7 +1009,8 @@ static void test_FW_12_no_false_trip_in_normal_run(void) {
     fx_ready();
     fx_drive(800, 100, 12000);
     fx_drive(100, 360, 1900); /* 8.00 -> 1.00 km/h at 3.60 km/h/s takes 1944 ms */
-    fx_drive(100, 100, 1000); /* holding: at the set-point the rate is checked as an accel */
+    fx_drive(100, 100, 1000); /* holding at the accel rate */
+    fx_drive(100, 360, 1000); /* holding at the decel rate: within either ceiling (FW-4) */
     fx_drive(0, 100, 3000);
     CHECK_EQ(F.fw.fault, FAULT_NONE);
     CHECK_EQ(fx_count(MSG_FAULT), 0);
@@ -1222,6 +1276,7 @@ int main(int argc, char **argv) {
     RUN(test_FW_4_configure_above_any_ceiling_refused);
     RUN(test_FW_4_set_speed_above_limit_is_fault_not_clamp);
     RUN(test_FW_4_accel_and_decel_ceilings);
+    RUN(test_FW_4_holding_at_the_wire_resolution);
     RUN(test_FW_4_ramp_never_exceeds_accepted_rate);
     RUN(test_FW_5_stop_and_estop_acked_in_every_state);
     RUN(test_FW_5_malformed_stop_still_stops);

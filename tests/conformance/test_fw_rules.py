@@ -225,6 +225,65 @@ def test_FW_4_a_deceleration_above_max_decel_latches(fw: Session) -> None:
     fw.fault_latched(FwFault.ACCEL_ABOVE_CEILING, timeout_s=1.0)
 
 
+def _applied(fw: Session, seq: int) -> Status:
+    """The first STATUS that shows SET_SPEED ``seq`` applied, or the firmware out of RUNNING."""
+    return fw.link.status(
+        lambda s: s.last_applied_seq == seq or s.state is not FwState.RUNNING,
+        timeout_s=1.0,
+        what=f"SET_SPEED seq {seq} applied",
+    )
+
+
+def test_FW_4_rising_falling_or_holding_is_decided_at_the_wire_resolution(fw: Session) -> None:
+    """A SET_SPEED equal to the set-point at 0.01 km/h is holding, accepted within either
+    ceiling; one wire step below is a deceleration, one step above an acceleration."""
+    config = running(fw)
+    rate_kmh_s = config.max_decel_kmh_s  # within the decel ceiling, above the accel ceiling
+    assert rate_kmh_s > config.max_accel_kmh_s
+    fw.link.status(
+        lambda s: s.commanded_kmh == RUN_KMH, timeout_s=5.0, what=f"the set-point at {RUN_KMH}"
+    )
+    fw.link.stop_renewing()
+
+    # holding at the decel rate: applied, still running, nothing latched
+    seq = fw.link.send(SetSpeed(speed_kmh=RUN_KMH, accel_kmh_s=rate_kmh_s, lease_ms=LEASE_MS))
+    status = _applied(fw, seq)
+    assert (status.state, status.fault) == (FwState.RUNNING, FwFault.NONE), f"{fw.name}: {status}"
+
+    # one step below: a deceleration within max_decel
+    lower_kmh = round(RUN_KMH - 0.01, 2)
+    seq = fw.link.send(SetSpeed(speed_kmh=lower_kmh, accel_kmh_s=rate_kmh_s, lease_ms=LEASE_MS))
+    status = _applied(fw, seq)
+    assert (status.state, status.fault) == (FwState.RUNNING, FwFault.NONE), f"{fw.name}: {status}"
+    status = fw.link.status(
+        lambda s: s.commanded_kmh == lower_kmh or s.state is not FwState.RUNNING,
+        timeout_s=1.0,
+        what=f"the set-point at {lower_kmh}",
+    )
+    assert status.state is FwState.RUNNING, f"{fw.name}: {status}"
+
+    # holding again at the new set-point, then one step above it at the same rate: an
+    # acceleration above max_accel, refused and latched
+    seq = fw.link.send(SetSpeed(speed_kmh=lower_kmh, accel_kmh_s=rate_kmh_s, lease_ms=LEASE_MS))
+    status = _applied(fw, seq)
+    assert (status.state, status.fault) == (FwState.RUNNING, FwFault.NONE), f"{fw.name}: {status}"
+    above = SetSpeed(speed_kmh=RUN_KMH, accel_kmh_s=rate_kmh_s, lease_ms=LEASE_MS)
+    assert fw.link.nak(above) is NakReason.ABOVE_CEILING
+    fw.fault_latched(FwFault.ACCEL_ABOVE_CEILING, timeout_s=1.0)
+
+
+def test_FW_4_holding_above_both_ceilings_latches(fw: Session) -> None:
+    config = running(fw)
+    fw.link.status(
+        lambda s: s.commanded_kmh == RUN_KMH, timeout_s=5.0, what=f"the set-point at {RUN_KMH}"
+    )
+    fw.link.stop_renewing()
+    too_fast = round(max(config.max_accel_kmh_s, config.max_decel_kmh_s) + 0.01, 2)
+    holding = SetSpeed(speed_kmh=RUN_KMH, accel_kmh_s=too_fast, lease_ms=LEASE_MS)
+    assert fw.link.nak(holding) is NakReason.ABOVE_CEILING
+    fw.fault_latched(FwFault.ACCEL_ABOVE_CEILING, timeout_s=1.0)
+
+
 def test_FW_4_the_ramp_never_exceeds_the_accepted_acceleration(fw: Session) -> None:
     ready(fw)
     accel_kmh_s = 1.0
