@@ -28,6 +28,9 @@ rm -rf "${work}/controller" "${work}/tests/core"
 cp -r "${root}/controller" "${work}/controller"
 cp -r "${root}/tests/core" "${work}/tests/core"
 cp "${root}/tests/__init__.py" "${work}/tests/__init__.py"
+# The core tests also check the docs generated from the core (the mode diagram in safety.md).
+rm -rf "${work}/docs"
+cp -r "${root}/docs" "${work}/docs"
 cp "${root}/pyproject.toml" "${work}/pyproject.toml"
 find "${work}" -name __pycache__ -type d -prune -exec rm -rf {} +
 
@@ -38,6 +41,8 @@ cat > "${work}/setup.cfg" <<CFG
 source_paths = controller
 only_mutate = ${target}
 pytest_add_cli_args_test_selection = tests/core
+also_copy =
+    docs
 type_check_command =
     mypy
     ${target}
