@@ -1,4 +1,5 @@
-"""CRC-16/CCITT-FALSE: check value, incremental use, and agreement with a bitwise reference."""
+"""CRC-16/CCITT-FALSE: check value, incremental use, and agreement of the fast ``crc16`` with the
+table method and a bitwise reference."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import binascii
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_bridge.crc import CRC16_CHECK, CRC16_TABLE, crc16
+from firmware_bridge.crc import CRC16_CHECK, CRC16_TABLE, crc16, crc16_table
 
 
 def crc16_bitwise(data: bytes) -> int:
@@ -23,6 +24,7 @@ def crc16_bitwise(data: bytes) -> int:
 
 def test_check_value_of_123456789_is_0x29b1() -> None:
     assert crc16(b"123456789") == 0x29B1 == CRC16_CHECK
+    assert crc16_table(b"123456789") == CRC16_CHECK
 
 
 def test_empty_input_gives_the_initial_value() -> None:
@@ -39,7 +41,13 @@ def test_table_has_256_sixteen_bit_entries_with_known_ends() -> None:
 
 @given(st.binary(max_size=200))
 def test_table_method_equals_bitwise_definition(data: bytes) -> None:
-    assert crc16(data) == crc16_bitwise(data)
+    assert crc16_table(data) == crc16_bitwise(data)
+
+
+@given(st.binary(max_size=300), st.integers(0, 0xFFFF))
+def test_fast_crc_equals_table_method_from_any_start_value(data: bytes, start: int) -> None:
+    assert crc16(data, start) == crc16_table(data, start)
+    assert crc16(bytearray(data)) == crc16(memoryview(data)) == crc16_table(data)
 
 
 @given(st.binary(max_size=200))
