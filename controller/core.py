@@ -528,7 +528,59 @@ def decide(state: CoreState, inputs: Inputs, config: SafetyConfig, now_ms: int) 
         belt_at_rest=at_rest(step.state, step.fresh, config)
         and second_channel_at_rest(inputs, config),
         firmware_fresh=firmware_fresh(inputs.firmware, config, now_ms),
+        next_deadline_ms=next_deadline_ms(step.state, inputs, config),
     )
+
+
+def next_deadline_ms(state: CoreState, inputs: Inputs, config: SafetyConfig) -> int | None:
+    """When the next running timer runs out: the earliest time after ``state.last_tick_ms``
+    at which :func:`decide`, given the same inputs (no new commands, the same firmware
+    status), would decide differently; None when no timer runs.
+
+    The caller wakes then, in addition to its regular ticks, so a timer acts when it runs out
+    instead of at the next tick: the grip grace (SR-GRIP-2), the stale status (SR-STALE-1),
+    overspeed, not following and moving at rest (SR-PLAUS-1..3), the grip chatter window and
+    the stuck-grip warning (SR-GRIP-6, SR-GRIP-7), and the first tick at rest after an
+    emergency (SR-STOP-3). It may be early (then the decision is the same), never late.
+    Computed from the state the tick produced, the inputs and the config only.
+    """
+    now_ms = state.last_tick_ms
+    stage = stage_config(state, config)
+    firmware = inputs.firmware
+    candidates: list[int] = []
+    if firmware is not None:
+        candidates.append(firmware.received_ms + config.stale_ms + 1)
+    if state.mode is Mode.RUNNING:
+        if state.grip_lost_since_ms is not None and not state.grip_action_taken:
+            candidates.append(state.grip_lost_since_ms + stage.grip_grace_ms)
+        if (
+            grip_watched(stage)
+            and state.grip_changed_ms is not None
+            and WARNING_GRIP_STUCK not in state.warnings
+        ):
+            candidates.append(state.grip_changed_ms + config.grip_stuck_window_ms)
+    edges = state.grip_edges_ms
+    if len(edges) >= config.grip_chatter_edges:
+        candidates.append(edges[-config.grip_chatter_edges] + config.grip_chatter_window_ms)
+    if state.overspeed_since_ms is not None:
+        candidates.append(state.overspeed_since_ms + config.overspeed_ms + 1)
+    if state.follow_since_ms is not None:
+        candidates.append(state.follow_since_ms + config.follow_ms + 1)
+    if state.moving_at_rest_since_ms is not None:
+        candidates.append(state.moving_at_rest_since_ms + config.moving_at_rest_ms + 1)
+    fault = state.fault
+    if (
+        fault is not None
+        and not state.fault_rest_reached
+        and now_ms is not None
+        and firmware is not None
+        and status_problem(firmware, config, now_ms) is None
+        and belt_at_rest(firmware, config)
+        and not _emergency_input(inputs)
+    ):
+        candidates.append(fault.since_ms + 1)
+    later = [t for t in candidates if now_ms is None or t > now_ms]
+    return min(later) if later else None
 
 
 def internal_fault(state: CoreState, config: SafetyConfig, now_ms: int, message: str) -> Decision:

@@ -370,3 +370,6 @@ class Decision:
     # instead of deciding again (one definition each, in controller.core):
     belt_at_rest: bool = False  # core.at_rest(): mode IDLE/FAULTED, belt standing still
     firmware_fresh: bool = False  # core.firmware_fresh(): a status at most stale_ms old
+    # The earliest time (ms, the clock of ``now_ms``) at which a running timer would change
+    # the decision with the same inputs; None when no timer runs. See core.next_deadline_ms.
+    next_deadline_ms: int | None = None

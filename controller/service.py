@@ -11,7 +11,9 @@ Tasks (one ``asyncio.TaskGroup``, every task named):
 * ``mock-panel``: only with mock pins and a socket configured, drives the mock inputs.
 
 The control loop runs on absolute deadlines (``t0 + k * period``) and is woken at once by an
-edge on a safety input (e-stop, key, grips). It never awaits I/O: motion commands are written
+edge on a safety input (e-stop, key, grips) and when a timer of the core runs out
+(``Decision.next_deadline_ms``, SR-TIMER-1), so a grip grace acts when it ends, not at the
+next tick. It never awaits I/O: motion commands are written
 to the serial transport without waiting, telemetry is handed to the publisher by reference.
 """
 
@@ -81,6 +83,9 @@ MAX_PENDING_REMOTE = 32
 STOP_REPEAT_MS = 250  # a Stop/EStop is re-sent this often while it stays the decision
 WATCHDOG_EVERY_MS = 250
 LATENESS_BINS = 500  # histogram of loop lateness, 0.1 ms bins up to 50 ms
+# A timer tick is scheduled this long after the core's deadline, so the millisecond clock
+# the core reads has certainly reached it (a float seconds value may round just below).
+TIMER_MARGIN_S = 0.00005
 GPIO_CHATTER_EDGES_PER_S = 40
 REJECT_LOG_EVERY_MS = 1000
 #: A ``command_rejected`` event repeating the previous one's text within this time (holding
@@ -113,7 +118,8 @@ class LoopStats:
     """Control-loop timing. Lateness is measured against the absolute deadline."""
 
     ticks: int = 0
-    woken_ticks: int = 0
+    woken_ticks: int = 0  # ticks between the regular ones: safety edges and core timers
+    timer_ticks: int = 0  # of which woken by a timer deadline of the core
     late_ticks: int = 0
     missed_ticks: int = 0
     max_lateness_ms: float = 0.0
@@ -142,6 +148,7 @@ class LoopStats:
         return {
             "ticks": self.ticks,
             "woken_ticks": self.woken_ticks,
+            "timer_ticks": self.timer_ticks,
             "late_ticks": self.late_ticks,
             "missed_ticks": self.missed_ticks,
             "lateness_p50_ms": self.percentile_ms(0.50),
@@ -298,6 +305,9 @@ class Service:
         self._waiter: asyncio.Future[bool] | None = None
         self._wake_pending = False
         self._last_sent: tuple[MotionCommand, int] | None = None
+        self._timer_deadline_ms: int | None = None  # the core's next timer deadline
+        self._fw_snapshot: StatusSnapshot | None = None  # the STATUS last converted ...
+        self._fw_status: FirmwareStatus | None = None  # ... and what it converted to
         self._last_watchdog_ms = -WATCHDOG_EVERY_MS
         self._session: dict[str, object] | None = None
         self._stage_cap = 1
@@ -563,7 +573,7 @@ class Service:
             grip_right=reading.grip_right,
             estop_pressed=reading.estop_pressed,
             safety_key_present=reading.safety_key_present,
-            firmware=firmware_status(bridge.latest()),
+            firmware=self._firmware_input(bridge.latest()),
             local=tuple(local),
             remote=tuple(remote),
             stage_cap=self._stage_cap,
@@ -575,6 +585,7 @@ class Service:
         if decision.clear_firmware_fault:
             bridge.clear_fault()
         self.state = decision.state
+        self._timer_deadline_ms = decision.next_deadline_ms
         self.last_inputs = inputs
         self.last_motion = decision.motion
         self.last_decision = decision
@@ -640,6 +651,13 @@ class Service:
             for observer in self.observers:
                 observer(record)
         self._new_events.clear()
+
+    def _firmware_input(self, snapshot: StatusSnapshot | None) -> FirmwareStatus | None:
+        """The core's view of the latest STATUS, converted once per STATUS frame."""
+        if snapshot is not self._fw_snapshot:
+            self._fw_snapshot = snapshot
+            self._fw_status = firmware_status(snapshot)
+        return self._fw_status
 
     def _trainer_action(self, reading: PanelReading, now_ms: int) -> bool:
         """The local trainer action configured in ``training.trainer`` (never remote).
@@ -710,15 +728,29 @@ class Service:
 
     # ------------------------------------------------------------------ control loop
 
-    async def _wait_until(self, deadline: float) -> bool:
-        """Sleep until the loop-clock ``deadline``; True if woken early by a safety edge."""
+    def _timer_loop_time(self, loop: asyncio.AbstractEventLoop) -> float | None:
+        """The core's next timer deadline on the event loop's clock, or None."""
+        deadline_ms = self._timer_deadline_ms
+        if deadline_ms is None:
+            return None
+        if self._clock_ms is monotonic_ms:
+            # loop.time() is time.monotonic(): the very clock of monotonic_ms.
+            return deadline_ms / 1000.0 + TIMER_MARGIN_S
+        return loop.time() + (deadline_ms - self._clock_ms()) / 1000.0 + TIMER_MARGIN_S
+
+    async def _wait_until(self, deadline: float, timer_at: float | None = None) -> bool:
+        """Sleep until the loop-clock ``deadline``; True if woken before it, by a safety edge
+        or by the core's timer deadline ``timer_at`` (loop clock) falling before it."""
         if self._wake_pending:
             self._wake_pending = False
             return True
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
         self._waiter = future
-        handle = loop.call_at(deadline, _resolve, future)
+        if timer_at is not None and timer_at < deadline:
+            handle = loop.call_at(timer_at, _resolve, future, True)
+        else:
+            handle = loop.call_at(deadline, _resolve, future, False)
         try:
             return await future
         finally:
@@ -737,10 +769,13 @@ class Service:
         next_deadline = loop.time() + period_s
         try:
             while True:
-                woken = await self._wait_until(next_deadline)
+                timer_at = self._timer_loop_time(loop)
+                woken = await self._wait_until(next_deadline, timer_at)
                 now = loop.time()
                 if woken:
                     self.loop_stats.woken_ticks += 1
+                    if timer_at is not None and now >= timer_at:
+                        self.loop_stats.timer_ticks += 1
                 else:
                     lateness_s = now - next_deadline
                     self.loop_stats.record(lateness_s, late_threshold_s)
@@ -1101,6 +1136,6 @@ class _ShutdownBeforeReadyError(Exception):
     """SIGTERM arrived before the firmware handshake: nothing moved, exit cleanly."""
 
 
-def _resolve(future: asyncio.Future[bool]) -> None:
+def _resolve(future: asyncio.Future[bool], early: bool) -> None:
     if not future.done():
-        future.set_result(False)
+        future.set_result(early)

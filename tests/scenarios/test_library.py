@@ -39,6 +39,7 @@ RULE_ID = re.compile(r"\b(?:SR|FW|GPIO)-[A-Z]*-?\d+\b")
 #: proven instead.
 NOT_SHOWN_BY_SCENARIOS: dict[str, str] = {
     "SR-PREC-1": "check order inside one tick: tests/core",
+    "SR-TIMER-1": "timer deadlines: tests/core/test_deadline.py and tests/service",
     "SR-SPEED-3": "a paused loop never jumps the ramp: needs a frozen clock, tests/core",
     "SR-FAULT-2": "fault upgrade rules: tests/core",
     "SR-FAULT-3": "secondary faults: tests/core",

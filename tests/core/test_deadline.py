@@ -1,0 +1,214 @@
+"""The core's next timer deadline (``Decision.next_deadline_ms``).
+
+The service wakes at this deadline in addition to its regular ticks, so a timer acts when it
+runs out rather than at the next tick. The property: with the same inputs (no new commands,
+the same firmware status), no call of ``decide`` before the deadline decides anything
+different from the decision that announced it. The deadline may be early, never late.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from controller.core import decide, next_deadline_ms
+from controller.model import (
+    Button,
+    CoreState,
+    Decision,
+    FaultCode,
+    FirmwareState,
+    Inputs,
+    LocalCommand,
+    Mode,
+    MotionCommand,
+    Press,
+    RemoteCommand,
+    RemoteLowerStageCap,
+    RemoteLowerTarget,
+    RemoteStop,
+    SafetyConfig,
+    SelectStage,
+    SetTarget,
+)
+from tests.core.support import DEFAULT_STAGES, Rig, make_config, running_rig, single_stage_config
+
+HORIZON_MS = 60_000  # with no deadline, nothing may change within this time either
+
+LOCAL_COMMANDS: tuple[LocalCommand, ...] = (
+    Press(Button.START),
+    Press(Button.STOP),
+    Press(Button.RESET),
+    Press(Button.FASTER),
+    Press(Button.SLOWER),
+    Press(Button.STAGE_UP),
+    Press(Button.STAGE_DOWN),
+    SelectStage(1),
+    SelectStage(3),
+    SelectStage(4),
+    SetTarget(1.5),
+    SetTarget(0.0),
+)
+REMOTE_COMMANDS: tuple[RemoteCommand, ...] = (
+    RemoteStop(),
+    RemoteLowerTarget(0.3),
+    RemoteLowerStageCap(1),
+)
+
+
+def verdict(state: CoreState, motion: MotionCommand) -> tuple[object, ...]:
+    """What a decision says, apart from the ramp's progress and the timers' bookkeeping."""
+    fault = state.fault
+    return (
+        state.mode,
+        None if fault is None else (fault.code, fault.stop),
+        state.secondary_faults,
+        state.warnings,
+        state.stage,
+        state.target_kmh,
+        state.stop_reason,
+        state.remote_stage_cap,
+        state.grip_action_taken,
+        type(motion),
+    )
+
+
+def assert_deadline_holds(
+    decision: Decision, inputs: Inputs, config: SafetyConfig, now_ms: int, inside: list[int]
+) -> None:
+    """No quiet call of ``decide`` strictly between ``now_ms`` and the deadline changes the
+    verdict or reports an event. ``inside`` are probe offsets (ms, scaled to the window)."""
+    deadline = decision.next_deadline_ms
+    assert deadline is None or deadline > now_ms
+    assert deadline == next_deadline_ms(decision.state, inputs, config)
+    quiet = replace(inputs, local=(), remote=())
+    end = deadline if deadline is not None else now_ms + HORIZON_MS
+    span = end - now_ms - 1
+    probes = {now_ms + 1, end - 1, *(now_ms + 1 + (span * k) // 1000 for k in inside)}
+    expected = verdict(decision.state, decision.motion)
+    for t_ms in sorted(p for p in probes if now_ms < p < end):
+        later = decide(decision.state, quiet, config, t_ms)
+        assert later.events == (), (t_ms, deadline, later.events)
+        assert verdict(later.state, later.motion) == expected, (t_ms, deadline)
+
+
+def mostly(usual: object, other: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    """``usual`` three times in four, else a draw from ``other``."""
+    return st.sampled_from((usual, usual, usual)) | other
+
+
+step_knobs = st.fixed_dictionaries(
+    {
+        "dt_ms": st.integers(1, 30) | st.integers(1, 700),
+        "grip": st.sampled_from(((True, True), (True, True), (False, False), (True, False))),
+        "estop": mostly(False, st.booleans()),
+        "key": mostly(True, st.booleans()),
+        "fw_key": mostly(True, st.booleans()),
+        "link": mostly("fresh", st.sampled_from(("fresh", "stale", "none", "old"))),
+        "measured_kmh": mostly(None, st.floats(0.0, 12.0)),
+        "fw_state": mostly(FirmwareState.IDLE, st.sampled_from(FirmwareState)),
+        "fw_fault": mostly(0, st.sampled_from((1, 2, 5, 6, 10))),
+        "fw_commanded_kmh": mostly(0.0, st.floats(0.0, 3.0)),
+        "local": st.lists(st.sampled_from(LOCAL_COMMANDS), max_size=2),
+        "remote": st.lists(st.sampled_from(REMOTE_COMMANDS), max_size=1),
+        "inside": st.lists(st.integers(0, 1000), max_size=3),
+    }
+)
+
+timer_configs = st.builds(
+    lambda stale, over, follow, rest, edges, window, stuck: make_config(
+        *DEFAULT_STAGES,
+        stale_ms=stale,
+        overspeed_ms=over,
+        follow_ms=follow,
+        moving_at_rest_ms=rest,
+        grip_chatter_edges=edges,
+        grip_chatter_window_ms=window,
+        grip_stuck_window_ms=stuck,
+    ),
+    st.integers(60, 600),
+    st.integers(20, 800),
+    st.integers(20, 2500),
+    st.integers(20, 800),
+    st.integers(2, 10),
+    st.integers(50, 1500),
+    st.integers(100, 5000),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    config=timer_configs,
+    start=st.sampled_from((0, 1, 2, 3, 4)),
+    steps=st.lists(step_knobs, min_size=1, max_size=30),
+)
+def test_SR_TIMER_1_property_no_decision_changes_before_the_deadline(
+    config: SafetyConfig, start: int, steps: list[dict[str, object]]
+) -> None:
+    # Start idle (0) or running at stage ``start``.
+    rig = running_rig(config, start) if start else Rig(config=config)
+    for knobs in steps:
+        dt_ms = int(knobs["dt_ms"])  # type: ignore[call-overload]  # drawn as an int
+        rig.now_ms += dt_ms
+        for name in ("grip", "estop", "key", "fw_key", "measured_kmh", "fw_state", "fw_fault"):
+            setattr(rig, name, knobs[name])
+        rig.fw_commanded_kmh = float(knobs["fw_commanded_kmh"])  # type: ignore[arg-type]
+        link = str(knobs["link"])
+        rig.link = "fresh" if link == "old" else link
+        inputs = rig.inputs(tuple(knobs["local"]), tuple(knobs["remote"]))  # type: ignore[arg-type]
+        if link == "old" and inputs.firmware is not None:
+            # A status that arrived a while ago and is still within the stale limit.
+            age_ms = config.stale_ms // 2
+            inputs = replace(
+                inputs, firmware=replace(inputs.firmware, received_ms=rig.now_ms - age_ms)
+            )
+        decision = decide(rig.core, inputs, config, rig.now_ms)
+        inside = list(knobs["inside"])  # type: ignore[call-overload]  # drawn as a list
+        assert_deadline_holds(decision, inputs, config, rig.now_ms, inside)
+        rig.state = decision.state
+
+
+def test_SR_GRIP_2_deadline_is_the_end_of_the_grace() -> None:
+    config = single_stage_config(grace_ms=300)
+    rig = running_rig(config)
+    rig.grip = (False, False)
+    released = rig.tick()
+    released_ms = rig.now_ms
+    assert released.state.mode is Mode.RUNNING
+    assert released.next_deadline_ms == released_ms + 300
+    inputs = rig.inputs()
+    before = decide(released.state, inputs, config, released_ms + 299)
+    assert before.state.mode is Mode.RUNNING
+    at = decide(released.state, inputs, config, released_ms + 300)
+    assert at.state.fault is not None
+    assert at.state.fault.code is FaultCode.GRIP_LOST
+
+
+def test_SR_STALE_1_deadline_is_one_ms_past_the_stale_limit() -> None:
+    rig = running_rig()
+    decision = rig.tick()
+    assert decision.next_deadline_ms == rig.now_ms + rig.config.stale_ms + 1
+    quiet = rig.inputs()
+    at = decide(decision.state, quiet, rig.config, rig.now_ms + rig.config.stale_ms + 1)
+    assert at.state.fault is not None
+    assert at.state.fault.code is FaultCode.LINK_STALE
+
+
+def test_no_deadline_without_a_timer() -> None:
+    rig = Rig(link="none")
+    decision = rig.tick()
+    assert decision.state.mode is Mode.FAULTED
+    assert decision.next_deadline_ms is None
+
+
+def test_SR_GRIP_7_deadline_is_the_end_of_the_stuck_window() -> None:
+    config = make_config(*DEFAULT_STAGES, grip_stuck_window_ms=400)
+    rig = running_rig(config, 1, settle=False)
+    decision = rig.tick()
+    changed_ms = decision.state.grip_changed_ms
+    assert changed_ms is not None
+    assert decision.next_deadline_ms == changed_ms + 400
+    at = decide(decision.state, rig.inputs(), config, changed_ms + 400)
+    assert [e.kind for e in at.events] == ["grip_sensor_stuck"]
