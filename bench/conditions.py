@@ -38,6 +38,9 @@ class ConditionEnv:
     name: str
     mqtt: MqttTarget
     flood_rate_per_s: float = 0.0
+    # (host, port, username, password) of the ``dashboard`` account, which may only press
+    # Stop (cmd/stop); None when there is no broker.
+    stop_sender: tuple[str, int, str, str] | None = None
     flooder: dict[str, object] = field(default_factory=dict)  # filled in when it ends
 
 
@@ -65,8 +68,9 @@ async def broker_condition(
         credentials = workdir / "controller.credentials"
         await asyncio.to_thread(write_secret, credentials, f"{user}:{password}\n")
         target = MqttTarget(broker.host, broker.port, credentials)
+        stop_sender = (broker.host, broker.port, *broker.credentials("dashboard"))
         if name == "healthy":
-            yield ConditionEnv(name, target)
+            yield ConditionEnv(name, target, stop_sender=stop_sender)
             return
         flood_user, flood_password = broker.credentials("trainer")
         password_file = workdir / "flooder.password"
@@ -91,7 +95,7 @@ async def broker_condition(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        env = ConditionEnv(name, target, flood_rate_per_s=flood_rate_per_s)
+        env = ConditionEnv(name, target, flood_rate_per_s=flood_rate_per_s, stop_sender=stop_sender)
         try:
             yield env
         finally:

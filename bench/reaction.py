@@ -7,6 +7,9 @@
 * **e-stop and safety-key edges**: START, run, press the e-stop (or pull the key); the figure
   is the time from the GPIO command to the first ESTOP frame. The socket round trip of each
   command is reported next to it.
+* **remote stop**: START, run, publish ``PRESS`` to ``<prefix>/cmd/stop`` (QoS 1, as the
+  ``dashboard`` account, from this process); the figure is the time from the publish call to
+  the first STOP frame, through the broker and, when flooded, past the junk commands.
 
 Between trials the rig resets the console (e-stop out, key in, belt at rest, RESET) exactly as
 a person would; every trial starts from IDLE. The release/press instant is offset by a random
@@ -23,10 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiomqtt
+
 from bench.rig import NS_PER_MS, Rig, RigError
 from firmware_bridge.messages import EStop, SetSpeed, Stop
 
-__all__ = ["TrialSet", "bench_stage1_edit", "edge_trials", "grip_trials"]
+__all__ = ["TrialSet", "bench_stage1_edit", "edge_trials", "grip_trials", "remote_stop_trials"]
 
 #: Stage 1's acceleration in the reaction benchmarks (km/h/s); config/demo.yaml has 0.2.
 BENCH_STAGE1_ACCEL_KMH_S = 1.0
@@ -170,3 +175,46 @@ async def edge_trials(
 def open_power_chain(rig: Rig) -> None:
     """The key and the mushroom stop sit in the motor power path: open it in the simulator."""
     rig.simulator.set_safety_key(False)
+
+
+async def remote_stop_trials(
+    rig: Rig,
+    trials: int,
+    *,
+    sender: tuple[str, int, str, str],
+    topic: str,
+    start_kmh: float,
+    rng: random.Random,
+    label: str = "remote_stop",
+) -> TrialSet:
+    """``trials`` remote stops while running; latency = first STOP frame - publish call.
+
+    ``sender`` is (host, port, username, password) of an account allowed to publish
+    ``topic`` (``<prefix>/cmd/stop``). ``rtt_ms`` holds the publish call's own time (QoS 1:
+    until the broker's PUBACK).
+    """
+    result = TrialSet(label)
+    started = time.monotonic()
+    host, port, username, password = sender
+    async with aiomqtt.Client(
+        host, port, username=username, password=password, identifier="bench-remote-stop"
+    ) as client:
+        await rig.to_idle()
+        for index in range(trials):
+            try:
+                await _run_at_start_speed(rig, start_kmh)
+                await asyncio.sleep(rng.uniform(0.0, RANDOM_PHASE_S))
+                sent_ns = time.monotonic_ns()
+                await client.publish(topic, b"PRESS", qos=1)
+                result.rtt_ms.append((time.monotonic_ns() - sent_ns) / NS_PER_MS)
+                frame = await rig.wire.wait_for((Stop, EStop), after_ns=sent_ns, timeout_s=5.0)
+                if frame is None:
+                    result.failures.append(f"trial {index}: no STOP within 5 s of cmd/stop")
+                else:
+                    result.latencies_ms.append((frame.t_ns - sent_ns) / NS_PER_MS)
+            except RigError as exc:
+                result.failures.append(f"trial {index}: {exc}")
+            await _recover(rig, result, index)
+            _progress(label, index + 1, trials, started)
+    result.elapsed_s = time.monotonic() - started
+    return result

@@ -36,6 +36,7 @@ from bench.reaction import (
     edge_trials,
     grip_trials,
     open_power_chain,
+    remote_stop_trials,
 )
 from bench.rig import REPO, Rig, RigOptions
 from bench.stats import summary
@@ -59,6 +60,7 @@ class Goal:
 
 GOALS: dict[str, tuple[Goal, ...]] = {
     "reaction": (Goal("p99", 5.0, "ms"), Goal("max", 20.0, "ms")),
+    "remote_stop": (Goal("p99", 100.0, "ms"),),
     "loop_lateness": (Goal("p99", 2.0, "ms"),),
     "missed_ticks": (Goal("count", 0, "ticks"),),
     "cpu": (Goal("pct_of_core", 2.0, "%"),),
@@ -74,6 +76,7 @@ class Plan:
     loop_conditions: tuple[str, ...]
     grip_trials: int
     edge_trials: int
+    remote_stop_trials: int
     loop_s: float
     loop_target_kmh: float
     startup_runs: int
@@ -94,6 +97,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         loop_conditions=conditions or ("healthy", "flooded", "down"),
         grip_trials=args.grip_trials or (3 if quick else 1000),
         edge_trials=args.edge_trials or (2 if quick else 300),
+        remote_stop_trials=args.remote_stop_trials or (2 if quick else 300),
         loop_s=args.loop_s or (5.0 if quick else 300.0),
         loop_target_kmh=0.8 if quick else LOOP_TARGET_KMH,
         startup_runs=args.startup_runs or (2 if quick else 10),
@@ -152,6 +156,16 @@ async def _reaction(plan: Plan, condition: str, workdir: Path) -> dict[str, Any]
                 rng=rng,
                 label="key",
             )
+            if env.stop_sender is not None and plan.remote_stop_trials > 0:
+                stop = await remote_stop_trials(
+                    rig,
+                    plan.remote_stop_trials,
+                    sender=env.stop_sender,
+                    topic="treadmill/demo/cmd/stop",
+                    start_kmh=STAGE1_START_KMH,
+                    rng=rng,
+                )
+                out["remote_stop"] = _trialset_json(stop)
             state = await rig.status()
             out["grip_release"] = _trialset_json(grip)
             out["estop"] = _trialset_json(estop)
@@ -258,6 +272,8 @@ def _rows(results: dict[str, Any]) -> list[list[str]]:
             ("estop", "e-stop edge -> ESTOP (ms)"),
             ("safety_key", "safety key edge -> ESTOP (ms)"),
         ):
+            if name not in block:
+                continue
             lat = block[name]["latency_ms"]
             rtt = block[name]["rtt_ms"]
             p99, mx = lat.get("p99", nan), lat.get("max", nan)
@@ -282,6 +298,20 @@ def _rows(results: dict[str, Any]) -> list[list[str]]:
                     fmt(rtt.get("max", nan)),
                     "",
                     "",
+                ]
+            )
+        if "remote_stop" in block:
+            lat = block["remote_stop"]["latency_ms"]
+            p99 = lat.get("p99", nan)
+            rows.append(
+                [
+                    f"remote cmd/stop: publish -> STOP (ms) n={lat.get('n', 0)}",
+                    condition,
+                    fmt(lat.get("p50", nan)),
+                    fmt(p99),
+                    fmt(lat.get("max", nan)),
+                    "p99<=100",
+                    _verdict(p99, GOALS["remote_stop"][0]),
                 ]
             )
     for condition, run in results.get("loop", {}).items():
@@ -424,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conditions", help=f"comma list of: {', '.join(CONDITIONS)}")
     parser.add_argument("--grip-trials", type=int)
     parser.add_argument("--edge-trials", type=int, help="e-stop and safety-key trials each")
+    parser.add_argument(
+        "--remote-stop-trials", type=int, help="cmd/stop trials (conditions with a broker)"
+    )
     parser.add_argument("--loop-s", type=float, help="seconds of steady running per condition")
     parser.add_argument("--startup-runs", type=int)
     parser.add_argument("--flood-rate", type=float, default=2000.0, help="commands per second")
@@ -441,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     failures = sum(
         block[name]["failure_count"]
         for block in results.get("reaction", {}).values()
-        for name in ("grip_release", "estop", "safety_key")
+        for name in ("grip_release", "estop", "safety_key", "remote_stop")
+        if name in block
     )
     print(f"\n{failures} failed trial(s); figures written to {out_path}")
     return 1 if failures else 0

@@ -70,10 +70,13 @@ from controller.telemetry import event_payload
 __all__ = [
     "INCOMING_QUEUE_SIZE",
     "READ_BATCH",
+    "REJECTION_EVENTS_PER_S",
+    "REJECTION_EVENT_BURST",
     "CredentialsError",
     "MqttPublisher",
     "MqttSettings",
     "MqttStats",
+    "RejectionFolder",
     "TlsSettings",
 ]
 
@@ -98,6 +101,19 @@ LOG_INTERVAL_S: Final[float] = 5.0
 
 PROTOCOLS: Final[tuple[str, ...]] = ("auto", "5", "3.1.1")
 """Accepted ``MqttSettings.protocol`` values."""
+
+COMMANDS_PER_S: Final[float] = 50.0
+COMMAND_BURST: Final[int] = 200
+"""Commands other than ``cmd/stop`` parsed: up to a burst of 200, then 50 a second on
+average; the rest are dropped unparsed and counted (``commands_dropped``). No person or
+dashboard sends more; a flood then costs only the MQTT client's own reading of each message.
+``cmd/stop`` is never limited."""
+
+REJECTION_EVENTS_PER_S: Final[float] = 2.0
+REJECTION_EVENT_BURST: Final[int] = 20
+"""``command_rejected`` events: up to a burst of 20 one by one, then 2 a second on average;
+the others are counted and the count goes out with the next one (``folded``). A flood of junk
+commands then costs no broker traffic and cannot push real events out of the queue."""
 
 _ID_RE: Final[re.Pattern[str]] = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _UNSUPPORTED_PROTOCOL_CODES: Final[frozenset[int]] = frozenset({1, 132})
@@ -262,6 +278,7 @@ class MqttStats:
     commands_rejected: int
     last_error: str | None
     commands_dropped: int = 0
+    rejections_folded: int = 0  # command_rejected events counted instead of published
 
 
 def _utc_now() -> datetime:
@@ -358,6 +375,54 @@ def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+class RejectionFolder:
+    """A token bucket (for ``command_rejected`` events, and for the command intake):
+    :meth:`allow` says whether to let one through now and how many were folded (not let
+    through) since the last one that was."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        per_s: float = REJECTION_EVENTS_PER_S,
+        burst: int = REJECTION_EVENT_BURST,
+    ) -> None:
+        self._clock = clock
+        self._per_s = per_s
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._last_s = clock()
+        self.folded = 0  # rejections not reported since the last one reported
+        self.folded_total = 0
+
+    def _refill(self) -> None:
+        now_s = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now_s - self._last_s) * self._per_s)
+        self._last_s = now_s
+
+    def allow(self) -> int | None:
+        """``None``: fold this one (counted); else report it, with this many folded before."""
+        self._refill()
+        if self._tokens < 1.0:
+            self.folded += 1
+            self.folded_total += 1
+            return None
+        self._tokens -= 1.0
+        folded, self.folded = self.folded, 0
+        return folded
+
+    def take_summary(self) -> int:
+        """The folded count, if a report is allowed now and some are waiting; else 0."""
+        if self.folded == 0:
+            return 0
+        self._refill()
+        if self._tokens < 1.0:
+            return 0
+        self._tokens -= 1.0
+        folded, self.folded = self.folded, 0
+        return folded
+
+
 class _LogFolder:
     """Folds repeated log lines of one kind into one per interval, counting the rest."""
 
@@ -437,6 +502,8 @@ class MqttPublisher:
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 -- backoff jitter, not crypto
         self._wake = asyncio.Event()
         self._log_folder = _LogFolder(LOG_INTERVAL_S, time.monotonic)
+        self._rejections = RejectionFolder(time.monotonic)
+        self._intake = RejectionFolder(time.monotonic, per_s=COMMANDS_PER_S, burst=COMMAND_BURST)
         self._discovery = discovery_messages(settings) if settings.discovery else []
         # what is waiting to go out
         self._state: dict[str, object] | None = None
@@ -529,6 +596,7 @@ class MqttPublisher:
             commands_rejected=self._commands_rejected,
             last_error=self._last_error,
             commands_dropped=self._commands_dropped,
+            rejections_folded=self._rejections.folded_total,
         )
 
     # ------------------------------------------------------------------ connection
@@ -779,6 +847,9 @@ class MqttPublisher:
             logger.debug("MQTT: ignoring message on %s", excerpt(topic, 80))
             return
         name = topic[len(settings.command_prefix) :]
+        if name != "stop" and self._intake.allow() is None:
+            self._commands_dropped += 1  # a flood: dropped before parsing
+            return
         self._commands_received += 1
         command: ParsedCommand
         if retain:
@@ -819,15 +890,32 @@ class MqttPublisher:
             rejected.reason,
             rejected.payload_excerpt,
         )
+        folded = self._rejections.allow()
+        if folded is None:
+            return  # a flood: counted, and the count goes out with the next event
+        more = f" (and {folded} more rejected before it, not reported one by one)" if folded else ""
         event = Event(
             kind="command_rejected",
-            message=f"remote command cmd/{rejected.command} rejected: {rejected.reason}",
+            message=f"remote command cmd/{rejected.command} rejected: {rejected.reason}{more}",
             details={
                 "source": "mqtt",
                 "command": rejected.command,
                 "reason": rejected.reason,
                 "payload_excerpt": rejected.payload_excerpt,
+                "folded": folded,
             },
+        )
+        self.publish_event(event_payload(ts=self._clock(), event=event))
+
+    def _publish_folded_rejections(self) -> None:
+        """After a flood: one event with the count of rejections not yet reported."""
+        folded = self._rejections.take_summary()
+        if not folded:
+            return
+        event = Event(
+            kind="command_rejected",
+            message=f"{folded} more remote commands rejected, not reported one by one",
+            details={"source": "mqtt", "command": None, "reason": "flood", "folded": folded},
         )
         self.publish_event(event_payload(ts=self._clock(), event=event))
 
@@ -849,6 +937,7 @@ class MqttPublisher:
             if self._discovery_due:
                 self._discovery_due = False
                 await self._announce(client)
+            self._publish_folded_rejections()
             await self._flush_events(client)
             session = self._session
             if self._session_dirty and session is not None:

@@ -80,8 +80,10 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-#: How often the supervisor checks retransmits, link silence and the handshake (ms).
-SUPERVISE_PERIOD_MS = 10
+#: Longest sleep of the supervisor (ms). It checks retransmits, link silence and the
+#: handshake when the earliest of their deadlines comes, and at once when a frame that needs
+#: an ACK is sent; this bound only limits how long it trusts its own arithmetic.
+SUPERVISE_MAX_SLEEP_MS = 100
 #: Bytes asked for per read; a STATUS frame is 24 bytes.
 _READ_CHUNK = 1024
 #: CONFIGUREs refused (firmware not IDLE) in one session before giving up on the session.
@@ -137,6 +139,10 @@ class LinkStats:
     rx_duplicates: int
     motion_dropped_link_down: int  # SET_SPEED/STOP/ESTOP refused because the link was down
     last_error: str | None
+
+
+#: Handshake steps that must end within ``handshake_timeout_ms``.
+_TIMED_PHASES = frozenset({_Phase.HELLO, _Phase.FIRST_STATUS, _Phase.CONFIGURE, _Phase.CHECKSUM})
 
 
 class _LinkDownError(Exception):
@@ -215,6 +221,7 @@ class FirmwareBridge:
         self._rx_seq = RxSequenceChecker()
         self._sender = ReliableSender()
         self._pending_names: dict[int, str] = {}
+        self._supervisor_waiter: asyncio.Future[None] | None = None
 
         self._writer: asyncio.StreamWriter | None = None
         self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
@@ -750,10 +757,34 @@ class FirmwareBridge:
                 frame.seq,
             )
 
+    def _supervise_next_ms(self, now_ms: int) -> int:
+        """The earliest time the supervisor has something to check (see _supervise_loop)."""
+        next_ms = min(self._last_rx_ms + self._link_timeout_ms + 1, now_ms + SUPERVISE_MAX_SLEEP_MS)
+        due_ms = self._sender.next_due_ms()
+        if due_ms is not None:
+            next_ms = min(next_ms, due_ms)
+        if self._phase in _TIMED_PHASES:
+            next_ms = min(next_ms, self._handshake_deadline_ms + 1)
+        return next_ms
+
+    async def _supervise_sleep(self, delay_s: float) -> None:
+        """Sleep ``delay_s``, or less if a frame that needs an ACK is sent meanwhile."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._supervisor_waiter = waiter
+        handle = loop.call_later(delay_s, _wake_waiter, waiter)
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            self._supervisor_waiter = None
+
     async def _supervise_loop(self) -> None:
-        period_s = SUPERVISE_PERIOD_MS / 1000.0
+        """Retransmits, unanswered frames, link silence and the handshake deadline, each
+        checked when its deadline comes (no fixed-rate polling)."""
         while True:
-            await asyncio.sleep(period_s)
+            now = self._clock_ms()
+            await self._supervise_sleep(max(1, self._supervise_next_ms(now) - now) / 1000.0)
             now = self._clock_ms()
             for frame_bytes in self._sender.due(now):
                 self._write(frame_bytes)
@@ -778,11 +809,7 @@ class FirmwareBridge:
                     f"no valid frame from the firmware for {silent_ms} ms "
                     f"(link timeout {self._link_timeout_ms} ms)"
                 )
-            if (
-                self._phase
-                in (_Phase.HELLO, _Phase.FIRST_STATUS, _Phase.CONFIGURE, _Phase.CHECKSUM)
-                and now > self._handshake_deadline_ms
-            ):
+            if self._phase in _TIMED_PHASES and now > self._handshake_deadline_ms:
                 raise _LinkDownError(self._handshake_timeout_reason())
 
     def _handshake_timeout_reason(self) -> str:
@@ -806,6 +833,9 @@ class FirmwareBridge:
         if reliable:
             self._sender.track(seq, frame, self._clock_ms())
             self._pending_names[seq] = msg.MSG_ID.name
+            waiter = self._supervisor_waiter
+            if waiter is not None:
+                _wake_waiter(waiter)  # its retransmit deadline may be earlier than the sleep
         self._write(frame)
         return seq
 
@@ -822,6 +852,11 @@ class FirmwareBridge:
             return
         writer.write(frame)
         self._frames_tx += 1
+
+
+def _wake_waiter(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _configure_advice(reason: NakReason, hello: Hello | None) -> str:

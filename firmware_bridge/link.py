@@ -149,6 +149,13 @@ class ReliableSender:
         self._pending[seq] = _Pending(frame=bytes(frame), sent_ms=now_ms, retries=0)
         self._tracked += 1
 
+    def next_due_ms(self) -> int | None:
+        """When :meth:`due` or :meth:`failed` will next have something to say (None: nothing
+        is pending)."""
+        if not self._pending:
+            return None
+        return min(entry.sent_ms for entry in self._pending.values()) + self.ack_timeout_ms
+
     def on_ack(self, seq: int) -> bool:
         """Record an ACK for ``seq``. False if nothing was pending with that SEQ."""
         if self._pending.pop(seq, None) is None:

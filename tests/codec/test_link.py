@@ -299,3 +299,27 @@ def test_missed_count_equals_frames_dropped(start: int, drops: list[int]) -> Non
         assert verdict == (SeqVerdict(SeqKind.GAP, k) if k else SeqVerdict(SeqKind.NEW))
     assert checker.stats.missed == sum(drops)
     assert checker.stats.gaps == sum(1 for k in drops if k)
+
+
+@given(
+    sends=st.lists(st.integers(0, 500), min_size=0, max_size=5, unique=True),
+    timeout_ms=st.integers(1, 300),
+    retries=st.integers(0, 3),
+)
+def test_next_due_is_the_first_time_due_or_failed_has_news(
+    sends: list[int], timeout_ms: int, retries: int
+) -> None:
+    sender = ReliableSender(ack_timeout_ms=timeout_ms, max_retries=retries)
+    for seq, sent_ms in enumerate(sorted(sends)):
+        sender.track(seq, b"frame", sent_ms)
+    due_ms = sender.next_due_ms()
+    if not sends:
+        assert due_ms is None
+        return
+    assert due_ms == min(sends) + timeout_ms
+    probe = ReliableSender(ack_timeout_ms=timeout_ms, max_retries=retries)
+    for seq, sent_ms in enumerate(sorted(sends)):
+        probe.track(seq, b"frame", sent_ms)
+    assert probe.due(due_ms - 1) == []
+    assert probe.failed(due_ms - 1) == []
+    assert sender.due(due_ms) or sender.failed(due_ms)
