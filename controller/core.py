@@ -32,9 +32,10 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Final
 
 from controller import transitions
@@ -69,6 +70,20 @@ from controller.model import (
     Stop,
     StopKind,
 )
+
+
+def replace(state: CoreState, /, **changes: object) -> CoreState:
+    """``dataclasses.replace``, but ``state`` itself when no field would change.
+
+    Most checks of a tick rewrite a field or two with the value it already has; this keeps
+    a steady tick from building a new state object for each of them.
+    """
+    for name, value in changes.items():
+        current = getattr(state, name)
+        if current is not value and current != value:
+            return dataclasses.replace(state, **changes)  # type: ignore[arg-type]  # fields of CoreState by name
+    return state
+
 
 MAX_TICK_DT_MS: Final = 100
 """Longest time step one tick may ramp over (SR-SPEED-3): a pause never produces a jump."""
@@ -551,14 +566,18 @@ def next_deadline_ms(state: CoreState, inputs: Inputs, config: SafetyConfig) -> 
     if firmware is not None:
         candidates.append(firmware.received_ms + config.stale_ms + 1)
     if state.mode is Mode.RUNNING:
+        # These two have not acted yet (they would have latched, slowed, warned or flagged),
+        # even if their time has passed: a stage change by a command later in the tick can
+        # make one due at once (SR-GRIP-8), so it acts at the next possible millisecond.
+        soonest_ms = 0 if now_ms is None else now_ms + 1
         if state.grip_lost_since_ms is not None and not state.grip_action_taken:
-            candidates.append(state.grip_lost_since_ms + stage.grip_grace_ms)
+            candidates.append(max(state.grip_lost_since_ms + stage.grip_grace_ms, soonest_ms))
         if (
             grip_watched(stage)
             and state.grip_changed_ms is not None
             and WARNING_GRIP_STUCK not in state.warnings
         ):
-            candidates.append(state.grip_changed_ms + config.grip_stuck_window_ms)
+            candidates.append(max(state.grip_changed_ms + config.grip_stuck_window_ms, soonest_ms))
     edges = state.grip_edges_ms
     if len(edges) >= config.grip_chatter_edges:
         candidates.append(edges[-config.grip_chatter_edges] + config.grip_chatter_window_ms)
