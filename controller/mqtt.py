@@ -68,6 +68,8 @@ from controller.model import Event
 from controller.telemetry import event_payload
 
 __all__ = [
+    "COMMANDS_PER_S",
+    "COMMAND_BURST",
     "INCOMING_QUEUE_SIZE",
     "READ_BATCH",
     "REJECTION_EVENTS_PER_S",
@@ -447,12 +449,15 @@ def _incoming_queue_type(
     stop_topic: str,
     on_drop: Callable[[], None],
     on_create: Callable[[asyncio.Queue[aiomqtt.Message]], None],
+    admit: Callable[[str], bool] = lambda topic: True,
 ) -> type[asyncio.Queue[aiomqtt.Message]]:
     """A bounded queue for aiomqtt's incoming messages that never refuses a stop.
 
-    When full, it drops the oldest message that is not on ``stop_topic``; if every queued
-    message is a stop, the new message is dropped instead (a queued stop does the job).
-    ``on_create`` receives the queue so that the reader can drain it in batches.
+    A message whose topic ``admit`` refuses is dropped on arrival (``on_drop``), before it is
+    queued or parsed: the cheapest place to shed a flood. When full, the queue drops the
+    oldest message that is not on ``stop_topic``; if every queued message is a stop, the new
+    message is dropped instead (a queued stop does the job). ``on_create`` receives the
+    queue so that the reader can drain it in batches.
     """
 
     class _IncomingQueue(asyncio.Queue[aiomqtt.Message]):
@@ -461,6 +466,9 @@ def _incoming_queue_type(
             on_create(self)
 
         def put_nowait(self, item: aiomqtt.Message) -> None:
+            if not admit(item.topic.value):
+                on_drop()
+                return
             if self.full():
                 on_drop()
                 for index, queued in enumerate(self._queue):
@@ -503,6 +511,8 @@ class MqttPublisher:
         self._wake = asyncio.Event()
         self._log_folder = _LogFolder(LOG_INTERVAL_S, time.monotonic)
         self._rejections = RejectionFolder(time.monotonic)
+        self._command_prefix = settings.command_prefix
+        self._stop_topic = f"{settings.command_prefix}stop"
         self._intake = RejectionFolder(time.monotonic, per_s=COMMANDS_PER_S, burst=COMMAND_BURST)
         self._discovery = discovery_messages(settings) if settings.discovery else []
         # what is waiting to go out
@@ -712,13 +722,20 @@ class MqttPublisher:
             timeout=BROKER_TIMEOUT_S,
             tls_params=tls,
             queue_type=_incoming_queue_type(
-                f"{s.command_prefix}stop", self._count_dropped, self._set_incoming
+                f"{s.command_prefix}stop", self._count_dropped, self._set_incoming, self._admit
             ),
             max_queued_incoming_messages=INCOMING_QUEUE_SIZE,
             # Small messages at a low rate: send each at once instead of waiting up to
             # 40 ms for Nagle's algorithm to fill a segment.
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
+
+    def _admit(self, topic: str) -> bool:
+        """The command intake limit (COMMANDS_PER_S), applied as a message arrives; never
+        to ``cmd/stop`` nor to anything that is not a command."""
+        if not topic.startswith(self._command_prefix) or topic == self._stop_topic:
+            return True
+        return self._intake.allow() is not None
 
     def _count_dropped(self) -> None:
         self._commands_dropped += 1
@@ -847,9 +864,6 @@ class MqttPublisher:
             logger.debug("MQTT: ignoring message on %s", excerpt(topic, 80))
             return
         name = topic[len(settings.command_prefix) :]
-        if name != "stop" and self._intake.allow() is None:
-            self._commands_dropped += 1  # a flood: dropped before parsing
-            return
         self._commands_received += 1
         command: ParsedCommand
         if retain:

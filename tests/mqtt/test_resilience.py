@@ -228,7 +228,8 @@ async def test_command_flood_does_not_starve_the_loop(
     figures.append(
         f"flood of {total} commands (QoS 0, 2 clients in turn) handled in {flood_s:.2f} s "
         f"({stats.commands_received / flood_s:.0f} commands/s, {stats.commands_dropped} dropped "
-        f"by the incoming queue, {stats.events_dropped} rejection events dropped); "
+        f"on arrival (intake limit) or by the incoming queue, {stats.rejections_folded} "
+        f"rejection events folded, {stats.events_dropped} events dropped); "
         f"50 Hz loop meanwhile: {ticker.summary()}; longest garbage collection meanwhile "
         f"{gc_pauses.longest_ms:.1f} ms (generation {gc_pauses.longest_generation})"
     )
