@@ -281,6 +281,7 @@ class MqttStats:
     last_error: str | None
     commands_dropped: int = 0
     rejections_folded: int = 0  # command_rejected events counted instead of published
+    stop_path_connected: bool = False  # the second connection, for cmd/stop only, is up
 
 
 def _utc_now() -> datetime:
@@ -512,6 +513,8 @@ class MqttPublisher:
         self._log_folder = _LogFolder(LOG_INTERVAL_S, time.monotonic)
         self._rejections = RejectionFolder(time.monotonic)
         self._command_prefix = settings.command_prefix
+        self._stop_path_up = False
+        self._stop_counts = [0, 0]  # stops seen on the main connection and on the stop path
         self._stop_topic = f"{settings.command_prefix}stop"
         self._intake = RejectionFolder(time.monotonic, per_s=COMMANDS_PER_S, burst=COMMAND_BURST)
         self._discovery = discovery_messages(settings) if settings.discovery else []
@@ -607,6 +610,7 @@ class MqttPublisher:
             last_error=self._last_error,
             commands_dropped=self._commands_dropped,
             rejections_folded=self._rejections.folded_total,
+            stop_path_connected=self._stop_path_up,
         )
 
     # ------------------------------------------------------------------ connection
@@ -771,6 +775,8 @@ class MqttPublisher:
             asyncio.create_task(self._read_loop(client), name="mqtt-read"),
             asyncio.create_task(self._write_loop(client), name="mqtt-write"),
         }
+        # Not in ``tasks``: losing the stop path does not end this connection.
+        stop_path = asyncio.create_task(self._stop_path(), name="mqtt-stop-path")
         try:
             done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -778,6 +784,7 @@ class MqttPublisher:
             msg = "MQTT reader or writer ended"
             raise aiomqtt.MqttError(msg)  # pragma: no cover - both loops end only by raising
         finally:
+            tasks.add(stop_path)
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks)
@@ -832,6 +839,64 @@ class MqttPublisher:
         finally:
             self._saying_goodbye = False
 
+    # ------------------------------------------------------------------ the stop path
+
+    async def _stop_path(self) -> None:
+        """A second connection subscribed to ``cmd/stop`` only, for as long as the main one
+        is up: a stop never waits behind other commands in the main connection's stream,
+        however many arrive. Each stop then arrives twice; the first copy counts
+        (:meth:`_stop_is_twin`). Broker trouble here only retries; the main connection
+        still carries stops meanwhile."""
+        s = self._settings
+        tls = None
+        if s.tls is not None:
+            tls = aiomqtt.TLSParameters(
+                ca_certs=str(s.tls.ca_file),
+                certfile=str(s.tls.cert_file) if s.tls.cert_file is not None else None,
+                keyfile=str(s.tls.key_file) if s.tls.key_file is not None else None,
+            )
+        delay_s = s.reconnect_min_s
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    s.host,
+                    s.port,
+                    username=s.username,
+                    password=s.password,
+                    identifier=f"{s.client_id}-stop",
+                    protocol=self._protocol,
+                    keepalive=s.keepalive_s,
+                    timeout=BROKER_TIMEOUT_S,
+                    tls_params=tls,
+                    socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+                ) as client:
+                    await client.subscribe(self._stop_topic, qos=1)
+                    self._stop_counts = [0, 0]
+                    self._stop_path_up = True
+                    delay_s = s.reconnect_min_s
+                    async for message in client.messages:
+                        self._handle_message(
+                            message.topic.value, message.payload, retain=message.retain, path=1
+                        )
+            except aiomqtt.MqttError as exc:
+                logger.debug("MQTT stop path: %s; retrying in %.2f s", exc, delay_s)
+            finally:
+                self._stop_path_up = False
+                self._stop_counts = [0, 0]
+            await asyncio.sleep(delay_s)
+            delay_s = min(s.reconnect_max_s, delay_s * 2)
+
+    def _stop_is_twin(self, path: int) -> bool:
+        """Whether this stop (on ``path``: 0 main, 1 stop path) is the second copy of one
+        already handed over. While both connections are up every stop arrives on both, in
+        the same order on each: the n-th stop on one path is the twin of the n-th on the
+        other. With the stop path down, every stop counts."""
+        if not self._stop_path_up:
+            return False
+        counts = self._stop_counts
+        counts[path] += 1
+        return counts[1 - path] >= counts[path]
+
     # ------------------------------------------------------------------ incoming
 
     async def _read_loop(self, client: aiomqtt.Client) -> None:
@@ -851,8 +916,10 @@ class MqttPublisher:
     def _handle(self, message: aiomqtt.Message) -> None:
         self._handle_message(message.topic.value, message.payload, retain=message.retain)
 
-    def _handle_message(self, topic: str, payload: object, *, retain: bool) -> None:
+    def _handle_message(self, topic: str, payload: object, *, retain: bool, path: int = 0) -> None:
         settings = self._settings
+        if topic == self._stop_topic and not retain and self._stop_is_twin(path):
+            return
         raw = payload if isinstance(payload, bytes) else str(payload).encode("utf-8")
         if topic == settings.ha_status_topic:
             if not retain and raw.strip() == b"online":

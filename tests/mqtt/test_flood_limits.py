@@ -97,3 +97,16 @@ def test_rejection_events_beyond_the_burst_are_folded_into_the_next() -> None:
     assert len(events) == 20  # the burst, one by one
     stats = publisher.stats
     assert (stats.commands_rejected, stats.rejections_folded) == (60, 40)
+
+
+def test_a_stop_counts_once_whichever_path_brings_it_first() -> None:
+    publisher = make_publisher([])
+    assert publisher._stop_is_twin(0) is False  # stop path down: every stop counts
+    publisher._stop_path_up = True
+    publisher._stop_counts = [0, 0]
+    # stop 1 via the stop path first, stop 2 via the main connection first
+    assert [publisher._stop_is_twin(p) for p in (1, 0, 0, 1)] == [False, True, False, True]
+    # a copy lost on one path (a queue full of stops) delays a later stop, never loses it
+    assert publisher._stop_is_twin(1) is False  # stop 3: its main copy is lost
+    assert publisher._stop_is_twin(0) is True  # stop 4 on main: taken for the twin of 3
+    assert publisher._stop_is_twin(1) is False  # stop 4 on the stop path: counts

@@ -369,6 +369,25 @@ async def test_malformed_commands_are_rejected_with_an_event_and_nothing_else(
     )
 
 
+async def test_stops_come_through_the_stop_path_once_each(
+    mosquitto: MosquittoBroker, treadmill_id: str
+) -> None:
+    """cmd/stop arrives on the main connection and on the stop path; each counts once."""
+    settings = make_settings(mosquitto, treadmill_id)
+    log = CommandLog()
+    publisher = MqttPublisher(settings, on_command=log)
+    async with Observer(mosquitto, "dashboard") as dashboard, running(publisher):
+        await wait_until(lambda: publisher.stats.connected, what="connected")
+        await wait_until(lambda: publisher.stats.stop_path_connected, what="stop path")
+        for _ in range(5):
+            await dashboard.publish(f"{settings.command_prefix}stop", "PRESS")
+        await wait_until(
+            lambda: publisher._stop_counts == [5, 5], what="every stop seen on both paths"
+        )
+        assert log.commands == [RemoteStop()] * 5
+        assert publisher.stats.commands_received == 5
+
+
 async def test_a_retained_command_is_not_acted_on(
     mosquitto: MosquittoBroker, treadmill_id: str
 ) -> None:

@@ -254,9 +254,11 @@ async def test_falls_back_to_mqtt_311_when_the_broker_refuses_5(
         publisher = MqttPublisher(settings, on_command=log)
         async with running(publisher):
             await wait_until(lambda: publisher.stats.connected, what="connected")
+            await wait_until(lambda: publisher.stats.stop_path_connected, what="stop path")
             await dashboard.publish(f"{settings.command_prefix}stop", "PRESS")
             await wait_until(lambda: log.commands == [RemoteStop()], what="a stop over 3.1.1")
-    assert (proxy.refused_v5, proxy.passed) == (1, 1)
+    # The main connection and the stop path, both in 3.1.1 after the one refusal.
+    assert (proxy.refused_v5, proxy.passed) == (1, 2)
     assert "refused MQTT 5" in caplog.text
     assert "MQTT 3.1.1, as controller-" in caplog.text
     assert publisher.stats.connects == 1
