@@ -31,9 +31,12 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     results = json.loads(out.read_text())
-    for condition in ("flooded", "down"):
+    for condition in ("healthy", "flooded", "down"):
         block = results["reaction"][condition]
-        for name in ("grip_release", "estop", "safety_key"):
+        names = ["grip_release", "estop", "safety_key"]
+        if condition != "down":  # a remote stop needs a broker
+            names.append("remote_stop")
+        for name in names:
             assert block[name]["failure_count"] == 0, block[name]["failures"]
             assert block[name]["latency_ms"]["n"] >= 2, block[name]
     assert results["reaction"]["flooded"]["mqtt"]["commands_rejected"] > 0
