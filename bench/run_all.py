@@ -282,7 +282,10 @@ def _rows(results: dict[str, Any]) -> list[list[str]]:
             lat = block[name]["latency_ms"]
             rtt = block[name]["rtt_ms"]
             p99, mx = lat.get("p99", nan), lat.get("max", nan)
-            verdicts = [_verdict(p99, GOALS["reaction"][0]), _verdict(mx, GOALS["reaction"][1])]
+            verdicts = [
+                f"p99 {_verdict(p99, GOALS['reaction'][0])}",
+                f"max {_verdict(mx, GOALS['reaction'][1])}",
+            ]
             rows.append(
                 [
                     title + f" n={lat.get('n', 0)}",
@@ -291,7 +294,7 @@ def _rows(results: dict[str, Any]) -> list[list[str]]:
                     fmt(p99),
                     fmt(mx),
                     "p99<=5, max<=20",
-                    ", ".join(sorted(set(verdicts))),
+                    ", ".join(verdicts),
                 ]
             )
             rows.append(
@@ -471,8 +474,13 @@ def _run_line(meta: dict[str, Any]) -> str:
     start = meta.get("loadavg_start") or [math.nan] * 3
     end = meta.get("loadavg_end") or [math.nan] * 3
     only = ",".join(plan.get("only") or []) or "everything"
+    counts = (
+        f"{plan.get('grip_trials', '?')} grip, {plan.get('edge_trials', '?')} e-stop and key, "
+        f"{plan.get('remote_stop_trials', '?')} remote-stop trials per condition, loops of "
+        f"{plan.get('loop_s', '?')} s, {plan.get('startup_runs', '?')} start-ups"
+    )
     return (
-        f"{meta.get('started_utc', '?')}, {meta.get('mode', '?')} run of {only} "
+        f"{meta.get('started_utc', '?')}, {meta.get('mode', '?')} run of {only} ({counts}) "
         f"(reaction: {', '.join(plan.get('reaction_conditions') or []) or '-'}; loop: "
         f"{', '.join(plan.get('loop_conditions') or []) or '-'}), "
         f"{meta.get('elapsed_s', 0) / 60:.0f} min, commit {machine.get('commit', '?')}; "

@@ -56,9 +56,9 @@ def test_saved_runs_merge_into_the_doc_block(tmp_path: Path) -> None:
     rows = [line for line in text.splitlines() if line.startswith("| grip release")]
     assert len(rows) == 2
     assert "| flooded | 1.00 | 9.00 | 9.00 |" in rows[0]
-    assert "MISSED" in rows[0]
+    assert "p99 MISSED by 4.00 ms, max met" in rows[0]
     assert "| down | 1.00 | 3.00 | 3.00 |" in rows[1]
-    assert rows[1].endswith("| met |")
+    assert rows[1].endswith("| p99 met, max met |")
     assert any(line.startswith("| remote cmd/stop") for line in text.splitlines())
 
 
