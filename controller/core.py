@@ -554,9 +554,11 @@ def next_deadline_ms(state: CoreState, inputs: Inputs, config: SafetyConfig) -> 
 
     The caller wakes then, in addition to its regular ticks, so a timer acts when it runs out
     instead of at the next tick: the grip grace (SR-GRIP-2), the stale status (SR-STALE-1),
-    overspeed, not following and moving at rest (SR-PLAUS-1..3), the grip chatter window and
-    the stuck-grip warning (SR-GRIP-6, SR-GRIP-7), and the first tick at rest after an
-    emergency (SR-STOP-3). It may be early (then the decision is the same), never late.
+    overspeed, not following and moving at rest (SR-PLAUS-1..3), the runaway confirmation
+    (SR-PLAUS-5), the speed channels disagreeing (SR-CHAN-2), the grip chatter window, the
+    stuck-grip warning and a touch becoming a hold (SR-GRIP-6, 7, 10), the link-quality window
+    (SR-LINK-3), a reset waiting for CLEAR_FAULT (SR-RESET-3) and the first tick at rest after
+    an emergency (SR-STOP-3). It may be early (then the decision is the same), never late.
     Computed from the state the tick produced, the inputs and the config only.
     """
     now_ms = state.last_tick_ms
@@ -570,8 +572,13 @@ def next_deadline_ms(state: CoreState, inputs: Inputs, config: SafetyConfig) -> 
         # even if their time has passed: a stage change by a command later in the tick can
         # make one due at once (SR-GRIP-8), so it acts at the next possible millisecond.
         soonest_ms = 0 if now_ms is None else now_ms + 1
-        if state.grip_lost_since_ms is not None and not state.grip_action_taken:
-            candidates.append(max(state.grip_lost_since_ms + stage.grip_grace_ms, soonest_ms))
+        lost_ms = state.grip_lost_since_ms
+        held_ms = state.grip_held_since_ms
+        if lost_ms is not None and held_ms is not None:
+            # A touch during a loss: nothing acts until it has become a hold (SR-GRIP-10).
+            candidates.append(max(held_ms + config.grip_regrip_ms, soonest_ms))
+        elif lost_ms is not None and not state.grip_action_taken:
+            candidates.append(max(lost_ms + stage.grip_grace_ms, soonest_ms))
         if (
             grip_watched(stage)
             and state.grip_changed_ms is not None
@@ -587,6 +594,14 @@ def next_deadline_ms(state: CoreState, inputs: Inputs, config: SafetyConfig) -> 
         candidates.append(state.follow_since_ms + config.follow_ms + 1)
     if state.moving_at_rest_since_ms is not None:
         candidates.append(state.moving_at_rest_since_ms + config.moving_at_rest_ms + 1)
+    if state.runaway_since_ms is not None:
+        candidates.append(state.runaway_since_ms + _runaway_confirm_ms(config) + 1)
+    if state.disagree_since_ms is not None and config.second_channel is not None:
+        candidates.append(state.disagree_since_ms + config.second_channel.disagree_ms + 1)
+    if state.link_window is not None and inputs.link is not None:
+        candidates.append(state.link_window[0] + config.link_window_ms)
+    if state.reset_armed_ms is not None:
+        candidates.append(state.reset_armed_ms + RESET_CLEAR_TIMEOUT_MS + 1)
     fault = state.fault
     if (
         fault is not None
