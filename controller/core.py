@@ -913,7 +913,7 @@ def _check_overspeed(step: _Step) -> None:
     config = step.config
     if measured_kmh is None:
         step.state = replace(
-            step.state, overspeed_since_ms=None, speed_samples=(), runaway_since_ms=None
+            step.state, overspeed_since_ms=None, speed_samples=(), runaway_suspect=None
         )
         return
     reference_kmh = max(stage_limit_kmh(stage_config(state, config), config), state.commanded_kmh)
@@ -923,24 +923,30 @@ def _check_overspeed(step: _Step) -> None:
         state.speed_samples, measured_kmh, step.now_ms, config.runaway_window_ms
     )
     # Once seen, a runaway stays suspected while the belt stays above the allowed speed (a
-    # foot strike may flatten the acceleration for a moment); confirmed after half a window,
-    # so a glitching sensor pulse, which disturbs one 100 ms reading, never trips it.
-    runaway_since_ms = state.runaway_since_ms
+    # foot strike may flatten the acceleration for a moment). It is confirmed after half a
+    # window if the reading has kept rising since: one glitching sensor pulse, which disturbs
+    # one 100 ms reading, never trips it, nor does a reading that jumps once and then holds
+    # (left to the overspeed window).
+    suspect = state.runaway_suspect
     if measured_kmh <= reference_kmh + margin_kmh:
-        runaway_since_ms = None
-    elif runaway_since_ms is None and runaway_seen(
+        suspect = None
+    elif suspect is None and runaway_seen(
         measured_kmh, accel_kmh_s, reference_kmh + margin_kmh, config
     ):
-        runaway_since_ms = step.now_ms
-    step.state = replace(step.state, speed_samples=samples, runaway_since_ms=runaway_since_ms)
-    if runaway_since_ms is not None and step.now_ms - runaway_since_ms > _runaway_confirm_ms(
-        config
+        suspect = (step.now_ms, measured_kmh)
+    step.state = replace(step.state, speed_samples=samples, runaway_suspect=suspect)
+    confirm_ms = _runaway_confirm_ms(config)
+    if (
+        suspect is not None
+        and step.now_ms - suspect[0] > confirm_ms
+        and measured_kmh - suspect[1] >= config.runaway_accel_kmh_s * confirm_ms / 2000.0
     ):
         _latch(
             step,
             FaultCode.OVERSPEED,
             StopKind.EMERGENCY,
-            f"Belt measured at {measured_kmh:.2f} km/h{_source(step, measured_kmh)} and "
+            f"Belt measured at {measured_kmh:.2f} km/h{_source(step, measured_kmh)}, up "
+            f"{measured_kmh - suspect[1]:.2f} km/h in {step.now_ms - suspect[0]} ms and "
             f"accelerating at {accel_kmh_s:.1f} km/h/s, above the allowed {reference_kmh:.2f} "
             f"km/h + {margin_kmh:.2f} km/h margin (no command accelerates faster than "
             f"{config.runaway_accel_kmh_s:.1f} km/h/s): runaway",

@@ -355,7 +355,7 @@ class CoreState:
     link_window: tuple[int, int, int] | None = None  # (start_ms, received, missed) at its start
     grip_held_since_ms: int | None = None  # the required grip has been held since then
     speed_samples: tuple[tuple[int, float], ...] = ()  # (ms, km/h) for the measured accel
-    runaway_since_ms: int | None = None  # above limit + margin and accelerating since then
+    runaway_suspect: tuple[int, float] | None = None  # (ms, km/h) a runaway was first seen
 
 
 @dataclass(frozen=True)

@@ -142,3 +142,20 @@ def test_SR_PLAUS_5_slow_creep_is_left_to_the_overspeed_window() -> None:
     margin_kmh = max(DEFAULT_CONFIG.overspeed_abs_kmh, DEFAULT_CONFIG.overspeed_rel * 8.0)
     crossed_ms = margin_kmh / 0.5 * 1000
     assert took_ms > crossed_ms + DEFAULT_CONFIG.overspeed_ms - TICK_MS
+
+
+def test_SR_PLAUS_5_a_reading_that_jumps_once_and_holds_is_left_to_the_overspeed_window() -> None:
+    """Above the limit and 'accelerating' for one window, but no longer rising when the
+    runaway would be confirmed: not a runaway; SR-PLAUS-1 decides after overspeed_ms."""
+    config = replace(single_stage_config(max_kmh=8.0, accel_kmh_s=1.0), machine_max_kmh=8.0)
+    rig = running_rig(config)
+    rig.tick(SetTarget(8.0))
+    rig.run_ms(9000)
+    rig.measured_kmh = 8.6
+    decisions = rig.run_ms(DEFAULT_CONFIG.overspeed_ms)
+    assert all(d.state.mode is Mode.RUNNING for d in decisions)
+    assert rig.core.runaway_suspect is not None  # seen, never confirmed
+    rig.run_ms(2 * TICK_MS)
+    assert rig.core.fault is not None
+    assert "runaway" not in rig.core.fault.message
+    assert f"for {DEFAULT_CONFIG.overspeed_ms + TICK_MS} ms" in rig.core.fault.message
