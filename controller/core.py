@@ -594,8 +594,8 @@ def next_deadline_ms(state: CoreState, inputs: Inputs, config: SafetyConfig) -> 
         candidates.append(state.follow_since_ms + config.follow_ms + 1)
     if state.moving_at_rest_since_ms is not None:
         candidates.append(state.moving_at_rest_since_ms + config.moving_at_rest_ms + 1)
-    if state.runaway_since_ms is not None:
-        candidates.append(state.runaway_since_ms + _runaway_confirm_ms(config) + 1)
+    if state.runaway_suspect is not None:
+        candidates.append(state.runaway_suspect[0] + _runaway_confirm_ms(config) + 1)
     if state.disagree_since_ms is not None and config.second_channel is not None:
         candidates.append(state.disagree_since_ms + config.second_channel.disagree_ms + 1)
     if state.link_window is not None and inputs.link is not None:
