@@ -4,7 +4,9 @@
 pseudo-terminal: it walks, it stops on grip loss, and when it is killed the firmware alone
 brings the belt to rest within lease + ramp (FW-3). The time is measured by
 ``python -m bench.firmware_emu --only e2e`` (docs/performance.md); here it is checked against
-the budget with the allowance the fault matrix uses for a loaded CI machine.
+lease + ramp + the belt-lag allowance of the fault matrix (tests/faults/support.py), in the
+chip's own time on the emulated chip and in host time on the others. Every step waits on a
+condition (the controller's own view before RESET), never on a time.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def controller_sees_rest(state: dict[str, Any]) -> bool:
         and state["speed_kmh"] == 0.0
         and firmware["commanded_kmh"] == 0.0
     )
+
+
+def chip_rest_stamped(status: dict[str, str]) -> bool:
+    """The emulated chip stamped the belt at rest after the last SET_SPEED it received."""
+    return int(status["t_belt_rest_us"]) > int(status["t_set_speed_us"]) > 0
 
 
 @pytest.fixture(params=[impl.name for impl in implementations()])
@@ -89,7 +96,24 @@ async def test_FW_3_controller_walks_stops_on_grip_loss_and_a_killed_controller_
             what="the belt at rest after the controller was killed",
         )
         took_ms = (time.monotonic() - t0) * 1000
-        assert took_ms <= budget_ms, f"{impl.name}: belt at rest after {took_ms:.0f} ms"
-        assert rig.process_status["motor_enabled"] == "0"
-        assert rig.process_status["fault"] == "lease_expired"
+        status = rig.process_status
+        if "t_belt_rest_us" in status:
+            await poll_until(
+                lambda: chip_rest_stamped(rig.process_status),
+                timeout_s=5,
+                what="the emulated chip's stamp of the belt at rest after the last SET_SPEED",
+            )
+            status = rig.process_status
+            # The emulated chip: its own time from the last SET_SPEED it received to rest, the
+            # contract itself; host time also holds the emulator's lag behind real time on a
+            # loaded host (its clock slips rather than bursts), so it is only reported.
+            chip_ms = (int(status["t_belt_rest_us"]) - int(status["t_set_speed_us"])) / 1000
+            assert chip_ms <= budget_ms, (
+                f"{impl.name}: belt at rest {chip_ms:.0f} ms (chip time) after the last "
+                f"SET_SPEED, {took_ms:.0f} ms (host time) after the kill"
+            )
+        else:
+            assert took_ms <= budget_ms, f"{impl.name}: belt at rest after {took_ms:.0f} ms"
+        assert status["motor_enabled"] == "0"
+        assert status["fault"] == "lease_expired"
         assert await rig.service.wait(5) == -signal.SIGKILL
