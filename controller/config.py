@@ -56,7 +56,13 @@ from controller.config_rules import (
     check_safety_config,
 )
 from controller.errors import ConfigError, ConfigIssue, CredentialsError
-from controller.model import ChannelConfig, GripLossAction, SafetyConfig, StageConfig
+from controller.model import (
+    ChannelConfig,
+    GripLossAction,
+    KeyRelayConfig,
+    SafetyConfig,
+    StageConfig,
+)
 from controller.schema_errors import model_of as _model_of
 from controller.schema_errors import number_text as _number
 from controller.schema_errors import schema_issue
@@ -527,6 +533,41 @@ class BeltSensorSection(_Section):
         )
 
 
+class KeyRelaySection(_Section):
+    """The key-circuit relay output (key-relay mode): toggled every control tick while motion
+    is allowed, feeding a retriggerable monostable relay in series with the treadmill's safety
+    key (docs/install.md)."""
+
+    pin: Annotated[int, Range(2, 27)] = Field(description="BCM GPIO number of the relay output")
+    hold_off_ms: Annotated[int, Range(20, 500, "ms")] = Field(
+        default=100,
+        description="The relay circuit's hold-off as built: it drops out this long after the "
+        "last toggle (at least 3 control ticks)",
+    )
+    start_window_ms: Annotated[int, Range(2000, 60_000, "ms")] = Field(
+        default=15_000,
+        description="After START the belt must be seen moving within this, or the relay opens",
+    )
+    max_belt_decel_kmh_s: Annotated[float, Range(5.0, 50.0, "km/h/s")] = Field(
+        default=15.0,
+        description="A reading falling faster than this is a failed sensor, not a stopping belt",
+    )
+
+
+class DriveSection(_Section):
+    """Who drives the belt: our motor-controller firmware, or the treadmill's own console
+    with the Pi holding a key-circuit relay (key-relay mode, docs/safety.md SR-MON-*)."""
+
+    mode: Literal["firmware", "key_relay"] = Field(
+        default="firmware",
+        description="firmware: our firmware drives the belt; key_relay: the treadmill's console "
+        "drives it and the Pi can only stop it through its safety-key circuit",
+    )
+    key_relay: KeyRelaySection | None = Field(
+        default=None, description="Only with mode: key_relay: the relay output"
+    )
+
+
 class StageGrip(_Section):
     """The grip interlock of one stage."""
 
@@ -688,6 +729,7 @@ class AppConfig(_Section):
     control: ControlSection = Field(default_factory=ControlSection)
     grip_sensor: GripSensorSection = Field(default_factory=GripSensorSection)
     gpio: GpioSection
+    drive: DriveSection = Field(default_factory=DriveSection)
     belt_sensor: BeltSensorSection | None = Field(
         default=None, description="The Pi's own belt sensor (second speed channel); optional"
     )
@@ -760,6 +802,18 @@ class AppConfig(_Section):
             grip_regrip_ms=grip.regrip_ms,
             runaway_accel_kmh_s=control.overspeed.runaway_accel_kmh_s,
             runaway_window_ms=control.overspeed.runaway_window_ms,
+            key_relay=self.key_relay_config(),
+        )
+
+    def key_relay_config(self) -> KeyRelayConfig | None:
+        """The core's key-relay settings in key-relay mode (None with our firmware)."""
+        relay = self.drive.key_relay
+        if self.drive.mode != "key_relay" or relay is None:
+            return None
+        return KeyRelayConfig(
+            hold_off_ms=relay.hold_off_ms,
+            start_window_ms=relay.start_window_ms,
+            max_belt_decel_kmh_s=relay.max_belt_decel_kmh_s,
         )
 
     @property
@@ -806,6 +860,7 @@ SAFETY_TO_YAML: dict[str, KeyPath] = {
     "runaway_accel_kmh_s": ("control", "overspeed", "runaway_accel_kmh_s"),
     "runaway_window_ms": ("control", "overspeed", "runaway_window_ms"),
     "second_channel": ("belt_sensor",),
+    "key_relay": ("drive", "key_relay"),
 }
 
 #: Where each :class:`~controller.model.ChannelConfig` field is written under ``belt_sensor``.
@@ -983,6 +1038,39 @@ def _wiring_problems(config: AppConfig) -> list[Problem]:
         if uart and sensor.pin in (14, 15):
             problems.append(
                 (where, f"BCM {sensor.pin} is the UART used by serial.port: choose another pin")
+            )
+    drive = config.drive
+    if drive.mode == "key_relay" and drive.key_relay is None:
+        problems.append(
+            (
+                ("drive", "mode"),
+                "mode: key_relay needs a drive.key_relay section with the relay output pin "
+                "(docs/install.md)",
+            )
+        )
+    if drive.mode != "key_relay" and drive.key_relay is not None:
+        problems.append(
+            (("drive", "key_relay"), "drive.key_relay works only with drive.mode: key_relay")
+        )
+    relay = drive.key_relay
+    if relay is not None:
+        where = ("drive", "key_relay", "pin")
+        owner = used.get(relay.pin)
+        if owner is None and sensor is not None and sensor.pin == relay.pin:
+            owner = "belt_sensor"
+        if owner is not None:
+            problems.append(
+                (where, f"BCM {relay.pin} is already used by {owner}: the relay needs its own pin")
+            )
+        least_ms = 3 * config.control.tick_ms
+        if relay.hold_off_ms < least_ms:
+            problems.append(
+                (
+                    ("drive", "key_relay", "hold_off_ms"),
+                    f"hold-off {relay.hold_off_ms} ms is less than 3 control ticks "
+                    f"({least_ms} ms at {config.control.rate_hz} Hz): one late tick would drop "
+                    "the relay. Build the relay circuit with a longer hold-off",
+                )
             )
     if config.gpio.mock_socket is not None and config.gpio.pin_factory != "mock":
         problems.append(

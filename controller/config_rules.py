@@ -66,6 +66,7 @@ def check_safety_config(config: SafetyConfig) -> list[ConfigProblem]:
     _check_machine(config, problems)
     _check_stages(config, problems)
     _check_second_channel(config, problems)
+    _check_key_relay(config, problems)
     return problems
 
 
@@ -403,3 +404,56 @@ def _check_second_channel(config: SafetyConfig, problems: list[ConfigProblem]) -
                 "than that",
             )
         )
+
+
+KEY_RELAY_HOLD_OFF_MAX_MS: Final = 500
+"""Longest hold-off of the key relay: the belt runs on for this long after the loop stops."""
+
+
+def _check_key_relay(config: SafetyConfig, problems: list[ConfigProblem]) -> None:
+    """SR-CONFIG-10: key-relay (monitor) mode, and the guarantees it cannot give.
+
+    * 20 <= hold_off_ms <= 500; 2000 <= start_window_ms <= 60000;
+      5 <= max_belt_decel_kmh_s <= 50;
+    * the Pi's belt sensor is required: it is the only speed reading;
+    * no stage may ask to slow the belt on grip loss (``on_grip_loss: slow``): the relay
+      can only stop the belt, not slow it.
+    """
+    relay = config.key_relay
+    if relay is None:
+        return
+    prefix = "key_relay."
+    _in_range(
+        problems,
+        prefix + "hold_off_ms",
+        relay.hold_off_ms,
+        20,
+        KEY_RELAY_HOLD_OFF_MAX_MS,
+        unit="ms",
+    )
+    _in_range(problems, prefix + "start_window_ms", relay.start_window_ms, 2000, 60_000, unit="ms")
+    _in_range(
+        problems,
+        prefix + "max_belt_decel_kmh_s",
+        relay.max_belt_decel_kmh_s,
+        5.0,
+        50.0,
+        unit="km/h/s",
+    )
+    if config.second_channel is None:
+        problems.append(
+            ConfigProblem(
+                "second_channel",
+                "key-relay mode reads the belt speed from the Pi's belt sensor only: configure "
+                "belt_sensor (docs/configuration.md)",
+            )
+        )
+    for index, stage in enumerate(config.stages):
+        if stage.on_grip_loss is GripLossAction.SLOW:
+            problems.append(
+                ConfigProblem(
+                    f"stages[{index}].on_grip_loss",
+                    "in key-relay mode the controller cannot slow the belt, only stop it: use "
+                    "on_loss: stop_latch, warn or none",
+                )
+            )

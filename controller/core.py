@@ -53,6 +53,7 @@ from controller.model import (
     FirmwareStatus,
     GripLossAction,
     Inputs,
+    KeyRelayConfig,
     LinkHealth,
     LocalCommand,
     Mode,
@@ -510,6 +511,8 @@ def decide(state: CoreState, inputs: Inputs, config: SafetyConfig, now_ms: int) 
     SetSpeed returned while RUNNING; every other mode returns Stop or EStop (SR-MOTION-1),
     so the belt stops on its own if decisions stop coming.
     """
+    if config.key_relay is not None:
+        return _decide_key_relay(state, inputs, config, config.key_relay, now_ms)
     dt_ms = _tick_dt_ms(state.last_tick_ms, now_ms)
     step = _Step(
         state=replace(state, last_tick_ms=now_ms),
@@ -1715,3 +1718,292 @@ def _stop_command(state: CoreState, config: SafetyConfig) -> MotionCommand:
     ):
         return EStop()
     return Stop(decel_kmh_s=config.stop_decel_kmh_s)
+
+
+# --------------------------------------------------------------------------
+# Key-relay (monitor) mode: the treadmill's own console drives the belt (SR-MON-*)
+# --------------------------------------------------------------------------
+
+
+def relay_start_blockers(state: CoreState, inputs: Inputs, config: SafetyConfig) -> tuple[str, ...]:
+    """Everything that keeps the key relay from closing now, each with what to do (SR-MON-1).
+
+    Empty when START may close it. :func:`decide` also requires mode IDLE, a local press and
+    no stop request or reset in the same tick.
+    """
+    problems: list[str] = []
+    if state.fault is not None:
+        problems.append(
+            f"fault {state.fault.code.value} is latched: {FAULT_ADVICE[state.fault.code]}"
+        )
+    problems.extend(_relay_rest_blockers(state, inputs, config))
+    stage = stage_config(state, config)
+    if hands_on_rails(inputs) < stage.grip_hands_required:
+        problems.append(
+            f"stage {stage.number} needs {_hands_text(stage.grip_hands_required)} on the rails "
+            f"({_grip_text(inputs)}): hold the rails"
+        )
+    return tuple(problems)
+
+
+def _relay_rest_blockers(state: CoreState, inputs: Inputs, config: SafetyConfig) -> list[str]:
+    """Shared by START and RESET in key-relay mode: a quiet, safe machine at rest."""
+    problems: list[str] = []
+    if inputs.estop_pressed:
+        problems.append("the e-stop is pressed: release it")
+    if not inputs.safety_key_present:
+        problems.append("the safety key is out: put it back and clip the cord to your clothing")
+    reading = inputs.belt_sensor
+    if reading is None or not _reading_valid(reading):
+        problems.append(
+            f"the Pi's belt sensor gives {_belt_sensor_text(inputs)}: check its input and wiring"
+        )
+    elif reading.speed_kmh > config.standstill_kmh:
+        problems.append(
+            f"the belt is moving ({reading.speed_kmh:.2f} km/h on the Pi's belt sensor): wait "
+            "until it stands still"
+        )
+    if grip_watched(stage_config(state, config)) and WARNING_GRIP_SUSPECT in state.warnings:
+        problems.append(
+            "the grip sensors are chattering: check the rail sensors and keep the hands still"
+        )
+    return problems
+
+
+def _decide_key_relay(
+    state: CoreState, inputs: Inputs, config: SafetyConfig, relay: KeyRelayConfig, now_ms: int
+) -> Decision:
+    """One tick in key-relay mode: the relay is held (``Decision.key_relay``) only while
+    RUNNING, and every fault, stop or failed check opens it (SR-MON-1..6)."""
+    step = _Step(
+        state=replace(state, last_tick_ms=now_ms),
+        inputs=inputs,
+        config=config,
+        now_ms=now_ms,
+        fresh=None,
+    )
+    reading = inputs.belt_sensor
+    if reading is not None and _reading_valid(reading):
+        step.high_kmh = step.low_kmh = reading.speed_kmh
+    _apply_stage_caps(step, "stage cap lowered")
+    _track_grip_sensor(step)
+    if inputs.estop_pressed:
+        _latch(step, FaultCode.ESTOP, StopKind.EMERGENCY, "E-stop pressed")
+    if not inputs.safety_key_present:
+        _latch(step, FaultCode.SAFETY_KEY, StopKind.EMERGENCY, "Safety key pulled out")
+    _check_overspeed(step)
+    _check_moving_at_rest(step)
+    _relay_check_sensor(step, relay)
+    _check_grip(step)
+    _relay_commands(step)
+    _relay_settle(step)
+    return Decision(
+        state=step.state,
+        motion=_stop_command(step.state, config),
+        key_relay=step.state.mode is Mode.RUNNING,
+        events=tuple(step.events),
+    )
+
+
+def _relay_check_sensor(step: _Step, relay: KeyRelayConfig) -> None:
+    """The Pi's belt sensor is the only speed reading in key-relay mode (SR-MON-4).
+
+    An invalid reading latches ``belt_sensor``; a reading that falls faster than the belt can
+    stop (``max_belt_decel_kmh_s``) is a sensor gone silent and latches it too. While
+    RUNNING the belt must be seen moving within ``start_window_ms`` of START, and once it has
+    moved, a reading at rest opens the relay (RUNNING -> IDLE): a silent sensor reads as
+    rest, so it never hides a moving belt for longer than its stale time.
+    """
+    state = step.state
+    reading = step.inputs.belt_sensor
+    if reading is None or not _reading_valid(reading):
+        shown = "no reading" if reading is None else f"{reading.speed_kmh!r} km/h"
+        _latch(
+            step,
+            FaultCode.BELT_SENSOR,
+            StopKind.CONTROLLED,
+            f"The Pi's belt sensor gave {shown}, not a valid speed reading",
+        )
+        step.state = replace(step.state, relay_last=None)
+        return
+    speed_kmh = reading.speed_kmh
+    last = state.relay_last
+    step.state = replace(step.state, relay_last=(step.now_ms, speed_kmh))
+    if last is not None and step.now_ms > last[0]:
+        drop_kmh_s = (last[1] - speed_kmh) * 1000.0 / (step.now_ms - last[0])
+        if drop_kmh_s > relay.max_belt_decel_kmh_s:
+            _latch(
+                step,
+                FaultCode.BELT_SENSOR,
+                StopKind.CONTROLLED,
+                f"The Pi's belt sensor reading fell from {last[1]:.2f} to {speed_kmh:.2f} km/h "
+                f"in {step.now_ms - last[0]} ms ({drop_kmh_s:.1f} km/h/s), faster than the "
+                f"belt can stop ({relay.max_belt_decel_kmh_s:g} km/h/s): the sensor has failed",
+            )
+            return
+    if step.state.mode is not Mode.RUNNING:
+        return
+    moving = speed_kmh > step.config.standstill_kmh
+    if moving and not state.relay_motion_seen:
+        step.state = replace(step.state, relay_motion_seen=True)
+    elif not moving and state.relay_motion_seen:
+        step.state = replace(step.state, stop_reason="belt_stopped")
+        _enter(step, Mode.STOPPING, "belt_stopped")
+        step.emit(
+            "key_relay_opened",
+            "the belt stopped at the treadmill's console: key relay opened; press START to "
+            "allow motion again",
+            reason="belt_stopped",
+        )
+    elif (
+        not moving
+        and state.relay_armed_ms is not None
+        and step.now_ms - state.relay_armed_ms > relay.start_window_ms
+    ):
+        step.state = replace(step.state, stop_reason="no_motion")
+        _enter(step, Mode.STOPPING, "no_motion")
+        step.emit(
+            "key_relay_opened",
+            f"no belt motion seen within {relay.start_window_ms} ms of START: key relay "
+            "opened. Press START, then start the belt at the treadmill's console (if the "
+            "belt did move, check the Pi's belt sensor)",
+            reason="no_motion",
+        )
+
+
+def _relay_commands(step: _Step) -> None:
+    """Commands in key-relay mode: no speed can be set from here (SR-MON-5)."""
+    commands: tuple[LocalCommand | RemoteCommand, ...] = (*step.inputs.remote, *step.inputs.local)
+    step.stop_requested = any(
+        isinstance(command, RemoteStop | RequestStop) or command == Press(Button.STOP)
+        for command in commands
+    )
+    for remote in step.inputs.remote:
+        if isinstance(remote, RemoteLowerTarget):
+            _reject(
+                step,
+                "remote target",
+                "in key-relay mode the speed is set at the treadmill's own console; use "
+                "cmd/stop to stop the belt",
+            )
+        else:
+            _remote_command(step, remote)
+    for local in step.inputs.local:
+        if isinstance(local, RequestStop):
+            _request_stop(step, local.reason)
+        elif isinstance(local, SelectStage):
+            _select_stage(step, local.stage)
+        elif isinstance(local, SetTarget) or local in (Press(Button.FASTER), Press(Button.SLOWER)):
+            _reject(
+                step,
+                "speed",
+                "in key-relay mode the speed is set at the treadmill's own console",
+            )
+        elif isinstance(local, Press):
+            _relay_press(step, local.button)
+
+
+def _relay_press(step: _Step, button: Button) -> None:
+    if button is Button.START:
+        _relay_start(step)
+    elif button is Button.STOP:
+        _request_stop(step, "stop_button")
+    elif button is Button.STAGE_UP:
+        _select_stage(step, step.state.stage + 1)
+    elif button is Button.STAGE_DOWN:
+        _select_stage(step, step.state.stage - 1)
+    else:  # RESET (FASTER and SLOWER are rejected before)
+        _relay_reset(step)
+
+
+def _relay_start(step: _Step) -> None:
+    """START closes the key relay only from IDLE with every condition met (SR-MON-1)."""
+    state = step.state
+    if state.mode is Mode.RUNNING:
+        return
+    reasons: tuple[str, ...]
+    if state.mode is Mode.STOPPING:
+        reasons = ("the belt is stopping: wait until it stands still, then press START",)
+    elif step.stop_requested:
+        reasons = ("a stop was requested in the same tick: press START again",)
+    elif step.reset_done:
+        reasons = ("a reset never closes the key relay: press START again",)
+    else:
+        reasons = relay_start_blockers(state, step.inputs, step.config)
+    if reasons:
+        step.emit("start_refused", _sentence("start refused", reasons), reasons=" | ".join(reasons))
+        return
+    stage = stage_config(state, step.config)
+    limit = stage_limit_kmh(stage, step.config)
+    step.state = replace(
+        step.state,
+        stop_reason=None,
+        grip_changed_ms=step.now_ms,
+        relay_armed_ms=step.now_ms,
+        relay_motion_seen=False,
+    )
+    _enter(step, Mode.RUNNING, "start_button")
+    step.emit(
+        "started",
+        f"key relay closed at stage {stage.number} ({stage.name}): start the belt at the "
+        f"treadmill's console. Limit {limit:.1f} km/h: above it the key relay opens",
+        stage=stage.number,
+        target_kmh=limit,
+    )
+
+
+def _relay_reset(step: _Step) -> None:
+    """Local RESET in key-relay mode: FAULTED -> IDLE at rest, never closing the relay."""
+    state = step.state
+    fault = state.fault
+    if fault is None:
+        if state.mode is Mode.IDLE and state.remote_stage_cap is not None:
+            step.state = replace(step.state, remote_stage_cap=None)
+            step.emit(
+                "stage_cap_changed",
+                f"remote stage cap {state.remote_stage_cap} cleared by RESET at the console",
+                from_cap=state.remote_stage_cap,
+                to_cap=None,
+            )
+        return
+    problems = tuple(_relay_rest_blockers(state, step.inputs, step.config))
+    if problems:
+        step.emit(
+            "reset_refused",
+            _sentence("reset refused", problems),
+            reasons=" | ".join(problems),
+            fault=fault.code.value,
+        )
+        return
+    step.state = replace(
+        step.state, fault=None, secondary_faults=(), fault_rest_reached=False, stop_reason=None
+    )
+    step.reset_done = True
+    _enter(step, Mode.IDLE, "reset")
+    step.emit(
+        "fault_cleared",
+        f"fault {fault.code.value} cleared by RESET; the key relay stays open until START",
+        code=fault.code.value,
+    )
+
+
+def _relay_settle(step: _Step) -> None:
+    """STOPPING -> IDLE once the Pi's sensor reads rest; FAULTED remembers rest (SR-MON-3)."""
+    speed_kmh = step.high_kmh
+    state = step.state
+    if speed_kmh is None or speed_kmh > step.config.standstill_kmh:
+        return
+    if state.mode is Mode.STOPPING:
+        _enter(step, Mode.IDLE, "at_rest")
+        step.emit(
+            "stopped",
+            f"belt at rest ({speed_kmh:.2f} km/h); stop reason: {state.stop_reason}",
+            reason=state.stop_reason,
+        )
+    elif (
+        state.mode is Mode.FAULTED
+        and state.fault is not None
+        and state.fault.since_ms < step.now_ms
+        and not _emergency_input(step.inputs)
+    ):
+        step.state = replace(step.state, fault_rest_reached=True)

@@ -60,6 +60,17 @@ class ChannelConfig:
 
 
 @dataclass(frozen=True)
+class KeyRelayConfig:
+    """Key-relay (monitor) mode: the treadmill's own console drives the belt and the Pi holds
+    a relay in series with its safety key, closed only while motion is allowed (SR-MON-*).
+    Absent (``SafetyConfig.key_relay is None``) when our firmware drives the belt."""
+
+    hold_off_ms: int = 100  # the relay drops out this long after the last toggle (hardware)
+    start_window_ms: int = 15_000  # after START the belt must be seen moving within this
+    max_belt_decel_kmh_s: float = 15.0  # a reading falling faster than this: the sensor failed
+
+
+@dataclass(frozen=True)
 class SafetyConfig:
     """Every number the safety core decides with. Validated at load (see controller.config)."""
 
@@ -93,6 +104,7 @@ class SafetyConfig:
     grip_regrip_ms: int = 500  # a touch ends a grip loss only when held this long
     runaway_accel_kmh_s: float = 1.0  # above limit + margin and accelerating faster: runaway
     runaway_window_ms: int = 200  # accel over half to all of this; seen > half of it: trip
+    key_relay: KeyRelayConfig | None = None  # key-relay (monitor) mode (SR-MON-*)
 
 
 # --------------------------------------------------------------------------
@@ -356,6 +368,9 @@ class CoreState:
     grip_held_since_ms: int | None = None  # the required grip has been held since then
     speed_samples: tuple[tuple[int, float], ...] = ()  # (ms, km/h) for the measured accel
     runaway_suspect: tuple[int, float] | None = None  # (ms, km/h) a runaway was first seen
+    relay_armed_ms: int | None = None  # key-relay mode: START closed the relay at (SR-MON-4)
+    relay_motion_seen: bool = False  # key-relay mode: the belt has moved since START
+    relay_last: tuple[int, float] | None = None  # key-relay mode: (time, reading) last tick
 
 
 @dataclass(frozen=True)
@@ -373,3 +388,5 @@ class Decision:
     # The earliest time (ms, the clock of ``now_ms``) at which a running timer would change
     # the decision with the same inputs; None when no timer runs. See core.next_deadline_ms.
     next_deadline_ms: int | None = None
+    # Key-relay mode: toggle the key-relay output this tick (motion allowed, SR-MON-1).
+    key_relay: bool = False
