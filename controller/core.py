@@ -1899,7 +1899,7 @@ def _relay_commands(step: _Step) -> None:
                 "speed",
                 "in key-relay mode the speed is set at the treadmill's own console",
             )
-        elif isinstance(local, Press):
+        else:
             _relay_press(step, local.button)
 
 
