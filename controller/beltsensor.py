@@ -57,10 +57,13 @@ class PulseSpeedEstimator:
       silent reads lower and lower.
     * No pulse for ``stale_ms``: the reading is 0 and the next reading needs two fresh pulses.
 
-    Periods come from the edge timestamps (``edge_s``); the time since the last pulse from
-    when the pulse *arrived* (``arrived_s``, on the clock :meth:`speed_kmh` is asked with).
-    With lgpio the kernel may stamp edges on another clock than the factory's ``ticks()``;
-    an arrival is a little later than its edge, so the bound errs high, on the safe side.
+    Periods come from the edge timestamps (``edge_s``). The time since the last pulse is
+    asked on another clock (the factory's ``ticks()``, ``arrived_s``), which with lgpio may
+    not be the one the kernel stamps edges with. The offset between the two is estimated as
+    the smallest ``arrived_s - edge_s`` seen (the clock offset plus the shortest delivery
+    delay), so a batch of pulses delivered late (a busy or hung process) is seen as old, and
+    the remaining error (the shortest delivery delay) makes the bound err high, on the safe
+    side.
     """
 
     def __init__(self, *, distance_per_pulse_mm: float, debounce_ms: float, stale_ms: int) -> None:
@@ -70,7 +73,7 @@ class PulseSpeedEstimator:
         self._debounce_s = debounce_ms / 1000.0
         self._stale_s = stale_ms / 1000.0
         self._last_s: float | None = None  # edge time of the last accepted pulse
-        self._arrived_s: float | None = None  # when it arrived (the reading's clock)
+        self._offset_s: float | None = None  # smallest arrival - edge seen
         self._period_s: float | None = None
         self.pulses = 0
         self.bounces = 0
@@ -86,16 +89,23 @@ class PulseSpeedEstimator:
                 return
             self._period_s = gap_s if gap_s <= self._stale_s else None
         self._last_s = edge_s
-        self._arrived_s = edge_s if arrived_s is None else arrived_s
+        offset_s = 0.0 if arrived_s is None else arrived_s - edge_s
+        if self._offset_s is None or offset_s < self._offset_s:
+            self._offset_s = offset_s
         self.pulses += 1
+
+    def _since_s(self, now_s: float) -> float | None:
+        if self._last_s is None or self._offset_s is None:
+            return None
+        return now_s - (self._last_s + self._offset_s)
 
     def speed_kmh(self, now_s: float) -> float:
         """The belt speed at ``now_s`` (km/h, >= 0)."""
-        last = self._arrived_s
+        since = self._since_s(now_s)
         period = self._period_s
-        if last is None or period is None:
+        if since is None or period is None:
             return 0.0
-        since_s = now_s - last
+        since_s = max(0.0, since)
         if since_s > self._stale_s:
             self._period_s = None
             return 0.0
@@ -103,9 +113,10 @@ class PulseSpeedEstimator:
 
     def since_pulse_ms(self, now_s: float) -> int | None:
         """Milliseconds since the last accepted pulse; None before the first."""
-        if self._arrived_s is None:
+        since = self._since_s(now_s)
+        if since is None:
             return None
-        return max(0, round((now_s - self._arrived_s) * 1000.0))
+        return max(0, round(since * 1000.0))
 
 
 class BeltSensor:

@@ -1802,6 +1802,9 @@ def _decide_key_relay(
         motion=_stop_command(step.state, config),
         key_relay=step.state.mode is Mode.RUNNING,
         events=tuple(step.events),
+        belt_at_rest=step.state.mode in (Mode.IDLE, Mode.FAULTED)
+        and step.high_kmh is not None
+        and step.high_kmh <= config.standstill_kmh,
     )
 
 

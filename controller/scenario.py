@@ -38,6 +38,7 @@ import logging
 import math
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,9 @@ _STEP_ACTIONS: Final = (
     "trainer",
     "reload",
     "inject",
+    "console",
+    "console_kmh",
+    "hang_ms",
 )
 
 
@@ -236,6 +240,10 @@ class StepSpec(_Spec):
     trainer: bool | None = None
     reload: str | None = None  # a config file, relative to the scenario: applied as SIGHUP does
     inject: Literal["tick_error"] | None = None  # an exception in the next control tick
+    console: Literal["start", "stop", "faster", "slower"] | None = None  # key-relay mode
+    console_kmh: Speed | None = None  # key-relay mode: hold the console's + key to this speed
+    # The controller hangs: the event loop is blocked this long (no tick, no relay toggle).
+    hang_ms: Annotated[int, Field(ge=1, le=10_000)] | None = None
 
     @model_validator(mode="after")
     def _one_action(self) -> StepSpec:
@@ -852,6 +860,21 @@ class _Driver:
             self.service.apply_config(self._reload_config(step.reload), step.reload)
         elif step.inject is not None:
             self.service.observers.append(_fail_once(self.service.observers))
+        elif step.hang_ms is not None:
+            # A hung controller, on purpose: block the whole event loop (the control loop, the
+            # relay toggles, the simulator) for hang_ms. The simulator catches up afterwards in
+            # its own 1 ms steps, so the relay drops out at the right simulated time.
+            time.sleep(step.hang_ms / 1000.0)
+        elif step.console is not None or step.console_kmh is not None:
+            console = self.service.simulator
+            if console is None or not hasattr(console, "press"):
+                raise ScenarioRunError(
+                    "console steps need key-relay mode (drive.mode: key_relay) on the simulator"
+                )
+            if step.console is not None:
+                console.press(step.console)
+            else:
+                console.set_target(step.console_kmh)
         else:  # pragma: no cover - StepSpec validation requires one action
             raise ScenarioRunError(f"step at {step.at_s:g} s has no action")
 
@@ -930,13 +953,23 @@ async def run_scenario(
         run_config = scenario_config(config, state_dir=state_dir, training=spec.training)
         # A stable link that disappears while "unplugged", like /dev/serial/by-id/...: a
         # reconnecting bridge must never open a recycled /dev/pts/N of another program.
-        # On a virtual clock the cable is in memory; in real time it is a pseudo-terminal.
-        simulator = (MemorySimulator if virtual else PtySimulator)(
-            _sim_config(spec.simulator),
-            seed=spec.seed,
-            link_path=Path(state_dir) / "firmware.tty",
-            clock_ms=clock_ms,
-        )
+        simulator: Any
+        if config.drive.mode == "key_relay":
+            from firmware_bridge.sim.console import ConsoleParams, ConsoleSimulator  # noqa: PLC0415
+
+            simulator = ConsoleSimulator(
+                ConsoleParams(physics=_sim_config(spec.simulator).physics),
+                seed=spec.seed,
+                clock_ms=clock_ms,
+            )
+        else:
+            # On a virtual clock the cable is in memory; in real time it is a pseudo-terminal.
+            simulator = (MemorySimulator if virtual else PtySimulator)(
+                _sim_config(spec.simulator),
+                seed=spec.seed,
+                link_path=Path(state_dir) / "firmware.tty",
+                clock_ms=clock_ms,
+            )
         service = Service(
             run_config,
             pin_factory=mock_pin_factory(loop.time if virtual else None),
@@ -1171,6 +1204,8 @@ def _provokes_stop(step: StepSpec) -> bool:
         return step.safety_key == "removed"
     if step.estop is not None:
         return step.estop == "pressed"
+    if step.console_kmh is not None or step.hang_ms is not None:
+        return True  # speeding past the stage limit; a hung controller
     return step.sim_fault is not None or step.mqtt is not None
 
 

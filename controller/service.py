@@ -46,6 +46,7 @@ from controller.gpio import (
     TimedMockPin,
     make_pin_factory,
 )
+from controller.keyrelay import KeyRelayOutput
 from controller.model import (
     Button,
     CoreState,
@@ -324,6 +325,8 @@ class Service:
 
         self.panel: PanelInputs | None = None
         self.belt_sensor: BeltSensor | None = None
+        self.key_relay: KeyRelayOutput | None = None  # key-relay mode only
+        self.relay_mode = config.drive.mode == "key_relay"
         self.bridge: FirmwareBridge | None = None
         self.publisher: Any | None = None
         self.training: Any | None = None
@@ -470,7 +473,10 @@ class Service:
         return f"{state.mode} stage={state.stage}{measured}{fault}"
 
     def _firmware_fresh(self) -> bool:
-        """The core's verdict of the last tick (``Decision.firmware_fresh``)."""
+        """The core's verdict of the last tick (``Decision.firmware_fresh``). In key-relay
+        mode there is no firmware: the inputs are fresh once the loop has ticked."""
+        if self.relay_mode:
+            return self.last_decision is not None
         return self.last_decision is not None and self.last_decision.firmware_fresh
 
     # ------------------------------------------------------------------ motion
@@ -553,7 +559,10 @@ class Service:
 
     def _tick(self) -> None:
         """One control tick: gather inputs, decide, carry out. Never awaits."""
-        panel, bridge = self._parts()
+        if self.panel is None:
+            raise RuntimeError("the service's GPIO inputs are not open yet")
+        panel = self.panel
+        bridge = self.bridge
         now_ms = self._clock_ms()
         reading = panel.read(now_ms)
         local: list[LocalCommand] = [Press(b) for b in reading.presses]
@@ -573,7 +582,7 @@ class Service:
             grip_right=reading.grip_right,
             estop_pressed=reading.estop_pressed,
             safety_key_present=reading.safety_key_present,
-            firmware=self._firmware_input(bridge.latest()),
+            firmware=self._firmware_input(bridge.latest()) if bridge is not None else None,
             local=tuple(local),
             remote=tuple(remote),
             stage_cap=self._stage_cap,
@@ -582,8 +591,10 @@ class Service:
         )
         decision = core.decide(self.state, inputs, self._safety, now_ms)
         self._carry_out(decision.motion, now_ms)
-        if decision.clear_firmware_fault:
+        if decision.clear_firmware_fault and bridge is not None:
             bridge.clear_fault()
+        if decision.key_relay and self.key_relay is not None:
+            self.key_relay.toggle()  # SR-MON-1: the relay stays in only while this goes on
         self.state = decision.state
         self._timer_deadline_ms = decision.next_deadline_ms
         self.last_inputs = inputs
@@ -805,6 +816,8 @@ class Service:
         self._finish_shutdown()
 
     async def _wait_for_firmware(self) -> None:
+        if self.relay_mode:
+            return  # no firmware: the treadmill's own console drives the belt
         _, bridge = self._parts()
         waited_s = 0.0
         while not bridge.ready.is_set():
@@ -929,7 +942,9 @@ class Service:
 
     async def _gpio_watch(self) -> None:
         """Report GPIO chatter: an edge rate no person can produce means a wiring fault."""
-        panel, _ = self._parts()
+        panel = self.panel
+        if panel is None:
+            raise RuntimeError("the service's GPIO inputs are not open yet")
         last_edges = panel.edges
         warned = False
         while True:
@@ -1005,7 +1020,13 @@ class Service:
     async def _start_parts(self, stack: contextlib.AsyncExitStack) -> None:
         config = self.config
         port = config.serial.port
-        if port == SIM_PORT:
+        if port == SIM_PORT and self.relay_mode:
+            if self.simulator is None:
+                from firmware_bridge.sim.console import ConsoleSimulator  # noqa: PLC0415
+
+                self.simulator = ConsoleSimulator()
+            await stack.enter_async_context(self.simulator)
+        elif port == SIM_PORT:
             if self.simulator is None:
                 # A stable link, like /dev/serial/by-id: after a simulated replug the bridge
                 # reopens this simulator's new pty, never a recycled /dev/pts/N of another.
@@ -1039,17 +1060,10 @@ class Service:
 
             self.mock_panel = MockPanel(self)
             self.mock_panel.reset_inputs()
-        self.bridge = FirmwareBridge(
-            port,
-            baud=config.serial.baud,
-            limits=firmware_limits(config),
-            clock_ms=self._clock_ms,
-            handshake_timeout_ms=config.serial.handshake_timeout_ms,
-            link_timeout_ms=config.serial.link_timeout_ms,
-            # an in-memory simulator (firmware_bridge.sim.memory) brings its own link
-            open_port=getattr(self.simulator, "open_connection", None),
-        )
-        self.bridge.on_link_change = self._on_link_change
+        if self.relay_mode:
+            self._open_key_relay(stack, factory)
+        else:
+            self._open_bridge(port)
         if config.training.enabled:
             self.training = TrainingProgram(
                 config.training,
@@ -1063,6 +1077,32 @@ class Service:
         if self._enable_mqtt:
             self.publisher = MqttPublisher(mqtt_settings(config), on_command=self.on_remote_command)
             self.publisher.set_sources(state=self._mqtt_state, diagnostics=self.diagnostics)
+
+    def _open_bridge(self, port: str) -> None:
+        config = self.config
+        self.bridge = FirmwareBridge(
+            port,
+            baud=config.serial.baud,
+            limits=firmware_limits(config),
+            clock_ms=self._clock_ms,
+            handshake_timeout_ms=config.serial.handshake_timeout_ms,
+            link_timeout_ms=config.serial.link_timeout_ms,
+            # an in-memory simulator (firmware_bridge.sim.memory) brings its own link
+            open_port=getattr(self.simulator, "open_connection", None),
+        )
+        self.bridge.on_link_change = self._on_link_change
+
+    def _open_key_relay(self, stack: contextlib.AsyncExitStack, factory: Any) -> None:
+        """Key-relay mode: the relay output, wired to an in-process console simulator."""
+        section = self.config.drive.key_relay
+        if section is None:  # refused by the config loader
+            raise RuntimeError("drive.mode is key_relay but drive.key_relay is missing")
+        relay = KeyRelayOutput(section.pin, pin_factory=factory)
+        stack.callback(relay.close)
+        self.key_relay = relay
+        toggled = getattr(self.simulator, "relay_toggled", None)
+        if toggled is not None:
+            relay.on_toggle = toggled
 
     def _open_belt_sensor(self, stack: contextlib.AsyncExitStack, factory: Any) -> None:
         """The Pi's own belt sensor, when configured (second speed channel, SR-CHAN-*).
@@ -1097,13 +1137,14 @@ class Service:
             self.simulator.attach_belt_sensor(section.distance_per_pulse_mm, drive)
 
     async def _run_tasks(self) -> None:
-        _, bridge = self._parts()
+        bridge = self.bridge
         async with asyncio.TaskGroup() as group:
             spawn: list[tuple[str, Coroutine[Any, Any, None]]] = [
-                ("firmware-bridge", self._guard("firmware-bridge", bridge.run())),
                 ("gpio-inputs", self._guard("gpio-inputs", self._gpio_watch())),
                 ("systemd-notify", self._guard("systemd-notify", self._notify_task())),
             ]
+            if bridge is not None:
+                spawn.insert(0, ("firmware-bridge", self._guard("firmware-bridge", bridge.run())))
             if self.publisher is not None:
                 spawn.append(
                     ("mqtt-publisher", self._guard("mqtt-publisher", self.publisher.run()))
