@@ -864,7 +864,7 @@ class _Driver:
             # A hung controller, on purpose: block the whole event loop (the control loop, the
             # relay toggles, the simulator) for hang_ms. The simulator catches up afterwards in
             # its own 1 ms steps, so the relay drops out at the right simulated time.
-            time.sleep(step.hang_ms / 1000.0)
+            time.sleep(step.hang_ms / 1000.0)  # noqa: ASYNC251 - the hang is the point
         elif step.console is not None or step.console_kmh is not None:
             console = self.service.simulator
             if console is None or not hasattr(console, "press"):
