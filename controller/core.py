@@ -72,6 +72,9 @@ from controller.model import (
     StopKind,
 )
 
+RELAY_SLOPE_MS: Final = 100
+"""Key-relay mode: the belt sensor's fall rate is judged over at least this span (SR-MON-4)."""
+
 
 def replace(state: CoreState, /, **changes: object) -> CoreState:
     """``dataclasses.replace``, but ``state`` itself when no field would change.
@@ -1831,8 +1834,11 @@ def _relay_check_sensor(step: _Step, relay: KeyRelayConfig) -> None:
         return
     speed_kmh = reading.speed_kmh
     last = state.relay_last
-    step.state = replace(step.state, relay_last=(step.now_ms, speed_kmh))
-    if last is not None and step.now_ms > last[0]:
+    # The slope is taken over at least RELAY_SLOPE_MS: one pulse period more or less moves a
+    # pulse-timed reading by more than a belt can change in one tick.
+    if last is None or step.now_ms - last[0] >= RELAY_SLOPE_MS:
+        step.state = replace(step.state, relay_last=(step.now_ms, speed_kmh))
+    if last is not None and step.now_ms - last[0] >= RELAY_SLOPE_MS:
         drop_kmh_s = (last[1] - speed_kmh) * 1000.0 / (step.now_ms - last[0])
         if drop_kmh_s > relay.max_belt_decel_kmh_s:
             _latch(

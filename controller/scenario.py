@@ -38,7 +38,6 @@ import logging
 import math
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +134,7 @@ KNOWN_EVENT_KINDS: Final[frozenset[str]] = frozenset(
         "start_refused",
         "reset_refused",
         "reset_pending",
+        "key_relay_opened",
         # service
         "link_lost",
         "link_restored",
@@ -242,7 +242,7 @@ class StepSpec(_Spec):
     inject: Literal["tick_error"] | None = None  # an exception in the next control tick
     console: Literal["start", "stop", "faster", "slower"] | None = None  # key-relay mode
     console_kmh: Speed | None = None  # key-relay mode: hold the console's + key to this speed
-    # The controller hangs: the event loop is blocked this long (no tick, no relay toggle).
+    # Key-relay mode: the controller hangs this long (its relay output stops changing).
     hang_ms: Annotated[int, Field(ge=1, le=10_000)] | None = None
 
     @model_validator(mode="after")
@@ -861,10 +861,14 @@ class _Driver:
         elif step.inject is not None:
             self.service.observers.append(_fail_once(self.service.observers))
         elif step.hang_ms is not None:
-            # A hung controller, on purpose: block the whole event loop (the control loop, the
-            # relay toggles, the simulator) for hang_ms. The simulator catches up afterwards in
-            # its own 1 ms steps, so the relay drops out at the right simulated time.
-            time.sleep(step.hang_ms / 1000.0)  # noqa: ASYNC251 - the hang is the point
+            # A hung controller: its relay output stops changing for hang_ms (modelled in the
+            # simulator, so scenarios running alongside are not blocked).
+            console = self.service.simulator
+            if console is None or not hasattr(console, "hang_output"):
+                raise ScenarioRunError(
+                    "hang_ms steps need key-relay mode (drive.mode: key_relay) on the simulator"
+                )
+            console.hang_output(step.hang_ms)
         elif step.console is not None or step.console_kmh is not None:
             console = self.service.simulator
             if console is None or not hasattr(console, "press"):

@@ -88,7 +88,7 @@ CHECK_TITLES: Final = {
     "max_speed": "max speed while ramping",
     "grip": "grip loss",
     "estop": "e-stop",
-    "link": "link loss (cable pulled)",
+    "link": "link loss (cable pulled; key-relay mode: controller hung 1 s)",
     "runaway": f"runaway motor ({RUNAWAY_ACCEL_KMH_S:g} km/h/s)",
 }
 _END_TRIGGER: Final = "end of scenario: shutdown"
@@ -123,6 +123,9 @@ def stop_limit_s(check: str, stage: StageConfig, config: AppConfig) -> float | N
     if check == "estop":
         return v / stop_decel + ALLOWANCE_S
     if check == "link":
+        relay = safety.key_relay
+        if relay is not None:  # key-relay mode: the loop hangs, the relay drops out
+            return relay.hold_off_ms / 1000 + v / stop_decel + ALLOWANCE_S
         return safety.lease_ms / 1000 + v / config.firmware.max_decel_kmh_s + ALLOWANCE_S
     if check == "runaway":
         margin = max(safety.overspeed_abs_kmh, safety.overspeed_rel * v)
@@ -154,6 +157,16 @@ def _scenario(stage: StageConfig, check: str, config: AppConfig) -> Scenario:
         "runaway": {"sim_fault": "runaway", "value": RUNAWAY_ACCEL_KMH_S},
     }
     event = events[check]
+    # Key-relay mode: the person starts the belt and holds the + key at the treadmill's own
+    # console; a "link loss" is the controller hanging (no relay toggles) for 1 s.
+    ramp: list[dict[str, object]] = [{"at_s": 0.3, "target_kmh": stage.max_kmh}]
+    if config.drive.mode == "key_relay":
+        ramp = [
+            {"at_s": 0.6, "console": "start"},
+            {"at_s": 0.7, "console_kmh": stage.max_kmh},
+        ]
+        if check == "link":
+            event = {"hang_ms": 1000}
     duration = trigger + (limit if limit is not None else 3.0) + 1.5
     spec = ScenarioSpec.model_validate(
         {
@@ -164,7 +177,7 @@ def _scenario(stage: StageConfig, check: str, config: AppConfig) -> Scenario:
             "steps": [
                 {"at_s": 0.0, "grip": "both"},
                 {"at_s": 0.2, "press": "start"},
-                {"at_s": 0.3, "target_kmh": stage.max_kmh},
+                *ramp,
                 {"at_s": trigger, **event},
             ],
         }
@@ -435,8 +448,23 @@ UNCOVERED_WITHOUT_SECOND_CHANNEL: Final[tuple[str, ...]] = (
 
 
 def channel_coverage(config: AppConfig) -> list[str]:
-    """What the config's speed channels cover, as report lines (SR-CHAN-*)."""
+    """What the config's speed channels cover, as report lines (SR-CHAN-*, SR-MON-*)."""
     sensor = config.belt_sensor
+    relay = config.drive.key_relay
+    if config.drive.mode == "key_relay" and relay is not None and sensor is not None:
+        return [
+            "## Drive mode: key relay",
+            "",
+            "The treadmill's own console drives the belt; the Pi holds the key-circuit relay on "
+            f"BCM {relay.pin} (hold-off {relay.hold_off_ms} ms as built) and can only stop the "
+            "belt (docs/safety.md, SR-MON-*). The speed is read from the Pi's belt sensor "
+            f"alone (BCM {sensor.pin}): there is no second channel, and the stage's "
+            "acceleration and start speed are not enforced (the console's own ramp applies). "
+            "The link check below is a 1 s controller hang instead of a pulled cable; the "
+            "stops are the simulated console's key-circuit stop: measure the real one "
+            "(docs/install.md, section 12).",
+            "",
+        ]
     if sensor is not None:
         return [
             "## Speed channels",

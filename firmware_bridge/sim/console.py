@@ -230,6 +230,7 @@ class ConsoleSimulator:
         self.console = ConsoleTreadmill(params or ConsoleParams(), rng, now_ms=clock_ms())
         self._sink: Callable[[list[float]], None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._output_stuck_until_ms = -1
 
     @property
     def firmware(self) -> ConsoleTreadmill:
@@ -261,7 +262,19 @@ class ConsoleSimulator:
 
     def relay_toggled(self) -> None:
         """The service toggled its key-relay output now."""
-        self.console.toggle_relay(self._clock_ms())
+        now_ms = self._clock_ms()
+        if now_ms < self._output_stuck_until_ms:
+            return
+        self.console.toggle_relay(now_ms)
+
+    def hang_output(self, duration_ms: int) -> None:
+        """The controller hangs for ``duration_ms``: no toggle reaches the relay meanwhile.
+
+        This models what a hung control loop does to the relay (its output stops changing)
+        without blocking the event loop, so other scenarios running alongside are not held
+        up; the real hang (``kill -STOP``) is a commissioning step (docs/install.md).
+        """
+        self._output_stuck_until_ms = self._clock_ms() + duration_ms
 
     def set_safety_key(self, closed: bool) -> None:
         """The treadmill's own safety key (in series with the relay)."""
