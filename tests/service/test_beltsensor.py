@@ -138,3 +138,26 @@ def test_SR_CHAN_sensor_pin_error_names_the_pin() -> None:
             debounce_ms=2.0,
             stale_ms=1000,
         )
+
+
+def test_SR_CHAN_pulses_delivered_late_are_seen_as_old() -> None:
+    """A batch of pulses delivered 2 s late (a busy or hung process) reads as what it is:
+    pulses of 2 s ago, not a belt moving now. The time since the last pulse is taken from
+    the edge stamps, corrected by the smallest delivery offset seen."""
+    est = estimator()
+    for i in range(5):  # prompt delivery: 1 ms after each edge
+        est.pulse(10.0 + i * 0.1, arrived_s=10.001 + i * 0.1)
+    assert est.speed_kmh(10.41) == pytest.approx(kmh(0.1))
+    for i in range(5):  # the next pulses, stamped 10.5..10.9, all delivered at 12.9
+        est.pulse(10.5 + i * 0.1, arrived_s=12.9)
+    assert est.speed_kmh(12.9) == 0.0  # the last pulse is 2 s old: stale
+    assert est.since_pulse_ms(12.9) == 1999
+
+
+def test_SR_CHAN_edge_clock_offset_is_learned() -> None:
+    """Edges stamped on another clock (1000 s ahead): periods and ages still come out right."""
+    est = estimator()
+    for i in range(3):
+        est.pulse(1010.0 + i * 0.1, arrived_s=10.0005 + i * 0.1)
+    assert est.speed_kmh(10.25) == pytest.approx(kmh(0.1))
+    assert est.since_pulse_ms(10.25) in (49, 50)  # 49.5 ms: the 0.5 ms delivery is learned too
