@@ -587,7 +587,7 @@ class Service:
             remote=tuple(remote),
             stage_cap=self._stage_cap,
             belt_sensor=self.belt_sensor.read() if self.belt_sensor is not None else None,
-            link=link_health(bridge),
+            link=link_health(bridge) if bridge is not None else None,
         )
         decision = core.decide(self.state, inputs, self._safety, now_ms)
         self._carry_out(decision.motion, now_ms)

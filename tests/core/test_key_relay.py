@@ -146,7 +146,8 @@ def test_SR_MON_2_speed_above_the_stage_limit_plus_margin_opens_and_latches() ->
     assert rig.core.fault.code is FaultCode.OVERSPEED
     assert relay_open(decisions[-1])
     latched_after_ms = next(i for i, d in enumerate(decisions) if not d.key_relay) * TICK_MS
-    assert 500 <= latched_after_ms <= 500 + 2 * TICK_MS
+    # overspeed_ms at the latest; sooner when the jump reads as a runaway (SR-PLAUS-5)
+    assert latched_after_ms <= 500 + 2 * TICK_MS
 
 
 def test_SR_MON_2_within_the_margin_keeps_running() -> None:
