@@ -148,6 +148,7 @@ class BeltPhysics:
         self._sensor_silent = False
         self._slip_frac = 0.0
         self._roller_mm = 0.0  # travel of the driven roller, where the firmware's sensor is
+        self._roller_kmh = 0.0  # its surface speed: the belt's when nothing slips
         # The Pi's sensor has its own random source, so adding it changes nothing else.
         self._aux_rng = random.Random(0x5EC)  # noqa: S311 - a reproducible simulation
         self._aux_distance_per_pulse_mm = params.aux_distance_per_pulse_mm
@@ -346,16 +347,15 @@ class BeltPhysics:
 
         # 2. Belt: first-order lag toward the motor output less the walker's load (and less
         # the slip on the driven roller).
-        drive_kmh = self._motor_kmh * (1.0 - self._walker_dip(end_ms)) * (1.0 - self._slip_frac)
+        roller_drive_kmh = self._motor_kmh * (1.0 - self._walker_dip(end_ms))
+        drive_kmh = roller_drive_kmh * (1.0 - self._slip_frac)
         before_kmh = self._belt_kmh
-        alpha = 1.0 - math.exp(-dt_ms / p.belt_time_constant_ms)
-        after_kmh = before_kmh + (drive_kmh - before_kmh) * alpha
-        if not self._motor_power:
-            # Unpowered, the belt is braked and never faster than the decaying drive.
-            after_kmh = min(after_kmh, max(0.0, before_kmh - p.power_cut_decel_kmh_s * dt_s))
-        if after_kmh < _REST_KMH and drive_kmh < _REST_KMH:
-            after_kmh = 0.0
+        after_kmh = self._lag(before_kmh, drive_kmh, dt_ms)
         self._belt_kmh = after_kmh
+        # The driven roller turns with the motor; a slipping belt lags behind it.
+        roller_before_kmh = self._roller_kmh
+        roller_after_kmh = self._lag(roller_before_kmh, roller_drive_kmh, dt_ms)
+        self._roller_kmh = roller_after_kmh
 
         # 3. Distance and sensor pulses (interpolated within the step).
         speed_mm_ms_0 = before_kmh / _KMH_PER_MM_PER_MS
@@ -363,7 +363,7 @@ class BeltPhysics:
         travelled_mm = 0.5 * (speed_mm_ms_0 + speed_mm_ms_1) * dt_ms
         # The firmware's sensor counts the driven roller, which turns faster than a slipping
         # belt moves.
-        rolled_mm = travelled_mm / (1.0 - self._slip_frac)
+        rolled_mm = 0.5 * (roller_before_kmh + roller_after_kmh) / _KMH_PER_MM_PER_MS * dt_ms
         new_roller_mm = self._roller_mm + rolled_mm
         while new_roller_mm >= self._next_pulse_mm and rolled_mm > 0:
             frac = (self._next_pulse_mm - self._roller_mm) / rolled_mm
@@ -377,6 +377,19 @@ class BeltPhysics:
         self._aux_step(start_ms, dt_ms, travelled_mm)
         self._distance_mm += travelled_mm
         self._now_ms = end_ms
+
+    def _lag(self, before_kmh: float, drive_kmh: float, dt_ms: float) -> float:
+        """First-order lag toward ``drive_kmh``; braked when unpowered; 0 at rest."""
+        p = self._params
+        alpha = 1.0 - math.exp(-dt_ms / p.belt_time_constant_ms)
+        after_kmh = before_kmh + (drive_kmh - before_kmh) * alpha
+        if not self._motor_power:
+            # Unpowered, the belt is braked and never faster than the decaying drive.
+            decel_kmh = p.power_cut_decel_kmh_s * dt_ms / 1000.0
+            after_kmh = min(after_kmh, max(0.0, before_kmh - decel_kmh))
+        if after_kmh < _REST_KMH and drive_kmh < _REST_KMH:
+            after_kmh = 0.0
+        return after_kmh
 
     def _aux_step(self, start_ms: float, dt_ms: float, travelled_mm: float) -> None:
         """Pulses of the Pi's own belt sensor within one step (on belt travel)."""
