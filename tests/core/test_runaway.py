@@ -159,3 +159,14 @@ def test_SR_PLAUS_5_a_reading_that_jumps_once_and_holds_is_left_to_the_overspeed
     assert rig.core.fault is not None
     assert "runaway" not in rig.core.fault.message
     assert f"for {DEFAULT_CONFIG.overspeed_ms + TICK_MS} ms" in rig.core.fault.message
+
+
+def test_SR_PLAUS_5_samples_are_taken_half_a_window_apart() -> None:
+    """A window of 201 ms: a new sample, and an acceleration, from 100 ms on, not before."""
+    samples, accel = measured_accel_kmh_s((), 1.0, 0, 201)
+    assert samples == ((0, 1.0),)
+    samples, accel = measured_accel_kmh_s(samples, 2.0, 99, 201)
+    assert (samples, accel) == (((0, 1.0),), 0.0)
+    samples, accel = measured_accel_kmh_s(samples, 2.0, 100, 201)
+    assert samples == ((0, 1.0), (100, 2.0))
+    assert accel == pytest.approx(10.0)  # 1 km/h in 100 ms
