@@ -170,3 +170,10 @@ def test_SR_PLAUS_5_samples_are_taken_half_a_window_apart() -> None:
     samples, accel = measured_accel_kmh_s(samples, 2.0, 100, 201)
     assert samples == ((0, 1.0), (100, 2.0))
     assert accel == pytest.approx(10.0)  # 1 km/h in 100 ms
+
+
+def test_SR_PLAUS_5_a_second_tick_in_the_same_millisecond_keeps_the_samples() -> None:
+    samples = ((0, 1.0), (100, 2.0))
+    kept, accel = measured_accel_kmh_s(samples, 2.5, 100, WINDOW_MS)
+    assert kept == samples
+    assert accel == pytest.approx(15.0)  # 1.5 km/h in 100 ms
