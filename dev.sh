@@ -84,7 +84,7 @@ case "$cmd" in
         echo "== mypy (strict)"; "$VENV/bin/mypy"
         echo "== safety core: 100 % branch coverage"
         "$VENV/bin/pytest" -q -p no:cacheprovider tests/core tests/test_architecture.py \
-            --cov=controller.core --cov=controller.config_rules --cov=controller.transitions --cov-branch \
+            --cov=controller.rules.core --cov=controller.rules.config_rules --cov=controller.rules.transitions --cov-branch \
             --cov-report=term-missing:skip-covered --cov-fail-under=100
         echo "== the rest of the test suite"
         "$VENV/bin/pytest" -q -p no:cacheprovider --ignore=tests/core \

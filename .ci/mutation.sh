@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mutation testing of the safety core: mutmut 3 mutates controller/core.py and runs
+# Mutation testing of the safety core: mutmut 3 mutates controller/rules/core.py and runs
 # tests/core against every mutant. Prints the summary and every surviving mutant.
 #
 # It works in a scratch copy, so the checkout gets no mutants/ directory and no mutmut
@@ -9,10 +9,10 @@
 # Environment:
 #   MUTATION_JOBS     parallel workers (default: number of CPUs)
 #   MUTATION_WORKDIR  scratch directory to use and keep (default: a fresh temp dir)
-#   MUTATION_TARGET   module to mutate (default: controller/core.py)
+#   MUTATION_TARGET   module to mutate (default: controller/rules/core.py)
 #
 # Arguments are passed to "mutmut run": mutant names or globs such as
-# 'controller.core.x__check_following*' restrict the run to those mutants.
+# 'controller.rules.core.x__check_following*' restrict the run to those mutants.
 #
 # Exit status: 0 when no mutant survives, 1 otherwise.
 set -euo pipefail

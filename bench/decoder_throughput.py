@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from firmware_bridge.codec import SYNC, FrameDecoder, encode_frame
-from firmware_bridge.messages import FwFault, FwState, SetSpeed, Status
+from firmware_bridge.wire.codec import SYNC, FrameDecoder, encode_frame
+from firmware_bridge.wire.messages import FwFault, FwState, SetSpeed, Status
 
 __all__ = ["build_stream", "main", "measure"]
 

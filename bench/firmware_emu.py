@@ -49,7 +49,7 @@ from bench.firmware_runner import (
 )
 from bench.reaction import bench_stage1_edit
 from bench.rig import Rig, RigOptions, poll_until
-from firmware_bridge.messages import Configure, EStop, FwFault, FwState, GetStatus
+from firmware_bridge.wire.messages import Configure, EStop, FwFault, FwState, GetStatus
 
 __all__ = ["FirmwareRig", "chip_figures", "kill_trial", "main"]
 

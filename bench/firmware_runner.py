@@ -8,7 +8,7 @@ Every implementation of docs/firmware-safety.md follows the same process interfa
 ``PTY <path>``, run-time commands go to stdin one a line and each gets a one-line answer
 starting with ``OK`` or ``ERR``. :class:`FirmwareProcess` drives that interface;
 :class:`Link` is the host end of the wire on the pseudo-terminal, speaking the project's
-codec (``firmware_bridge.codec`` / ``messages``). Both are synchronous with reader threads, so
+codec (``firmware_bridge.wire.codec`` / ``messages``). Both are synchronous with reader threads, so
 one process per implementation can serve a whole test module. Waiting is always on a
 condition with a timeout (:func:`wait_until_sync`).
 """
@@ -28,8 +28,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firmware_bridge.codec import Frame, FrameDecoder, encode_frame
-from firmware_bridge.messages import (
+from firmware_bridge.sim.cli import EMU_BINARY, NATIVE_BINARY
+from firmware_bridge.wire.codec import Frame, FrameDecoder, encode_frame
+from firmware_bridge.wire.messages import (
     Ack,
     Configure,
     EStop,
@@ -43,7 +44,6 @@ from firmware_bridge.messages import (
     Status,
     host_hello,
 )
-from firmware_bridge.sim.cli import EMU_BINARY, NATIVE_BINARY
 
 __all__ = [
     "FEATURES",

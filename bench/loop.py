@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.rig import NS_PER_MS, NS_PER_S, Rig, RigOptions
 from bench.stats import summary
-from firmware_bridge.messages import SetSpeed
+from firmware_bridge.wire.messages import SetSpeed
 
 __all__ = ["LoopRun", "loop_run", "startup_runs"]
 

@@ -43,11 +43,11 @@ def _topic_kind(topic: str) -> str:
 async def _measure(phase_s: float) -> dict[str, dict[str, float]]:
     from gpiozero.pins.mock import MockFactory
 
-    from controller.broker import DemoBroker
-    from controller.config import load_config
-    from controller.demo import bundled_config_path, demo_config
-    from controller.mockpanel import MockPanel
-    from controller.service import Service
+    from controller.runtime.service import Service
+    from controller.settings.config import load_config
+    from controller.tools.broker import DemoBroker
+    from controller.tools.demo import bundled_config_path, demo_config
+    from controller.tools.mockpanel import MockPanel
     from firmware_bridge.sim.pty import PtySimulator
 
     sub_binary = shutil.which("mosquitto_sub")

@@ -29,7 +29,7 @@ from typing import Any
 import aiomqtt
 
 from bench.rig import NS_PER_MS, Rig, RigError
-from firmware_bridge.messages import EStop, SetSpeed, Stop
+from firmware_bridge.wire.messages import EStop, SetSpeed, Stop
 
 __all__ = ["TrialSet", "bench_stage1_edit", "edge_trials", "grip_trials", "remote_stop_trials"]
 

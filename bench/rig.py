@@ -41,10 +41,10 @@ from typing import Any, Self
 
 import yaml
 
-from firmware_bridge.codec import Frame
-from firmware_bridge.messages import Message
 from firmware_bridge.sim.firmware import SimConfig
 from firmware_bridge.sim.pty import PtySimulator
+from firmware_bridge.wire.codec import Frame
+from firmware_bridge.wire.messages import Message
 
 __all__ = [
     "DEMO_CONFIG",

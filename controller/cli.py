@@ -54,9 +54,9 @@ def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from controller.config import ConfigError, load_config
     from controller.errors import GpioError
-    from controller.service import Service
+    from controller.runtime.service import Service
+    from controller.settings.config import ConfigError, load_config
 
     path = Path(args.config)
     try:
@@ -75,7 +75,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from controller.checkconfig import check_config_main
+    from controller.tools.checkconfig import check_config_main
 
     return check_config_main(Path(args.path), sys.stdout, sys.stderr)
 
@@ -87,26 +87,26 @@ def _cmd_sim(rest: list[str]) -> int:
 
 
 def _cmd_history(rest: list[str]) -> int:
-    from controller.training.history import history_main
+    from controller.tools.history import history_main
 
     return history_main(rest, out=sys.stdout)
 
 
 def _cmd_passthrough(name: str, rest: list[str]) -> int:
     if name == "demo":
-        from controller.demo import demo_main
+        from controller.tools.demo import demo_main
 
         return demo_main(rest)
     if name == "scenario":
-        from controller.scenario import scenario_main
+        from controller.tools.scenario_cli import scenario_main
 
         return scenario_main(rest)
     if name == "verify-config":
-        from controller.verify import verify_main
+        from controller.tools.verify import verify_main
 
         return verify_main(rest)
     if name == "monitor":
-        from controller.monitor import monitor_main
+        from controller.tools.monitor import monitor_main
 
         return monitor_main(rest)
     raise AssertionError(name)

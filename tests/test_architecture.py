@@ -1,18 +1,96 @@
-"""The pure modules import only the standard-library modules and project modules allowed here.
+"""The layer table: every module has a layer, imports point down, adapters stay apart, no cycles.
 
-The safety core, the shared model, the config rules and the wire codec must stay free of
-I/O, clocks, randomness and logging so that every rule can be tested by driving them with
-explicit inputs and times (docs/architecture.md, "Module boundaries").
+docs/architecture.md shows the same table. From the bottom:
+
+0. pure rules and the wire protocol: no I/O, clocks, randomness or logging, so every rule can
+   be tested by driving it with explicit inputs and times;
+1. the configuration and the training program;
+2. one adapter per device (serial port, GPIO, MQTT, systemd); adapters never import each other;
+3. the running service and its wiring;
+4. operator and developer tools (simulator, mock panel, demo, scenario runner, verify, monitor,
+   history, check-config, broker launcher, the ``treadmill`` command line).
+
+A module imports only modules of its own layer or below. The service loads the simulator and
+the mock panel lazily (inside a function) and only when the config asks for them
+(``serial.port: sim://``, ``gpio.pin_factory: mock``): those edges are the only upward ones.
 """
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("firmware_bridge", "controller")
+
+
+@dataclass(frozen=True)
+class Layer:
+    level: int
+    name: str
+    #: packages (with everything below them) or modules of this layer
+    members: tuple[str, ...]
+    #: the device adapters: each member is one adapter, and adapters never import each other
+    separate: bool = False
+    #: the stdlib allow-list below applies, and project imports stay inside ``pure_imports``
+    pure: bool = False
+
+
+LAYERS: tuple[Layer, ...] = (
+    Layer(
+        0,
+        "pure rules and wire protocol",
+        ("controller.errors", "controller.rules", "firmware_bridge.wire"),
+        pure=True,
+    ),
+    Layer(
+        1,
+        "configuration and training program",
+        ("controller.settings", "controller.training", "controller.resources"),
+    ),
+    Layer(
+        2,
+        "device adapters",
+        (
+            "firmware_bridge.port",
+            "controller.adapters.gpio",
+            "controller.adapters.mqtt",
+            "controller.adapters.systemd",
+        ),
+        separate=True,
+    ),
+    Layer(3, "running service", ("controller.runtime",)),
+    Layer(4, "tools", ("controller.tools", "controller.cli", "firmware_bridge.sim")),
+)
+
+#: Package roots: their ``__init__`` holds a docstring and imports nothing of the project.
+ROOTS = frozenset({"controller", "firmware_bridge", "controller.adapters"})
+
+#: The only upward imports: lazy (inside a function), where a config asks for a tool.
+LAZY_PLUGINS = frozenset(
+    {
+        ("controller.runtime.service", "firmware_bridge.sim.pty"),  # serial.port: sim://
+        # serial.port: sim:// in key-relay mode (a console-driven treadmill)
+        ("controller.runtime.service", "firmware_bridge.sim.console"),
+        ("controller.runtime.service", "controller.tools.mockpanel"),  # gpio.pin_factory: mock
+    }
+)
+
+#: The pure layer's project imports: the rules use the rules, the wire codec uses the codec,
+#: both may raise the project's errors.
+PURE_IMPORTS: dict[str, frozenset[str]] = {
+    "controller.errors": frozenset(),
+    "controller.rules": frozenset({"controller.rules", "controller.errors"}),
+    # The wire's field table bounds the configuration (SR-CONFIG-3); the codec is pure too.
+    "controller.rules.config_rules": frozenset(
+        {"controller.rules", "controller.errors", "firmware_bridge.wire.messages"}
+    ),
+    "firmware_bridge.wire": frozenset({"firmware_bridge.wire", "controller.errors"}),
+}
 
 STDLIB_ALLOWED = frozenset(
     {
@@ -46,90 +124,235 @@ FORBIDDEN = frozenset(
     }
 )
 
-# The wire codec modules may use one another and the project's errors, nothing else.
-CODEC = frozenset(
-    {
-        "firmware_bridge.crc",
-        "firmware_bridge.codec",
-        "firmware_bridge.messages",
-        "firmware_bridge.link",
-        "firmware_bridge.link_phases",
-        "controller.errors",
-    }
-)
 
-# module -> the project modules it may import
-PURE_MODULES: dict[str, frozenset[str]] = {
-    "controller/errors.py": frozenset(),
-    "controller/model.py": frozenset(),
-    "controller/core.py": frozenset({"controller", "controller.model", "controller.transitions"}),
-    "controller/transitions.py": frozenset({"controller.model"}),
-    # The wire's field table bounds the configuration (SR-CONFIG-3); the codec is pure too.
-    "controller/config_rules.py": frozenset({"controller.model", "firmware_bridge.messages"}),
-    "firmware_bridge/crc.py": CODEC,
-    "firmware_bridge/codec.py": CODEC,
-    "firmware_bridge/messages.py": CODEC,
-    "firmware_bridge/link.py": CODEC,
-    "firmware_bridge/link_phases.py": CODEC,
-}
+@dataclass(frozen=True)
+class Import:
+    line: int
+    module: str  # absolute dotted name as written (a project module, a package or a library)
+    lazy: bool  # inside a function body
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def project_modules(root: Path = ROOT) -> dict[str, Path]:
+    """Every module of the project packages, by dotted name."""
+    found: dict[str, Path] = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            found[_module_name(path, root)] = path
+    return found
 
 
 def imported_modules(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
     """Every module ``path`` imports (absolute dotted names, at any depth), with its line."""
+    return [(imp.line, imp.module) for imp in imports_of(path, root)]
+
+
+def imports_of(path: Path, root: Path = ROOT, known: frozenset[str] = frozenset()) -> list[Import]:
+    """The imports of ``path``; ``from package import module`` names the module when known."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
-    found: list[tuple[int, str]] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.extend((node.lineno, alias.name) for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                module = ".".join([*base, node.module] if node.module else base)
-            else:
-                module = node.module or ""
-            found.append((node.lineno, module))
+    name = _module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: list[Import] = []
+
+    def visit(node: ast.AST, lazy: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = lazy or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
+            if isinstance(child, ast.Import):
+                found.extend(Import(child.lineno, alias.name, lazy) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:
+                    base = package.split(".")
+                    base = base[: len(base) - (child.level - 1)]
+                    module = ".".join([*base, child.module] if child.module else base)
+                else:
+                    module = child.module or ""
+                subs = [f"{module}.{a.name}" for a in child.names if f"{module}.{a.name}" in known]
+                found.extend(Import(child.lineno, sub, lazy) for sub in subs)
+                if len(subs) < len(child.names):
+                    found.append(Import(child.lineno, module, lazy))
+            visit(child, inner)
+
+    visit(tree, lazy=False)
     return found
 
 
-def _allowed(module: str, project_allowed: frozenset[str]) -> bool:
-    return module in STDLIB_ALLOWED or module in project_allowed
+def _within(module: str, member: str) -> bool:
+    return module == member or module.startswith(member + ".")
 
 
-def _existing() -> list[str]:
-    return [name for name in PURE_MODULES if (ROOT / name).exists()]
+def layer_of(module: str) -> tuple[Layer, str] | None:
+    """The layer of a project module and the table entry that placed it (longest match)."""
+    best: tuple[Layer, str] | None = None
+    for layer in LAYERS:
+        for member in layer.members:
+            if _within(module, member) and (best is None or len(member) > len(best[1])):
+                best = (layer, member)
+    return best
 
 
-@pytest.mark.parametrize("relative", _existing())
-def test_pure_module_imports_only_the_allow_list(relative: str) -> None:
-    path = ROOT / relative
-    bad = [
-        f"{relative}:{line} imports {module}"
-        for line, module in imported_modules(path)
-        if not _allowed(module, PURE_MODULES[relative])
-    ]
-    assert bad == [], (
-        "pure modules may import only "
-        f"{sorted(STDLIB_ALLOWED | PURE_MODULES[relative])}; move the I/O to the service"
+def _project(module: str, known: dict[str, Path]) -> str | None:
+    """The project module an import refers to (a package import refers to its __init__)."""
+    while module:
+        if module in known:
+            return module
+        module, _, _ = module.rpartition(".")
+    return None
+
+
+def _graph() -> dict[str, list[tuple[Import, str]]]:
+    known = project_modules()
+    names = frozenset(known)
+    graph: dict[str, list[tuple[Import, str]]] = {}
+    for module, path in known.items():
+        edges = []
+        for imp in imports_of(path, known=names):
+            target = _project(imp.module, known)
+            if target is not None and target != module:
+                edges.append((imp, target))
+        graph[module] = edges
+    return graph
+
+
+MODULES = sorted(project_modules())
+
+
+def test_every_module_has_a_layer() -> None:
+    missing = [m for m in MODULES if m not in ROOTS and layer_of(m) is None]
+    assert missing == [], (
+        f"modules missing from the layer table in tests/test_architecture.py: {missing}; "
+        "put each in the folder of its layer (docs/architecture.md) or add it to LAYERS"
     )
 
 
-@pytest.mark.parametrize("relative", _existing())
-def test_pure_module_imports_nothing_forbidden(relative: str) -> None:
-    path = ROOT / relative
+def test_package_roots_import_nothing_of_the_project() -> None:
+    graph = _graph()
+    bad = [f"{root} imports {target}" for root in ROOTS for _, target in graph.get(root, [])]
+    assert bad == []
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m not in ROOTS])
+def test_imports_point_down_the_layers(module: str) -> None:
+    placed = layer_of(module)
+    assert placed is not None
+    layer, member = placed
+    bad = []
+    for imp, target in _graph()[module]:
+        if target in ROOTS:
+            continue
+        other = layer_of(target)
+        assert other is not None, f"{target} has no layer"
+        if other[0].level > layer.level:
+            if imp.lazy and (module, target) in LAZY_PLUGINS:
+                continue
+            bad.append(f"line {imp.line}: {target} ({other[0].name}) is above {layer.name}")
+        elif layer.separate and other[0] is layer and other[1] != member:
+            bad.append(f"line {imp.line}: adapter {member} imports adapter {other[1]}")
+    assert bad == [], f"{module}: " + "; ".join(bad)
+
+
+def _pure_modules() -> list[str]:
+    return [m for m in MODULES if (placed := layer_of(m)) is not None and placed[0].pure]
+
+
+def _pure_allowed(module: str) -> frozenset[str]:
+    """The allow-list of the longest entry of PURE_IMPORTS that holds ``module``."""
+    matches = [member for member in PURE_IMPORTS if _within(module, member)]
+    return PURE_IMPORTS[max(matches, key=len)] if matches else frozenset()
+
+
+@pytest.mark.parametrize("module", _pure_modules())
+def test_pure_module_imports_only_the_allow_list(module: str) -> None:
+    known = project_modules()
+    allowed = _pure_allowed(module)
+    bad = []
+    for imp in imports_of(known[module], known=frozenset(known)):
+        if imp.module in STDLIB_ALLOWED:
+            continue
+        target = _project(imp.module, known)
+        if target is not None and any(_within(target, a) for a in allowed):
+            continue
+        bad.append(f"line {imp.line}: {imp.module}")
+    assert bad == [], (
+        f"{module} is pure and may import only {sorted(STDLIB_ALLOWED | allowed)}: {bad}; "
+        "move the I/O to an adapter or the service"
+    )
+
+
+@pytest.mark.parametrize("module", _pure_modules())
+def test_pure_module_imports_nothing_forbidden(module: str) -> None:
+    path = project_modules()[module]
     bad = [
-        f"{relative}:{line} imports {module}"
-        for line, module in imported_modules(path)
-        if module.split(".")[0] in FORBIDDEN
+        f"line {line}: {name}"
+        for line, name in imported_modules(path)
+        if name.split(".")[0] in FORBIDDEN
     ]
     assert bad == []
 
 
+def _cycles(graph: dict[str, list[str]]) -> Iterator[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    counter = [0]
+
+    def strong(node: str) -> Iterator[list[str]]:
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, []):
+            if nxt not in index:
+                yield from strong(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                yield sorted(component)
+
+    for node in sorted(graph):
+        if node not in index:
+            yield from strong(node)
+
+
+def test_no_import_cycles() -> None:
+    """Every import counts (also lazy and ``TYPE_CHECKING`` ones), except the two plug-ins."""
+    edges = {
+        module: sorted({t for imp, t in deps if (module, t) not in LAZY_PLUGINS or not imp.lazy})
+        for module, deps in _graph().items()
+    }
+    assert list(_cycles(edges)) == []
+
+
+def test_cycle_finder_finds_a_cycle() -> None:
+    graph = {"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}
+    assert list(_cycles(graph)) == [["a", "b", "c"]]
+
+
 def test_the_core_modules_are_checked() -> None:
-    assert {"controller/model.py", "controller/core.py", "controller/config_rules.py"} <= set(
-        _existing()
-    )
+    assert {"controller.rules.model", "controller.rules.core"} <= set(_pure_modules())
+
+
+def test_the_lazy_plugins_exist() -> None:
+    known = project_modules()
+    for module, target in LAZY_PLUGINS:
+        assert module in known
+        assert target in known
 
 
 def test_import_walker_sees_every_form(tmp_path: Path) -> None:
@@ -142,5 +365,12 @@ def test_import_walker_sees_every_form(tmp_path: Path) -> None:
         "def f():\n    import socket\n",
         encoding="utf-8",
     )
-    modules = [module for _, module in imported_modules(sample, root=tmp_path)]
-    assert modules == ["os", "collections.abc", "time", "pkg", "pkg.other", "socket"]
+    found = imports_of(sample, root=tmp_path, known=frozenset({"pkg.sibling"}))
+    assert [(i.module, i.lazy) for i in found] == [
+        ("os", False),
+        ("collections.abc", False),
+        ("time", False),
+        ("pkg.sibling", False),
+        ("pkg.other", False),
+        ("socket", True),
+    ]

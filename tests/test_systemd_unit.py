@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import EXIT_CONFIG, load_config
+from controller.settings.config import EXIT_CONFIG, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "treadmill-controller.service"

@@ -24,9 +24,9 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from controller.model import StageConfig
+from controller.rules.model import StageConfig
 
-#: Console buttons a trainer combination may use (names of :class:`controller.model.Button`).
+#: Console buttons a trainer combination may use (names of :class:`controller.rules.model.Button`).
 TRAINER_BUTTON_NAMES = ("start", "stop", "faster", "slower", "stage_up", "stage_down", "reset")
 
 #: A client id is opaque (no names, no personal data): 1 to 64 characters of this set.

@@ -34,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from controller.model import CoreState, Event, Mode, StageConfig
+from controller.rules.model import CoreState, Event, Mode, StageConfig
 from controller.training.config import CLIENT_ID_PATTERN, TrainingConfig, check_against_stages
 from controller.training.progression import (
     UnlockStatus,

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from controller.model import CoreState, Event, FaultCode, Mode
+from controller.rules.model import CoreState, Event, FaultCode, Mode
 
 #: The longest interval between two ticks that is integrated (longer ones count this long).
 MAX_TICK_GAP_MS = 2000
@@ -136,7 +136,8 @@ class SessionRecord:
 
 def iso_z(moment: datetime) -> str:
     """ISO 8601 UTC with milliseconds and ``Z``: the format of the MQTT state topic
-    (:func:`controller.telemetry.iso_utc`; a test checks they agree). A naive time is UTC."""
+    (:func:`controller.adapters.mqtt.telemetry.iso_utc`; a test checks they agree). A naive time
+    is UTC."""
     aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
     return aware.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

@@ -24,7 +24,7 @@ from controller.errors import (
     StoreLockedError,
     StoreSchemaTooNewError,
 )
-from controller.model import Event
+from controller.rules.model import Event
 from controller.training.sessions import SessionRecord
 from controller.training.store import ClientRecord, SessionStore, UnlockLogEntry
 

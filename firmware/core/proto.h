@@ -69,7 +69,7 @@ typedef struct {
     frame_t frame;  /* DEC_REJECT: seq and id are valid, the payload is not */
 } dec_event_t;
 
-/* Counters as firmware_bridge.codec.DecoderStats. */
+/* Counters as firmware_bridge.wire.codec.DecoderStats. */
 typedef struct {
     uint32_t frames;
     uint32_t crc_errors;

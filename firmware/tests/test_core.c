@@ -211,7 +211,7 @@ static void test_crc_check_value(void) {
     CHECK_EQ(crc16(worked, sizeof worked, CRC16_INIT), 0xE837);
 }
 
-/* Every ```hex block of docs/protocol.md §11 (generated from firmware_bridge.messages):
+/* Every ```hex block of docs/protocol.md §11 (generated from firmware_bridge.wire.messages):
  * decoded as one valid frame, and re-encoding its fields gives the same bytes. */
 static void test_protocol_doc_vectors(void) {
     if (g_protocol_md == NULL) {

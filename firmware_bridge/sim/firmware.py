@@ -44,9 +44,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from firmware_bridge.codec import Frame, FrameDecoder, RejectedFrame, RejectKind, encode_frame
-from firmware_bridge.link import RxSequenceChecker, SeqKind, SequenceCounter
-from firmware_bridge.messages import (
+from firmware_bridge.sim.physics import BeltPhysics, PhysicsParams
+from firmware_bridge.wire.codec import Frame, FrameDecoder, RejectedFrame, RejectKind, encode_frame
+from firmware_bridge.wire.link import RxSequenceChecker, SeqKind, SequenceCounter
+from firmware_bridge.wire.messages import (
     ACCEPTED_IN_FAULT,
     PROTOCOL_VERSION,
     Ack,
@@ -67,7 +68,6 @@ from firmware_bridge.messages import (
     Status,
     Stop,
 )
-from firmware_bridge.sim.physics import BeltPhysics, PhysicsParams
 
 
 def wire_speed_kmh(speed_kmh: float) -> float:

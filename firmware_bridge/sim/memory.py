@@ -5,7 +5,7 @@
 safety key), but the bytes go through memory: the bridge opens the link with
 :meth:`MemorySimulator.open_connection` (pass it as the bridge's ``open_port``) instead of a
 serial device. Nothing waits on the kernel, so on a virtual clock
-(:mod:`controller.virtual_time`) a run is exact and as fast as its work; the frames, the
+(:mod:`controller.tools.virtual_time`) a run is exact and as fast as its work; the frames, the
 codec, the bridge and the service are the real ones.
 """
 

@@ -15,8 +15,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from firmware_bridge.codec import encode_frame
-from firmware_bridge.messages import (
+from firmware_bridge.wire.codec import encode_frame
+from firmware_bridge.wire.messages import (
     FIRMWARE_TO_HOST,
     HOST_TO_FIRMWARE,
     MESSAGE_TYPES,

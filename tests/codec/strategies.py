@@ -11,9 +11,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from firmware_bridge.codec import MAX_PAYLOAD_BYTES, SYNC, encode_frame
-from firmware_bridge.crc import crc16
-from firmware_bridge.messages import (
+from firmware_bridge.wire.codec import MAX_PAYLOAD_BYTES, SYNC, encode_frame
+from firmware_bridge.wire.crc import crc16
+from firmware_bridge.wire.messages import (
     MESSAGE_TYPES,
     FieldKind,
     FieldSpec,

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.errors import MessageError
-from firmware_bridge.codec import (
+from firmware_bridge.wire.codec import (
     MAX_FRAME_BYTES,
     MAX_PAYLOAD_BYTES,
     MAX_REJECTS_KEPT,
@@ -18,8 +18,8 @@ from firmware_bridge.codec import (
     RejectKind,
     encode_frame,
 )
-from firmware_bridge.crc import crc16
-from firmware_bridge.messages import (
+from firmware_bridge.wire.crc import crc16
+from firmware_bridge.wire.messages import (
     Ack,
     EStop,
     FwFault,

@@ -8,7 +8,7 @@ import binascii
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_bridge.crc import CRC16_CHECK, CRC16_TABLE, crc16, crc16_table
+from firmware_bridge.wire.crc import CRC16_CHECK, CRC16_TABLE, crc16, crc16_table
 
 
 def crc16_bitwise(data: bytes) -> int:

@@ -7,7 +7,7 @@ from types import ModuleType
 
 import pytest
 
-from firmware_bridge import codec, crc, link, messages
+from firmware_bridge.wire import codec, crc, link, messages
 
 
 @pytest.mark.parametrize("module", [crc, messages, codec, link], ids=lambda m: m.__name__)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_bridge.codec import encode_frame
-from firmware_bridge.link import (
+from firmware_bridge.wire.codec import encode_frame
+from firmware_bridge.wire.link import (
     ACKED_MESSAGE_IDS,
     DEFAULT_ACK_TIMEOUT_MS,
     DEFAULT_MAX_RETRIES,
@@ -21,7 +21,7 @@ from firmware_bridge.link import (
     SeqVerdict,
     needs_ack,
 )
-from firmware_bridge.messages import (
+from firmware_bridge.wire.messages import (
     ClearFault,
     Configure,
     EStop,

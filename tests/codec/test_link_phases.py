@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from firmware_bridge import bridge as bridge_module
-from firmware_bridge.bridge import FirmwareBridge, FirmwareLimits
-from firmware_bridge.link_phases import (
+from firmware_bridge.port import bridge as bridge_module
+from firmware_bridge.port.bridge import FirmwareBridge, FirmwareLimits
+from firmware_bridge.wire.link_phases import (
     HANDSHAKE_STEPS,
     LINK_TRANSITIONS,
     LinkPhase,
@@ -18,7 +18,7 @@ from firmware_bridge.link_phases import (
 )
 
 PROTOCOL_DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
-BEGIN = "<!-- link-phases:begin (generated from firmware_bridge/link_phases.py) -->\n"
+BEGIN = "<!-- link-phases:begin (generated from firmware_bridge/wire/link_phases.py) -->\n"
 END = "<!-- link-phases:end -->"
 
 
@@ -27,7 +27,7 @@ def test_the_diagram_in_the_protocol_doc_is_generated_from_the_table() -> None:
     shown = text[text.index(BEGIN) + len(BEGIN) : text.index(END)]
     assert shown == phase_diagram(), (
         "docs/protocol.md's link-phase diagram differs from the table: paste the text of "
-        "firmware_bridge.link_phases.phase_diagram() between the link-phases markers"
+        "firmware_bridge.wire.link_phases.phase_diagram() between the link-phases markers"
     )
 
 

@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.errors import MessageError, UnknownMessageError
-from firmware_bridge.codec import MAX_PAYLOAD_BYTES
-from firmware_bridge.crc import crc16
-from firmware_bridge.messages import (
+from firmware_bridge.wire.codec import MAX_PAYLOAD_BYTES
+from firmware_bridge.wire.crc import crc16
+from firmware_bridge.wire.messages import (
     ACCEPTED_IN_FAULT,
     FIRMWARE_TO_HOST,
     HOST_TO_FIRMWARE,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from firmware_bridge.codec import MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, Frame, FrameDecoder
-from firmware_bridge.crc import crc16
-from firmware_bridge.link import DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_RETRIES, LINK_SILENCE_MS
-from firmware_bridge.messages import (
+from firmware_bridge.wire.codec import MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, Frame, FrameDecoder
+from firmware_bridge.wire.crc import crc16
+from firmware_bridge.wire.link import DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_RETRIES, LINK_SILENCE_MS
+from firmware_bridge.wire.messages import (
     PROTOCOL_VERSION,
     FwFault,
     FwState,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.config import key_reference, key_reference_markdown
+from controller.settings.reference import key_reference, key_reference_markdown
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -14,7 +14,8 @@ def test_key_table_in_the_docs_matches_the_schema() -> None:
     begin = text.index("<!-- keys:begin -->\n") + len("<!-- keys:begin -->\n")
     end = text.index("<!-- keys:end -->")
     assert text[begin:end] == key_reference_markdown(), (
-        "docs/configuration.md is out of date: paste controller.config.key_reference_markdown()"
+        "docs/configuration.md is out of date: paste "
+        "controller.settings.reference.key_reference_markdown()"
         " between the keys markers"
     )
 

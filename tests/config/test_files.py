@@ -12,15 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.checkconfig import check_config_main
-from controller.config import (
-    EXIT_CONFIG,
-    AppConfig,
-    ConfigError,
-    load_config,
-    load_config_report,
-)
-from controller.model import GripLossAction, SafetyConfig, StageConfig
+from controller.rules.model import GripLossAction, SafetyConfig, StageConfig
+from controller.settings.config import EXIT_CONFIG, ConfigError, load_config, load_config_report
+from controller.settings.schema import AppConfig
+from controller.tools.checkconfig import check_config_main
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

@@ -13,7 +13,8 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from controller.config import AppConfig, ConfigError, load_config_text
+from controller.settings.config import ConfigError, load_config_text
+from controller.settings.schema import AppConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = (ROOT / "config" / "demo.yaml").read_text()

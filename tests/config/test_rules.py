@@ -10,19 +10,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from controller.config import (
-    SAFETY_TO_YAML,
-    STAGE_TO_YAML,
-    AppConfig,
-    ConfigError,
-    MqttCredentials,
-    load_config_text,
-    load_config_text_report,
-    read_mqtt_credentials,
-    yaml_key_path,
-    yaml_words,
-)
-from controller.model import SafetyConfig, StageConfig
+from controller.rules.model import SafetyConfig, StageConfig
+from controller.settings.checks import yaml_key_path, yaml_words
+from controller.settings.config import ConfigError, load_config_text, load_config_text_report
+from controller.settings.credentials import MqttCredentials, read_mqtt_credentials
+from controller.settings.schema import SAFETY_TO_YAML, STAGE_TO_YAML, AppConfig
 
 MINIMAL = (Path(__file__).resolve().parent / "good" / "minimal.yaml").read_text()
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from controller.config import AppConfig, load_config_text
 from controller.errors import ConfigError
-from controller.scenario import ScenarioError, load_scenario_text
-from controller.schema_errors import file_key_path, schema_issue
-from controller.yaml_loader import parse_yaml
+from controller.settings.config import load_config_text
+from controller.settings.schema import AppConfig
+from controller.settings.schema_errors import file_key_path, schema_issue
+from controller.settings.yaml_loader import parse_yaml
+from controller.tools.scenario import ScenarioError
+from controller.tools.scenario_spec import load_scenario_text
 
 
 @pytest.mark.parametrize("key", ["none", "int", "str", "float", "bool"])

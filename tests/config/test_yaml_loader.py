@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from controller.errors import ConfigError, ConfigIssue
-from controller.yaml_loader import (
+from controller.settings.yaml_loader import (
     MAX_CONFIG_BYTES,
     MAX_DEPTH,
     format_key_path,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from bench.firmware_runner import Rx, Session
-from firmware_bridge.crc import crc16
-from firmware_bridge.messages import Configure, EStop, FwState, Status
+from firmware_bridge.wire.crc import crc16
+from firmware_bridge.wire.messages import Configure, EStop, FwState, Status
 
 LEASE_MS = 300
 DECEL_KMH_S = 3.6

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from bench.firmware_runner import FEATURES, Session
-from firmware_bridge.crc import crc16
-from firmware_bridge.messages import (
+from firmware_bridge.wire.crc import crc16
+from firmware_bridge.wire.messages import (
     Ack,
     ClearFault,
     Configure,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from controller.core import decide, initial_state
-from controller.model import (
+from controller.rules.core import decide, initial_state
+from controller.rules.model import (
     Button,
     CoreState,
     Decision,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from controller.core import decide
-from controller.model import (
+from controller.rules.core import decide
+from controller.rules.model import (
     Button,
     CoreState,
     Decision,

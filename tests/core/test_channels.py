@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.core import (
+from controller.rules.core import (
     channel_speeds_kmh,
     channel_tolerance_kmh,
     second_channel_at_rest,
     start_blockers,
 )
-from controller.model import (
+from controller.rules.model import (
     BeltSensorReading,
     Button,
     ChannelConfig,
@@ -72,7 +72,7 @@ def idle(config: SafetyConfig = CONFIG, stage_number: int = 1) -> ChannelRig:
     rig.tick()
     if stage_number != 1:
         rig.tick(*(), dt_ms=TICK_MS)
-        from controller.model import SelectStage
+        from controller.rules.model import SelectStage
 
         rig.tick(SelectStage(stage_number))
     assert rig.core.mode is Mode.IDLE, rig.history[-1].events
@@ -91,7 +91,7 @@ def running(config: SafetyConfig = CONFIG, stage_number: int = 1) -> ChannelRig:
 
 def at_speed(speed_kmh: float, stage_number: int = 4, config: SafetyConfig = CONFIG) -> ChannelRig:
     """RUNNING at ``stage_number`` with the belt steady at ``speed_kmh``."""
-    from controller.model import SetTarget
+    from controller.rules.model import SetTarget
 
     rig = running(config, stage_number)
     rig.tick(SetTarget(speed_kmh))
@@ -201,7 +201,7 @@ def test_SR_CHAN_2_tolerance_is_absolute_or_relative_to_the_higher_reading(
 
 def test_SR_CHAN_2_lag_allowance_while_ramping() -> None:
     rig = running(CONFIG, 4)
-    from controller.model import SetTarget
+    from controller.rules.model import SetTarget
 
     rig.tick(SetTarget(6.0))  # ramping up at 0.5 km/h/s: lag allowance 0.25 km/h
     tolerance = channel_tolerance_kmh(rig.core, CONFIG, CHANNEL, 1.0)

@@ -7,15 +7,15 @@ from dataclasses import replace
 
 import pytest
 
-from controller.config_rules import (
+from controller.rules.config_rules import (
     STAGE_RATE_BOUND_KMH_S,
     STOP_DECEL_MAX_KMH_S,
     WIRE_RATE_MIN_KMH_S,
     ConfigProblem,
     check_safety_config,
 )
-from controller.model import GripLossAction, SafetyConfig
-from firmware_bridge.messages import SetSpeed, Stop, field_bounds
+from controller.rules.model import GripLossAction, SafetyConfig
+from firmware_bridge.wire.messages import SetSpeed, Stop, field_bounds
 from tests.core.support import DEFAULT_CONFIG, make_config, stage
 
 

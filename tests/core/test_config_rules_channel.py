@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from controller.config_rules import check_safety_config, pulse_period_ms, sensor_floor_kmh
-from controller.model import ChannelConfig
+from controller.rules.config_rules import check_safety_config, pulse_period_ms, sensor_floor_kmh
+from controller.rules.model import ChannelConfig
 from tests.core.support import make_config
 
 CHANNEL = ChannelConfig()

@@ -13,8 +13,8 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.core import decide, next_deadline_ms
-from controller.model import (
+from controller.rules.core import decide, next_deadline_ms
+from controller.rules.model import (
     Button,
     CoreState,
     Decision,

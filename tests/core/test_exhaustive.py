@@ -24,8 +24,8 @@ from functools import cache
 
 import pytest
 
-from controller.core import decide, initial_state, stage_limit_kmh
-from controller.model import (
+from controller.rules.core import decide, initial_state, stage_limit_kmh
+from controller.rules.model import (
     Button,
     CoreState,
     EStop,

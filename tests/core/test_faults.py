@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from controller.core import FAULT_ADVICE, decide, internal_fault
-from controller.model import (
+from controller.rules.core import FAULT_ADVICE, decide, internal_fault
+from controller.rules.model import (
     Button,
     EStop,
     Fault,

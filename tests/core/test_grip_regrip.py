@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.model import FaultCode, GripLossAction, Mode, SafetyConfig
+from controller.rules.model import FaultCode, GripLossAction, Mode, SafetyConfig
 from tests.core.support import TICK_MS, Rig, running_rig, single_stage_config
 
 SLOT_MS = 100

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.config_rules import check_safety_config
-from controller.core import relay_start_blockers
-from controller.model import (
+from controller.rules.config_rules import check_safety_config
+from controller.rules.core import relay_start_blockers
+from controller.rules.model import (
     BeltSensorReading,
     Button,
     ChannelConfig,
@@ -313,7 +313,7 @@ def test_SR_CONFIG_10_ranges(field: str, value: float) -> None:
 
 
 def test_SR_MON_5_console_buttons_and_service_stops() -> None:
-    from controller.model import RemoteLowerStageCap, RequestStop
+    from controller.rules.model import RemoteLowerStageCap, RequestStop
 
     rig = idle()
     assert rig.press(Button.STAGE_UP).state.stage == 2
@@ -334,7 +334,7 @@ def test_SR_MON_5_console_buttons_and_service_stops() -> None:
 
 
 def test_SR_MON_5_reset_in_idle_clears_the_remote_stage_cap() -> None:
-    from controller.model import RemoteLowerStageCap
+    from controller.rules.model import RemoteLowerStageCap
 
     rig = idle(stage_number=3)
     rig.tick(remote=(RemoteLowerStageCap(2),))

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.core import decide, link_settled, start_blockers
-from controller.model import Button, FaultCode, LinkHealth, Mode, Stop, StopKind
+from controller.rules.core import decide, link_settled, start_blockers
+from controller.rules.model import Button, FaultCode, LinkHealth, Mode, Stop, StopKind
 from tests.core.support import (
     DEFAULT_CONFIG,
     TICK_MS,

@@ -18,14 +18,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from controller.core import (
+from controller.rules.core import (
     WARNING_GRIP_SUSPECT,
     internal_fault,
     reset_blockers,
     start_blockers,
     status_problem,
 )
-from controller.model import (
+from controller.rules.model import (
     Button,
     Decision,
     FirmwareState,

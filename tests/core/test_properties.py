@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from controller.config_rules import check_safety_config
-from controller.core import MAX_TICK_DT_MS, decide, initial_state, stage_limit_kmh
-from controller.model import (
+from controller.rules.config_rules import check_safety_config
+from controller.rules.core import MAX_TICK_DT_MS, decide, initial_state, stage_limit_kmh
+from controller.rules.model import (
     Button,
     CoreState,
     Decision,

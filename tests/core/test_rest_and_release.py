@@ -3,7 +3,7 @@ only while needed) and SR-GRIP-9 (warn-only stages where grip is optional)."""
 
 from __future__ import annotations
 
-from controller.model import (
+from controller.rules.model import (
     Button,
     EStop,
     FaultCode,

@@ -6,14 +6,14 @@ from dataclasses import replace
 
 import pytest
 
-from controller.core import (
+from controller.rules.core import (
     WARNING_GRIP_STUCK,
     WARNING_GRIP_SUSPECT,
     decide,
     effective_stage_cap,
     grip_watched,
 )
-from controller.model import (
+from controller.rules.model import (
     Button,
     FaultCode,
     GripLossAction,

@@ -7,14 +7,14 @@ from dataclasses import replace
 
 import pytest
 
-from controller.core import (
+from controller.rules.core import (
     MAX_TICK_DT_MS,
     decide,
     initial_state,
     stage_limit_kmh,
     start_blockers,
 )
-from controller.model import (
+from controller.rules.model import (
     Button,
     EStop,
     FirmwareState,

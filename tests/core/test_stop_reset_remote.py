@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from controller.core import RESET_CLEAR_TIMEOUT_MS, WARNING_GRIP_SUSPECT, reset_blockers
-from controller.model import (
+from controller.rules.core import RESET_CLEAR_TIMEOUT_MS, WARNING_GRIP_SUSPECT, reset_blockers
+from controller.rules.model import (
     Button,
     FaultCode,
     FirmwareState,

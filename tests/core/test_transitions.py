@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from controller import transitions
-from controller.model import Button, FaultCode, Mode, Stop
-from controller.transitions import MODE_TRANSITIONS, is_allowed, state_diagram
+from controller.rules import transitions
+from controller.rules.model import Button, FaultCode, Mode, Stop
+from controller.rules.transitions import MODE_TRANSITIONS, is_allowed, state_diagram
 from tests.core.support import Rig, faulted_rig, idle_rig, running_rig, stopping_rig
 
 SAFETY_DOC = Path(__file__).resolve().parents[2] / "docs" / "safety.md"
-BEGIN = "<!-- mode-transitions:begin (generated from controller/transitions.py) -->\n"
+BEGIN = "<!-- mode-transitions:begin (generated from controller/rules/transitions.py) -->\n"
 END = "<!-- mode-transitions:end -->"
 
 
@@ -23,7 +23,7 @@ def test_SR_MODE_3_the_diagram_in_the_safety_doc_is_generated_from_the_table() -
     shown = text[text.index(BEGIN) + len(BEGIN) : text.index(END)]
     assert shown == state_diagram(), (
         "docs/safety.md's mode diagram differs from the table: paste the text of "
-        "controller.transitions.state_diagram() between the mode-transitions markers"
+        "controller.rules.transitions.state_diagram() between the mode-transitions markers"
     )
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from controller.core import decide
-from controller.model import Inputs, Mode
+from controller.rules.core import decide
+from controller.rules.model import Inputs, Mode
 from tests.core.support import DEFAULT_CONFIG, faulted_rig, idle_rig, running_rig, stopping_rig
 
 

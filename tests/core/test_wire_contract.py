@@ -15,9 +15,9 @@ from dataclasses import replace
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from controller.config_rules import check_safety_config
-from controller.core import WIRE_SPEED_RESOLUTION_KMH, wire_speed_kmh
-from controller.model import (
+from controller.rules.config_rules import check_safety_config
+from controller.rules.core import WIRE_SPEED_RESOLUTION_KMH, wire_speed_kmh
+from controller.rules.model import (
     Button,
     EStop,
     GripLossAction,
@@ -32,8 +32,8 @@ from controller.model import (
     StageConfig,
     Stop,
 )
-from firmware_bridge import messages
-from firmware_bridge.codec import encode_frame
+from firmware_bridge.wire import messages
+from firmware_bridge.wire.codec import encode_frame
 from tests.core.support import TICK_MS, Rig, running_rig, single_stage_config
 
 # Rates from just below what the checker accepts to just above, edges included.

@@ -24,8 +24,8 @@ from bench.rig import (
     RigOptions,
     WireFrame,
 )
-from firmware_bridge.messages import EStop, SetSpeed, Stop
 from firmware_bridge.sim.firmware import SimConfig
+from firmware_bridge.wire.messages import EStop, SetSpeed, Stop
 
 __all__ = [
     "BELT_LAG_ALLOWANCE_MS",

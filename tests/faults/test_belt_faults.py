@@ -12,8 +12,8 @@ import time
 import pytest
 
 from bench.rig import STANDSTILL_KMH, Rig, bench_sim_config
-from firmware_bridge.messages import EStop, FwState, Stop
 from firmware_bridge.sim.firmware import SimFault
+from firmware_bridge.wire.messages import EStop, FwState, Stop
 from tests.faults.conftest import Observations
 from tests.faults.support import (
     STAGE1_MAX_KMH,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.rig import STANDSTILL_KMH, Rig, poll_until
-from firmware_bridge.messages import EStop, Stop
+from firmware_bridge.wire.messages import EStop, Stop
 from tests.faults.conftest import Observations
 from tests.faults.support import fault_code, fault_options, hold_and_watch, measure_stop
 

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from bench.rig import STANDSTILL_KMH, Rig
-from firmware_bridge.messages import FwFault, FwState
 from firmware_bridge.sim.firmware import SimFault
+from firmware_bridge.wire.messages import FwFault, FwState
 from tests.faults.conftest import Observations
 from tests.faults.support import (
     STAGE1_MAX_KMH,

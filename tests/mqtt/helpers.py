@@ -21,8 +21,9 @@ from typing import Any, Protocol, Self
 
 import aiomqtt
 
-from controller.commands import ParsedCommand
-from controller.mqtt import MqttPublisher, MqttSettings
+from controller.adapters.mqtt.commands import ParsedCommand
+from controller.adapters.mqtt.publisher import MqttPublisher
+from controller.adapters.mqtt.settings import MqttSettings
 from tests.broker import MosquittoBroker
 
 _observer_ids = itertools.count(1)

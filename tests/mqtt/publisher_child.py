@@ -10,7 +10,8 @@ import asyncio
 import json
 import sys
 
-from controller.mqtt import MqttPublisher, MqttSettings
+from controller.adapters.mqtt.publisher import MqttPublisher
+from controller.adapters.mqtt.settings import MqttSettings
 from tests.mqtt.helpers import wait_until
 
 

@@ -1,4 +1,4 @@
-"""Pure tests of remote command parsing (controller.commands): no broker."""
+"""Pure tests of remote command parsing (controller.adapters.mqtt.commands): no broker."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.commands import (
+from controller.adapters.mqtt.commands import (
     COMMAND_NAMES,
     AssignClient,
     CommandRejected,
@@ -16,7 +16,7 @@ from controller.commands import (
     excerpt,
     parse_command,
 )
-from controller.model import RemoteLowerStageCap, RemoteLowerTarget, RemoteStop
+from controller.rules.model import RemoteLowerStageCap, RemoteLowerTarget, RemoteStop
 
 MAX_PAYLOAD_BYTES = 1024
 MAX_STAGE = 4

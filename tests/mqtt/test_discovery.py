@@ -17,7 +17,7 @@ from typing import Any
 import jinja2
 import pytest
 
-from controller.discovery import (
+from controller.adapters.mqtt.discovery import (
     ENTITIES,
     EVENT_TYPES,
     HA_STATE_MAX_CHARS,
@@ -25,10 +25,11 @@ from controller.discovery import (
     entity_reference_markdown,
     node_id,
 )
-from controller.model import Event
-from controller.mqtt import MqttPublisher, MqttSettings
-from controller.service import Service
-from controller.telemetry import event_payload
+from controller.adapters.mqtt.publisher import MqttPublisher
+from controller.adapters.mqtt.settings import MqttSettings
+from controller.adapters.mqtt.telemetry import event_payload
+from controller.rules.model import Event
+from controller.runtime.service import Service
 from tests.service.harness import running_service
 from tests.training.helpers import record
 from tests.waiting import wait_until
@@ -252,7 +253,8 @@ def test_docs_entity_table_is_the_discovery_table() -> None:
     begin = text.index("<!-- entities:begin -->\n") + len("<!-- entities:begin -->\n")
     end = text.index("<!-- entities:end -->")
     assert text[begin:end] == entity_reference_markdown(), (
-        "docs/mqtt.md is out of date: paste controller.discovery.entity_reference_markdown()"
+        "docs/mqtt.md is out of date: paste "
+        "controller.adapters.mqtt.discovery.entity_reference_markdown()"
         " between the entities markers"
     )
 

@@ -17,7 +17,8 @@ import aiomqtt
 import pytest
 import trustme
 
-from controller.mqtt import MqttPublisher, TlsSettings
+from controller.adapters.mqtt.publisher import MqttPublisher
+from controller.adapters.mqtt.settings import TlsSettings
 from tests.broker import DEFAULT_ACL, INSTALL_HINT, MOSQUITTO, free_port, port_accepts
 from tests.mqtt.helpers import CommandLog, make_settings, running, wait_until
 

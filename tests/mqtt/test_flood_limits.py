@@ -10,14 +10,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.commands import CommandRejected, ParsedCommand
-from controller.mqtt import (
+from controller.adapters.mqtt.commands import CommandRejected, ParsedCommand
+from controller.adapters.mqtt.publisher import (
     COMMAND_BURST,
     COMMANDS_PER_S,
     MqttPublisher,
-    MqttSettings,
     RejectionFolder,
 )
+from controller.adapters.mqtt.settings import MqttSettings
 
 PREFIX = "treadmill/t1/cmd/"
 

@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.model import (
+from controller.adapters.mqtt.telemetry import (
+    diagnostics_payload,
+    event_payload,
+    grip_reading,
+    iso_utc,
+    state_payload,
+)
+from controller.rules.model import (
     CoreState,
     Event,
     Fault,
@@ -23,13 +30,6 @@ from controller.model import (
     SafetyConfig,
     StageConfig,
     StopKind,
-)
-from controller.telemetry import (
-    diagnostics_payload,
-    event_payload,
-    grip_reading,
-    iso_utc,
-    state_payload,
 )
 from controller.training.sessions import iso_z
 

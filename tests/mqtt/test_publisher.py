@@ -12,9 +12,12 @@ import aiomqtt
 import pytest
 import trustme
 
-from controller.commands import AssignClient, CommandRejected, ParsedCommand
-from controller.discovery import discovery_messages
-from controller.model import (
+from controller.adapters.mqtt.commands import AssignClient, CommandRejected, ParsedCommand
+from controller.adapters.mqtt.discovery import discovery_messages
+from controller.adapters.mqtt.publisher import MqttPublisher
+from controller.adapters.mqtt.settings import MqttSettings, TlsSettings
+from controller.adapters.mqtt.telemetry import state_payload
+from controller.rules.model import (
     CoreState,
     GripLossAction,
     Inputs,
@@ -25,8 +28,6 @@ from controller.model import (
     SafetyConfig,
     StageConfig,
 )
-from controller.mqtt import MqttPublisher, MqttSettings, TlsSettings
-from controller.telemetry import state_payload
 from tests.broker import MosquittoBroker, start_or_fail
 from tests.mqtt.helpers import CommandLog, Observer, Received, make_settings, running, wait_until
 
@@ -569,7 +570,7 @@ async def test_pulled_state_measurements_throttled_state_fields_at_once(
 async def test_auto_protocol_falls_back_to_3_1_1_when_the_broker_ignores_mqtt_5() -> None:
     """amqtt 0.12 neither answers nor refuses an MQTT 5 CONNECT with a will: after the
     connect timeout the publisher tries 3.1.1 at once and gets through."""
-    from controller.broker import DemoBroker
+    from controller.tools.broker import DemoBroker
 
     async with DemoBroker("amqtt") as broker:
         settings = MqttSettings(

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from controller.commands import CommandRejected, ParsedCommand
-from controller.discovery import discovery_messages
-from controller.model import RemoteLowerTarget, RemoteStop
-from controller.mqtt import MqttPublisher, MqttSettings
+from controller.adapters.mqtt.commands import CommandRejected, ParsedCommand
+from controller.adapters.mqtt.discovery import discovery_messages
+from controller.adapters.mqtt.publisher import MqttPublisher
+from controller.adapters.mqtt.settings import MqttSettings
+from controller.rules.model import RemoteLowerTarget, RemoteStop
 from tests.broker import MosquittoBroker
 from tests.mqtt.helpers import (
     CommandLog,
@@ -244,7 +245,7 @@ async def test_command_flood_does_not_starve_the_loop(
 async def test_falls_back_to_mqtt_311_when_the_broker_refuses_5(
     mosquitto: MosquittoBroker, treadmill_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level("INFO", logger="controller.mqtt")
+    caplog.set_level("INFO", logger="controller.adapters.mqtt.publisher")
     log = CommandLog()
     async with (
         Mqtt311OnlyProxy(mosquitto.host, mosquitto.port) as proxy,

@@ -10,13 +10,10 @@ from typing import Any
 
 import pytest
 
-from controller.config import read_mqtt_credentials
+from controller.adapters.mqtt.publisher import MqttPublisher
+from controller.adapters.mqtt.settings import MqttSettings, TlsSettings
 from controller.errors import CredentialsError
-from controller.mqtt import (
-    MqttPublisher,
-    MqttSettings,
-    TlsSettings,
-)
+from controller.settings.credentials import read_mqtt_credentials
 from tests.mqtt.helpers import CommandLog, wait_until
 
 
@@ -171,7 +168,7 @@ async def test_run_against_nothing_keeps_retrying_and_stops_on_cancel() -> None:
 def test_incoming_queue_drops_the_oldest_non_stop_and_never_a_stop() -> None:
     import aiomqtt
 
-    from controller.mqtt import _incoming_queue_type
+    from controller.adapters.mqtt.publisher import _incoming_queue_type
 
     dropped: list[int] = []
     created: list[object] = []

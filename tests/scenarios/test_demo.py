@@ -13,8 +13,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from controller.broker import DemoBroker
-from controller.view import (
+from controller.tools.broker import DemoBroker
+from controller.tools.view import (
     TreadmillView,
     ViewEvent,
     gauge,

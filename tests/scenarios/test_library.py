@@ -16,15 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.scenario import (
-    ScenarioResult,
-    ScenarioRunError,
-    format_report,
-    load_scenario,
-    load_scenario_config,
-    run_scenarios,
-)
-from controller.virtual_time import run_virtual
+from controller.tools.scenario import ScenarioRunError, run_scenarios
+from controller.tools.scenario_results import ScenarioResult, format_report
+from controller.tools.scenario_spec import load_scenario, load_scenario_config
+from controller.tools.virtual_time import run_virtual
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO_DIR = REPO / "scenarios"

@@ -14,8 +14,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from controller.monitor import Fleet
-from controller.view import wrap_line
+from controller.tools.monitor import Fleet
+from controller.tools.view import wrap_line
 from tests.broker import MosquittoBroker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,7 +159,7 @@ def test_fleet_with_an_id_ignores_the_others() -> None:
 
 
 def test_monitor_refuses_bad_options(tmp_path: Path) -> None:
-    from controller.monitor import monitor_main
+    from controller.tools.monitor import monitor_main
 
     empty = tmp_path / "empty"
     empty.write_text("\n", encoding="utf-8")

@@ -10,20 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from controller.scenario import (
-    EXIT_FAILED,
-    EXIT_INVALID,
-    EXIT_OK,
-    ExpectSpec,
-    ScenarioError,
+from controller.tools.scenario import EXIT_FAILED, EXIT_INVALID, EXIT_OK, ScenarioError
+from controller.tools.scenario_cli import scenario_main
+from controller.tools.scenario_results import (
     StepRecord,
     TimelineRow,
     evaluate,
     find_stops,
-    load_scenario_text,
     measure_stop,
-    scenario_main,
 )
+from controller.tools.scenario_spec import ExpectSpec, load_scenario_text
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "config" / "demo.yaml"
@@ -203,8 +199,8 @@ def test_invalid_scenarios_are_explained(text: str, expected: str) -> None:
 
 
 def test_stage_by_name_and_unknown_stage() -> None:
-    from controller.config import load_config
-    from controller.scenario import resolve_stage
+    from controller.settings.config import load_config
+    from controller.tools.scenario_spec import resolve_stage
 
     config = load_config(DEMO_CONFIG)
     by_name = load_scenario_text("duration_s: 1\nstage: Backward Jog\n", "s.yaml", base_dir=REPO)
@@ -303,15 +299,14 @@ def test_training_steps_run_with_the_training_program(tmp_path: Path) -> None:
 async def test_plot_marks_the_stage_limit_and_the_grip_grace_window(tmp_path: Path) -> None:
     """The grace window starts when the grip is released at a grip-watched stage and lasts
     the stage's grace time (the fault comes at its end); the limit follows the stage."""
-    from controller.scenario import (
+    from controller.tools.scenario import run_scenario
+    from controller.tools.scenario_plot import (
         grace_windows,
         grouped_events,
-        load_scenario,
-        load_scenario_config,
-        run_scenario,
         stage_limit_series,
         write_plot,
     )
+    from controller.tools.scenario_spec import load_scenario, load_scenario_config
 
     path = REPO / "scenarios" / "grip_loss_stage2_stops_after_longer_grace.yaml"
     scenario = load_scenario(path)

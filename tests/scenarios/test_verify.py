@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import load_config
-from controller.verify import (
+from controller.settings.config import load_config
+from controller.tools.verify import (
     ALLOWANCE_S,
     RUNAWAY_ACCEL_KMH_S,
     stop_limit_s,
@@ -100,7 +100,7 @@ def test_unknown_stage_is_refused() -> None:
 def test_SR_CHAN_report_lists_uncovered_double_faults_without_a_belt_sensor(
     tmp_path: Path,
 ) -> None:
-    from controller.verify import UNCOVERED_WITHOUT_SECOND_CHANNEL, channel_coverage
+    from controller.tools.verify import UNCOVERED_WITHOUT_SECOND_CHANNEL, channel_coverage
 
     with_sensor = load_config(DEMO_CONFIG)
     lines = channel_coverage(with_sensor)

@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 
-from controller.virtual_time import VirtualTimeLoop, run_virtual
+from controller.tools.virtual_time import VirtualTimeLoop, run_virtual
 
 
 def test_an_hour_of_sleep_takes_no_real_time() -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from controller.config import load_config
-from controller.service import Service
+from controller.runtime.service import Service
+from controller.settings.config import load_config
 from firmware_bridge.sim.firmware import SimConfig
 from firmware_bridge.sim.pty import PtySimulator
 from tests.waiting import wait_until

@@ -7,8 +7,8 @@ from gpiozero.pins.mock import MockFactory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.beltsensor import BeltSensor, BeltSensorError, PulseSpeedEstimator
-from controller.gpio import TimedMockPin, mock_pin_factory
+from controller.adapters.gpio.beltsensor import BeltSensor, BeltSensorError, PulseSpeedEstimator
+from controller.adapters.gpio.inputs import TimedMockPin, mock_pin_factory
 
 MM = 62.7
 

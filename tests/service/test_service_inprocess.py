@@ -1,6 +1,6 @@
 """The real service, in-process, against the simulated firmware on a pseudo-terminal.
 
-Inputs go through gpiozero's mock pins (controller.mockpanel), frames through the real bridge
+Inputs go through gpiozero's mock pins (controller.tools.mockpanel), frames through the real bridge
 and a real pty; the belt speed asserted is the simulator's true belt speed.
 """
 
@@ -16,12 +16,10 @@ from typing import Any
 
 import pytest
 
-from controller import core as service_core
-from controller import service as service_module
-from controller.commands import CommandRejected
-from controller.config import load_config
-from controller.gpio import BUTTON_LOCKOUT_MS
-from controller.model import (
+from controller.adapters.gpio.inputs import BUTTON_LOCKOUT_MS
+from controller.adapters.mqtt.commands import CommandRejected
+from controller.rules import core as service_core
+from controller.rules.model import (
     FaultCode,
     Mode,
     RemoteLowerTarget,
@@ -30,10 +28,13 @@ from controller.model import (
     SetTarget,
     StopKind,
 )
-from controller.service import Service, TickRecord
-from firmware_bridge.messages import EStop, Stop
-from firmware_bridge.messages import SetSpeed as WireSetSpeed
+from controller.runtime import service as service_module
+from controller.runtime.service import Service
+from controller.runtime.stats import TickRecord
+from controller.settings.config import load_config
 from firmware_bridge.sim.pty import PtySimulator
+from firmware_bridge.wire.messages import EStop, Stop
+from firmware_bridge.wire.messages import SetSpeed as WireSetSpeed
 from tests.service.harness import running_service, write_config
 from tests.waiting import wait_until
 
@@ -312,7 +313,7 @@ async def test_repeated_command_rejected_is_folded_into_one_line(
     """Holding ``+`` at the stage limit: one ``command_rejected`` is logged and published,
     the repeats are counted and reported with the next one after the fold window."""
     monkeypatch.setattr(service_module, "FOLD_REPEATS_MS", 2000)
-    caplog.set_level(logging.INFO, logger="controller.service")
+    caplog.set_level(logging.INFO, logger="controller.runtime.service")
     async with running_service(tmp_path, edit=no_training) as service:
         panel = service.mock_panel
         assert panel is not None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.model import Mode
+from controller.rules.model import Mode
 from firmware_bridge.sim.pty import PtySimulator
 from tests.service.harness import NotifyListener, ServiceProcess, write_config
 from tests.waiting import wait_until

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from controller.config import load_config
-from controller.service import TIMER_MARGIN_S, Service, monotonic_ms
+from controller.runtime.service import TIMER_MARGIN_S, Service, monotonic_ms
+from controller.settings.config import load_config
 from tests.service.harness import write_config
 
 

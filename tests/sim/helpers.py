@@ -15,10 +15,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from firmware_bridge.bridge import FirmwareBridge, FirmwareLimits
-from firmware_bridge.codec import Frame, FrameDecoder, encode_frame
-from firmware_bridge.link import SequenceCounter
-from firmware_bridge.messages import (
+from firmware_bridge.port.bridge import FirmwareBridge, FirmwareLimits
+from firmware_bridge.sim.firmware import SimConfig, SimFirmware
+from firmware_bridge.sim.physics import PhysicsParams
+from firmware_bridge.wire.codec import Frame, FrameDecoder, encode_frame
+from firmware_bridge.wire.link import SequenceCounter
+from firmware_bridge.wire.messages import (
     Ack,
     Configure,
     FaultReport,
@@ -31,8 +33,6 @@ from firmware_bridge.messages import (
     Status,
     host_hello,
 )
-from firmware_bridge.sim.firmware import SimConfig, SimFirmware
-from firmware_bridge.sim.physics import PhysicsParams
 
 #: The limits the tests configure (within the simulator's default ceilings 16 km/h, 2 km/h/s).
 LIMITS = FirmwareLimits(

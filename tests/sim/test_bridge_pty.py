@@ -19,19 +19,11 @@ from pathlib import Path
 import pytest
 import serial
 
-from firmware_bridge.bridge import FirmwareBridge
-from firmware_bridge.codec import FrameDecoder, encode_frame
-from firmware_bridge.messages import (
-    Configure,
-    EStop,
-    FwFault,
-    FwState,
-    Hello,
-    SetSpeed,
-    Stop,
-)
+from firmware_bridge.port.bridge import FirmwareBridge
 from firmware_bridge.sim.firmware import SimConfig, SimFault
 from firmware_bridge.sim.pty import PtySimulator
+from firmware_bridge.wire.codec import FrameDecoder, encode_frame
+from firmware_bridge.wire.messages import Configure, EStop, FwFault, FwState, Hello, SetSpeed, Stop
 from tests.sim.helpers import LIMITS, configure_msg, monotonic_ms, renewing, running_bridge
 from tests.waiting import wait_until
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from firmware_bridge.messages import FwFault
 from firmware_bridge.sim.cli import execute_command, sim_main
 from firmware_bridge.sim.firmware import SimFault
 from firmware_bridge.sim.pty import PtySimulator
+from firmware_bridge.wire.messages import FwFault
 from tests.sim.helpers import running_bridge
 from tests.waiting import wait_until
 

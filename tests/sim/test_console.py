@@ -7,7 +7,7 @@ import random
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from controller.keyrelay import KeyRelayError, KeyRelayOutput
+from controller.adapters.gpio.keyrelay import KeyRelayError, KeyRelayOutput
 from firmware_bridge.sim.console import ConsoleParams, ConsoleTreadmill, KeyRelay
 from firmware_bridge.sim.physics import PhysicsParams
 

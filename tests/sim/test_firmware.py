@@ -13,9 +13,16 @@ from typing import Any
 
 import pytest
 
-from firmware_bridge.codec import SYNC, FrameDecoder, encode_frame
-from firmware_bridge.crc import crc16
-from firmware_bridge.messages import (
+from firmware_bridge.sim.firmware import (
+    CATEGORY_0_FAULTS,
+    InjectedFault,
+    SimConfig,
+    SimFault,
+    SimFirmware,
+)
+from firmware_bridge.wire.codec import SYNC, FrameDecoder, encode_frame
+from firmware_bridge.wire.crc import crc16
+from firmware_bridge.wire.messages import (
     Ack,
     ClearFault,
     Configure,
@@ -33,13 +40,6 @@ from firmware_bridge.messages import (
     Status,
     Stop,
     host_hello,
-)
-from firmware_bridge.sim.firmware import (
-    CATEGORY_0_FAULTS,
-    InjectedFault,
-    SimConfig,
-    SimFault,
-    SimFirmware,
 )
 from tests.sim.helpers import LEASE_MS, LIMITS, Host, configure_msg, quiet_physics
 

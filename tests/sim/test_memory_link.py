@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from controller.virtual_time import run_virtual
-from firmware_bridge.bridge import FirmwareBridge, FirmwareLimits
+from controller.tools.virtual_time import run_virtual
+from firmware_bridge.port.bridge import FirmwareBridge, FirmwareLimits
 from firmware_bridge.sim.memory import MEMORY_PORT, MemorySimulator
 
 

@@ -16,10 +16,10 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from firmware_bridge.codec import encode_frame
-from firmware_bridge.messages import FwFault, FwState, SetSpeed, host_hello
 from firmware_bridge.sim.firmware import SimConfig
 from firmware_bridge.sim.pty import PtySimulator
+from firmware_bridge.wire.codec import encode_frame
+from firmware_bridge.wire.messages import FwFault, FwState, SetSpeed, host_hello
 from tests.sim.helpers import LEASE_MS, configure_msg, quiet_physics
 from tests.waiting import wait_until
 

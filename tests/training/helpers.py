@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from controller.model import (
+from controller.rules.model import (
     CoreState,
     Event,
     Fault,

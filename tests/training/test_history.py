@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.training.config import WeeklyGoalConfig
-from controller.training.history import (
+from controller.tools.history import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -21,6 +20,7 @@ from controller.training.history import (
     history_main,
     weekly_rows,
 )
+from controller.training.config import WeeklyGoalConfig
 from controller.training.store import ClientRecord, SessionStore
 from tests.training.helpers import record
 
@@ -269,8 +269,8 @@ def test_until_picks_the_last_week_and_the_current_week_is_marked(small_db: Path
 def test_report_carries_the_sessions_of_the_weeks_shown_for_the_speed_plot() -> None:
     """The speed-progression panel plots each session of the weeks shown, in order, and no
     session after the report's last week (``--until``)."""
+    from controller.tools.history import build_reports
     from controller.training.config import TrainingConfig
-    from controller.training.history import build_reports
 
     monday = date(2025, 3, 24)
     sessions = [

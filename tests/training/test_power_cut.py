@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.model import Event
+from controller.rules.model import Event
 from controller.training.config import TrainingConfig
 from controller.training.program import TrainingProgram
 from controller.training.sessions import EndReason, SessionStatus

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from controller.errors import StoreSchemaTooNewError
-from controller.model import Event, FaultCode, Mode
+from controller.rules.model import Event, FaultCode, Mode
 from controller.training.config import TrainingConfig
 from controller.training.program import TrainingProgram
 from controller.training.sessions import SessionRecord, SessionStatus

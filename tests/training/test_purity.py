@@ -41,7 +41,7 @@ def test_pure_modules_import_no_io(module: str) -> None:
 
 def test_the_pure_modules_import_only_the_model_and_each_other() -> None:
     allowed_internal = {
-        "controller.model",
+        "controller.rules.model",
         "controller.training.config",
         "controller.training.sessions",
     }

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from controller.model import CoreState, Event, FaultCode, Mode
+from controller.rules.model import CoreState, Event, FaultCode, Mode
 from controller.training.sessions import (
     MAX_TICK_GAP_MS,
     EndReason,

@@ -1,0 +1,527 @@
+"""``treadmill demo``: the real controller on a simulated treadmill, in one terminal.
+
+Runs :class:`~controller.runtime.service.Service` in-process against the simulated firmware on a
+pseudo-terminal (``serial.port: sim://``), with gpiozero mock pins for the grips, e-stop,
+safety key and buttons, and a throw-away MQTT broker on 127.0.0.1 (:mod:`controller.tools.broker`)
+so the same telemetry can be watched with ``mosquitto_sub`` or ``treadmill monitor``.
+
+On a terminal the view (:mod:`controller.tools.view`) is redrawn several times a second and keys
+drive the mock console::
+
+    g grip (both hands / none)   s START   x STOP   + / - target +-0.5 km/h
+    1-4 stage                    e e-stop  k safety key   r RESET
+    c USB cable unplug / plug    q quit (stops the belt first)
+
+Without a terminal (stdin or stdout not a tty, e.g. in CI) a short built-in session runs
+instead (grip, start, ramp, release the grip -> stop and fault, reset) and the state is
+printed as plain lines twice a second; it exits 0 when the session went as expected.
+
+Nothing is kept: the state directory, the mock-panel socket and the broker live in a
+temporary folder removed at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import termios
+import time
+import tty
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, TextIO
+
+from controller.tools.broker import BrokerUnavailableError, DemoBroker
+from controller.tools.view import (
+    HIDE_CURSOR,
+    SHOW_CURSOR,
+    StageLimits,
+    TreadmillView,
+    ViewEvent,
+    render_line,
+    render_screen,
+    screen_text,
+    stage_limits,
+    view_from_state,
+)
+
+if TYPE_CHECKING:
+    from controller.rules.model import Event
+    from controller.runtime.service import Service
+    from controller.runtime.stats import TickRecord
+    from controller.settings.schema import AppConfig
+    from controller.tools.mockpanel import MockPanel
+
+__all__ = ["demo_config", "demo_main"]
+
+logger = logging.getLogger(__name__)
+
+REFRESH_S: Final = 0.15  # screen redraws: about 7 a second
+PLAIN_EVERY_S: Final = 0.5  # plain-text state lines: twice a second
+TARGET_STEP_KMH: Final = 0.5
+TARGET_KEYS_ADD_UP_MS: Final = 200  # +/- keys closer together than this add up
+EVENTS_SHOWN: Final = 6
+ALT_SCREEN_ON: Final = "\x1b[?1049h"
+ALT_SCREEN_OFF: Final = "\x1b[?1049l"
+STARTUP_TIMEOUT_S: Final = 20.0
+
+KEY_HELP: Final = (
+    "  keys: g grip  s START  x STOP  +/- target  1-4 stage  e e-stop  k key  r RESET",
+    "        c cable unplug/plug  q quit",
+)
+
+
+def bundled_config_path() -> Path:
+    """The demo config shipped with the package (``config/demo.yaml``)."""
+    from controller.resources import bundled_config  # noqa: PLC0415 - keeps --help fast
+
+    return bundled_config("demo.yaml")
+
+
+def demo_config(
+    base: AppConfig,
+    *,
+    state_dir: Path,
+    broker: tuple[str, int] | None,
+    training: bool,
+    port: str = "sim://",
+    mqtt_protocol: str = "auto",
+) -> AppConfig:
+    """``base`` on the simulator and mock pins, its state in ``state_dir``, MQTT to ``broker``
+    with ``mqtt_protocol`` (``3.1.1`` for amqtt, which hangs on an MQTT 5 CONNECT).
+
+    ``port``: the firmware's serial port; the default runs the simulator in-process, a path
+    talks to a firmware runner such as ``treadmill sim --avr firmware/build/treadmill.elf``.
+    """
+    serial = base.serial.model_copy(update={"port": port})
+    gpio = base.gpio.model_copy(
+        update={"pin_factory": "mock", "mock_socket": str(state_dir / "gpio.sock")}
+    )
+    mqtt_update: dict[str, object] = {"enabled": broker is not None}
+    if broker is not None:
+        mqtt_update.update(
+            host=broker[0],
+            port=broker[1],
+            tls=None,
+            credentials_file=None,
+            protocol=mqtt_protocol,
+        )
+    mqtt = base.mqtt.model_copy(update=mqtt_update)
+    training_section = base.training.model_copy(update={"enabled": training})
+    return base.model_copy(
+        update={
+            "serial": serial,
+            "gpio": gpio,
+            "mqtt": mqtt,
+            "state_dir": str(state_dir),
+            "training": training_section,
+        }
+    )
+
+
+@dataclass
+class _RunMeter:
+    """Time and belt distance since the last START (when there is no training session)."""
+
+    started_ms: int | None = None
+    last_ms: int | None = None
+    elapsed_s: float = 0.0
+    distance_m: float = 0.0
+
+    def observe(self, record: TickRecord) -> None:
+        if any(event.kind == "started" for event in record.events):
+            self.started_ms = record.now_ms
+            self.elapsed_s = 0.0
+            self.distance_m = 0.0
+        belt = record.belt_true_kmh
+        if belt is None and record.inputs.firmware is not None:
+            belt = record.inputs.firmware.measured_kmh
+        if self.started_ms is not None and self.last_ms is not None:
+            dt_s = (record.now_ms - self.last_ms) / 1000.0
+            if record.state.mode.value in ("running", "stopping") or (belt or 0.0) > 0.1:
+                self.elapsed_s += dt_s
+                self.distance_m += (belt or 0.0) / 3.6 * dt_s
+        self.last_ms = record.now_ms
+
+
+class _Demo:
+    """One demo run: the service, its mock console, and what the view shows."""
+
+    def __init__(self, service: Service, broker: DemoBroker | None, socket_path: Path) -> None:
+        self.service = service
+        self.broker = broker
+        self.socket_path = socket_path
+        self.meter = _RunMeter()
+        self.t0_ms = time.monotonic_ns() // 1_000_000
+        self.grip_held = False
+        self.estop_pressed = False
+        self.key_inserted = True
+        self.cable_plugged = True
+        self._target: tuple[float, int] | None = None  # (km/h, when) of the last +/- key
+        self._panel: MockPanel | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.pending_events: list[tuple[int, Event]] = []
+        service.observers.append(self._observe)
+
+    def _observe(self, record: TickRecord) -> None:
+        self.meter.observe(record)
+        self.pending_events.extend((record.now_ms, event) for event in record.events)
+
+    @property
+    def panel(self) -> MockPanel:
+        if self._panel is None:
+            from controller.tools.mockpanel import MockPanel  # noqa: PLC0415 - needs the service
+
+            self._panel = MockPanel(self.service)
+        return self._panel
+
+    def notes(self) -> tuple[str, ...]:
+        lines = list(KEY_HELP)
+        if self.broker is not None:
+            lines.append(f"  telemetry: {self.broker.subscribe_hint()}")
+            lines.append(f"  or: treadmill monitor --port {self.broker.port}")
+        else:
+            lines.append("  MQTT off: no broker (install mosquitto, or pip install -e '.[demo]')")
+        lines.append(
+            f"  mock console socket: {self.socket_path} (see controller/tools/mockpanel.py)"
+        )
+        return tuple(lines)
+
+    def limits(self) -> StageLimits | None:
+        stages = self.service.config.stage_configs()
+        stage = self.service.state.stage
+        return stage_limits(stages[stage - 1]) if 1 <= stage <= len(stages) else None
+
+    def events(self) -> tuple[ViewEvent, ...]:
+        shown = [
+            (now_ms, event)
+            for now_ms, event in self.service.event_log
+            if event.kind not in ("transition", "target_changed")
+        ][-EVENTS_SHOWN:]
+        return tuple(
+            ViewEvent(f"{(now_ms - self.t0_ms) / 1000:.1f} s", event.kind, event.message)
+            for now_ms, event in shown
+        )
+
+    def view(self, *, with_notes: bool) -> TreadmillView:
+        now_ms = time.monotonic_ns() // 1_000_000
+        payload = self.service.telemetry(now_ms)
+        gauge_max = max(stage.max_kmh for stage in self.service.config.stage_configs())
+        return view_from_state(
+            payload,
+            title=f"{self.service.config.treadmill.name} (simulated)",
+            events=self.events(),
+            limits=self.limits(),
+            gauge_max_kmh=gauge_max,
+            session_s=self.meter.elapsed_s if self.meter.started_ms is not None else None,
+            distance_m=self.meter.distance_m if self.meter.started_ms is not None else None,
+            notes=self.notes() if with_notes else (),
+        )
+
+    # ------------------------------------------------------------------ console actions
+
+    def key(self, char: str) -> None:
+        """One key press from the terminal."""
+        from controller.rules.model import SelectStage, SetTarget  # noqa: PLC0415
+
+        service = self.service
+        if service.panel is None:
+            return  # inputs not open yet
+        if char == "g":
+            self.grip_held = not self.grip_held
+            self.panel.grip("both" if self.grip_held else "none")
+        elif char == "s":
+            self.panel.press("start")
+        elif char == "x":
+            self.panel.press("stop")
+        elif char in "+=-_":
+            step = TARGET_STEP_KMH if char in "+=" else -TARGET_STEP_KMH
+            service.submit_local(SetTarget(self.next_target(step)))
+        elif char in "1234":
+            service.submit_local(SelectStage(int(char)))
+        elif char == "e":
+            self.estop_pressed = not self.estop_pressed
+            self.panel.estop(self.estop_pressed)
+        elif char == "k":
+            self.key_inserted = not self.key_inserted
+            self.panel.safety_key(self.key_inserted)
+        elif char == "r":
+            self.panel.press("reset")
+        elif char == "c":
+            self.toggle_cable()
+        elif char in ("q", "\x04"):
+            service.request_shutdown("quit from the demo")
+
+    def next_target(self, step_kmh: float) -> float:
+        """The target after one +/- key: keys faster than a control tick add up."""
+        now_ms = time.monotonic_ns() // 1_000_000
+        base = self.service.state.target_kmh
+        if self._target is not None and now_ms - self._target[1] < TARGET_KEYS_ADD_UP_MS:
+            base = self._target[0]
+        target = max(0.0, round(base + step_kmh, 2))
+        self._target = (target, now_ms)
+        return target
+
+    def toggle_cable(self) -> None:
+        simulator = self.service.simulator
+        if simulator is None:
+            return
+        from firmware_bridge.sim.firmware import SimFault  # noqa: PLC0415
+
+        self.cable_plugged = not self.cable_plugged
+        action = simulator.clear if self.cable_plugged else simulator.inject
+        task = asyncio.get_running_loop().create_task(action(SimFault.DISCONNECT))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+# ---------------------------------------------------------------------------- running
+
+
+async def _wait_for(predicate: Callable[[], bool], run: asyncio.Task[int], what: str) -> bool:
+    """Poll until ``predicate``; False if the service ended first. Raises on timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_TIMEOUT_S
+    while not predicate():
+        if run.done():
+            return False
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out after {STARTUP_TIMEOUT_S:g} s waiting for {what}")
+        await asyncio.sleep(0.005)  # polling the starting service
+    return True
+
+
+async def _start_broker(kind: str, err: TextIO) -> DemoBroker | None:
+    if kind == "none":
+        return None
+    broker = DemoBroker(kind)  # type: ignore[arg-type]  # argparse restricts the choices
+    try:
+        await broker.start()
+    except BrokerUnavailableError as exc:
+        if kind != "auto":
+            raise
+        err.write(f"demo: running without MQTT: {exc}\n")
+        return None
+    return broker
+
+
+async def _interactive(demo: _Demo, run: asyncio.Task[int], out: TextIO) -> None:
+    """Full-screen view and keys until the service stops."""
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    out.write(ALT_SCREEN_ON + HIDE_CURSOR)
+    try:
+        tty.setcbreak(fd)  # keys one by one, no echo; Ctrl-C still stops the demo (SIGINT)
+
+        def on_key() -> None:
+            try:
+                data = os.read(fd, 64)
+            except OSError:
+                return
+            if not data:  # end of input: quit
+                demo.service.request_shutdown("end of terminal input")
+                return
+            for char in data.decode("utf-8", errors="ignore"):
+                try:
+                    demo.key(char)
+                except Exception:  # a key must never take the demo down; log it
+                    logger.exception("key %r failed", char)
+
+        loop.add_reader(fd, on_key)
+        try:
+            while not run.done():
+                width = shutil.get_terminal_size((100, 40)).columns
+                lines = render_screen(demo.view(with_notes=True), width=width)
+                out.write(screen_text(lines))
+                out.flush()
+                await asyncio.wait({run}, timeout=REFRESH_S)
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        out.write(SHOW_CURSOR + ALT_SCREEN_OFF)
+        out.flush()
+
+
+#: The built-in session without a terminal: (seconds after ready, action, words).
+HEADLESS_SCRIPT: Final[tuple[tuple[float, str], ...]] = (
+    (0.3, "stage 2"),
+    (0.5, "grip both"),
+    (1.0, "press start"),
+    (1.2, "target 2.0"),
+    (6.0, "grip none"),  # grip loss at stage 2: after 800 ms a controlled stop, fault latched
+    (8.0, "grip both"),
+    (10.0, "press reset"),  # at rest (the sensor reads 0 about 2 s after the last pulse)
+    (11.0, "quit"),
+)
+
+
+async def _headless(demo: _Demo, run: asyncio.Task[int], out: TextIO) -> bool:
+    """Run :data:`HEADLESS_SCRIPT`, printing plain state lines; True if it went as expected."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    seen: set[str] = set()
+    next_line = start
+    script = list(HEADLESS_SCRIPT)
+    while not run.done():
+        now = loop.time()
+        while script and now - start >= script[0][0]:
+            _at, action = script.pop(0)
+            out.write(f"{now - start:6.1f} s  > {action}\n")
+            if action == "quit":
+                demo.service.request_shutdown("end of the demo session")
+            else:
+                demo.panel.handle(action)
+        events, demo.pending_events = demo.pending_events, []
+        for _now_ms, event in events:
+            seen.add(event.kind)
+            out.write(f"{now - start:6.1f} s  event {event.kind}: {event.message}\n")
+        if now >= next_line:
+            out.write(f"{now - start:6.1f} s  {render_line(demo.view(with_notes=False))}\n")
+            next_line += PLAIN_EVERY_S
+        out.flush()
+        await asyncio.wait({run}, timeout=0.1)
+    expected = {"started", "grip_lost", "fault", "fault_cleared"}
+    missing = expected - seen
+    if missing:
+        out.write(f"demo session incomplete: no {', '.join(sorted(missing))} event\n")
+    return not missing
+
+
+async def _demo(args: argparse.Namespace, interactive: bool, out: TextIO, err: TextIO) -> int:
+    from controller.adapters.gpio.inputs import mock_pin_factory  # noqa: PLC0415
+    from controller.runtime.service import Service  # noqa: PLC0415
+    from controller.settings.config import ConfigError, load_config  # noqa: PLC0415
+    from firmware_bridge.sim.pty import PtySimulator  # noqa: PLC0415
+
+    try:
+        base = load_config(Path(args.config) if args.config else bundled_config_path())
+    except ConfigError as exc:
+        for line in exc.lines():
+            err.write(line + "\n")
+        return 78
+    with tempfile.TemporaryDirectory(prefix="treadmill-demo-") as folder:
+        state_dir = Path(folder)
+        if interactive:
+            # Log lines would tear the screen: they go to a file shown at exit.
+            _log_to(logging.FileHandler(state_dir.parent / f"{state_dir.name}.log"))
+        broker = await _start_broker(args.broker, err)
+        try:
+            config = demo_config(
+                base,
+                state_dir=state_dir,
+                broker=(broker.host, broker.port) if broker is not None else None,
+                training=args.training,
+                port=args.port if args.port is not None else "sim://",
+                mqtt_protocol="3.1.1" if broker is not None and broker.kind == "amqtt" else "auto",
+            )
+            simulator = (
+                PtySimulator(seed=args.seed, link_path=state_dir / "firmware.tty")
+                if args.port is None
+                else None
+            )
+            service = Service(
+                config,
+                pin_factory=mock_pin_factory(),
+                simulator=simulator,
+                enable_mqtt=broker is not None,
+            )
+            demo = _Demo(service, broker, state_dir / "gpio.sock")
+            if broker is not None:
+                out.write(f"watch the telemetry: {broker.subscribe_hint()}\n")
+            run = asyncio.create_task(service.run(), name="demo-service")
+            ok = True
+            try:
+                if await _wait_for(lambda: service.panel is not None, run, "the GPIO inputs"):
+                    demo.panel.reset_inputs()
+                if await _wait_for(service.ready.is_set, run, "the simulated firmware"):
+                    if interactive:
+                        await _interactive(demo, run, out)
+                    else:
+                        out.write("no terminal: running the built-in demo session\n")
+                        ok = await _headless(demo, run, out)
+            finally:
+                if not run.done():
+                    service.request_shutdown("demo ending")
+                code = await run
+        finally:
+            if broker is not None:
+                await broker.stop()
+    if interactive:
+        out.write(f"demo stopped (exit {code}); log: {state_dir.parent / state_dir.name}.log\n")
+    if code == 0 and not ok:
+        return 1
+    return code
+
+
+def _log_to(handler: logging.Handler) -> None:
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="treadmill demo",
+        description="The controller on a simulated treadmill with a live terminal view. "
+        "Without a terminal it runs a short built-in session and exits.",
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="config (default: the bundled config/demo.yaml)",
+    )
+    parser.add_argument(
+        "--broker",
+        choices=("auto", "mosquitto", "amqtt", "none"),
+        default="auto",
+        help="MQTT broker on 127.0.0.1 for the telemetry (default: mosquitto if installed, "
+        "else amqtt)",
+    )
+    parser.add_argument(
+        "--training",
+        action="store_true",
+        help="keep the training program on (stages are then capped by the client's progress)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="simulator random seed")
+    parser.add_argument(
+        "--port",
+        metavar="PATH",
+        help="talk to the firmware on this port (the PTY printed by `treadmill sim --avr ELF` "
+        "or `--native`) instead of the in-process simulator",
+    )
+    parser.add_argument(
+        "--plain", action="store_true", help="run the built-in session even on a terminal"
+    )
+    return parser
+
+
+def demo_main(argv: list[str], out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """``treadmill demo``; returns the exit status."""
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    args = _parser().parse_args(argv)
+    interactive = not args.plain and sys.stdin.isatty() and sys.stdout.isatty()
+    if not interactive:
+        handler = logging.StreamHandler(err)
+        _log_to(handler)
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return asyncio.run(_demo(args, interactive, out, err))
+    except BrokerUnavailableError as exc:
+        err.write(f"demo: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        with contextlib.suppress(Exception):
+            logging.shutdown()
