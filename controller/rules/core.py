@@ -586,6 +586,15 @@ def next_deadline_ms(state: CoreState, inputs: Inputs, config: SafetyConfig) -> 
         elif lost_ms is not None and not state.grip_action_taken:
             candidates.append(max(lost_ms + stage.grip_grace_ms, soonest_ms))
         if (
+            WARNING_GRIP_SUSPECT in state.warnings
+            and grip_watched(stage)
+            and stage.on_grip_loss is GripLossAction.STOP_LATCH
+        ):
+            # A chattering sensor at a stage that latches on grip loss latches at the next
+            # grip check (SR-GRIP-6); a stage lowered by a command later in the tick makes
+            # that the next millisecond.
+            candidates.append(soonest_ms)
+        if (
             grip_watched(stage)
             and state.grip_changed_ms is not None
             and WARNING_GRIP_STUCK not in state.warnings

@@ -212,3 +212,30 @@ def test_SR_GRIP_7_deadline_is_the_end_of_the_stuck_window() -> None:
     assert decision.next_deadline_ms == changed_ms + 400
     at = decide(decision.state, rig.inputs(), config, changed_ms + 400)
     assert [e.kind for e in at.events] == ["grip_sensor_stuck"]
+
+
+def test_SR_TIMER_1_a_stage_lowered_onto_a_chattering_sensor_acts_at_the_next_millisecond() -> None:
+    """Found by the property above: both hands released at once are two edges (a chatter at
+    ``grip_chatter_edges=2``) and a remote cap lowers the stage to one that latches on a
+    chattering sensor, after the tick's grip check: the latch is due at the next millisecond."""
+    config = make_config(
+        *DEFAULT_STAGES,
+        stale_ms=60,
+        overspeed_ms=20,
+        follow_ms=20,
+        moving_at_rest_ms=20,
+        grip_chatter_edges=2,
+        grip_chatter_window_ms=50,
+        grip_stuck_window_ms=100,
+    )
+    rig = running_rig(config, 3)
+    rig.now_ms += 1
+    rig.grip = (False, False)
+    inputs = rig.inputs((), (RemoteLowerStageCap(stage=1),))
+    decision = decide(rig.core, inputs, config, rig.now_ms)
+    assert decision.state.mode is Mode.RUNNING
+    assert decision.next_deadline_ms == rig.now_ms + 1
+    assert_deadline_holds(decision, inputs, config, rig.now_ms, [])
+    at = decide(decision.state, inputs, config, rig.now_ms + 1)
+    assert at.state.fault is not None
+    assert at.state.fault.code is FaultCode.GRIP_SENSOR
