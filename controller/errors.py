@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "BeltSensorError",
     "BrokerUnavailableError",
     "ConfigError",
     "ConfigIssue",
@@ -27,6 +28,7 @@ __all__ = [
     "GpioError",
     "MessageError",
     "MockPanelError",
+    "ResourceMissingError",
     "ScenarioError",
     "ScenarioRunError",
     "StoreCorruptError",
@@ -110,6 +112,14 @@ class UnknownMessageError(MessageError):
 
 class GpioError(TreadmillError, RuntimeError):
     """A GPIO input could not be opened. The message names the input, the pin and what to do."""
+
+
+class BeltSensorError(TreadmillError, RuntimeError):
+    """The belt sensor's pin could not be opened. The message names the pin and what to do."""
+
+
+class ResourceMissingError(TreadmillError, FileNotFoundError):
+    """A bundled file is in neither the package nor the source tree (a broken install)."""
 
 
 class StoreError(TreadmillError, RuntimeError):

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
+from controller.errors import ResourceMissingError
+
 __all__ = [
     "BUNDLED_CONFIGS",
     "bundled_config",
@@ -25,10 +27,6 @@ _SOURCE_TREE: Final = _PACKAGE_DIR.parent
 
 BUNDLED_CONFIGS: Final[tuple[str, ...]] = ("demo.yaml", "treadmill.yaml")
 """Config files shipped in the wheel (from ``config/``)."""
-
-
-class ResourceMissingError(FileNotFoundError):
-    """A bundled file is in neither the package nor the source tree (a broken install)."""
 
 
 def bundled_config(name: str) -> Path:

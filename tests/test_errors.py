@@ -37,3 +37,23 @@ def test_the_examples_in_the_errors_module_run() -> None:
     result = doctest.testmod(controller.errors)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_no_public_error_is_defined_outside_the_errors_module() -> None:
+    """Private control-flow signals (``_LinkDownError``) stay in their module; every error a
+    caller may see lives in controller/errors.py."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    outside = []
+    for package in ("controller", "firmware_bridge"):
+        for path in sorted((root / package).rglob("*.py")):
+            if path.name == "errors.py":
+                continue
+            for node in ast.parse(path.read_text(encoding="utf-8")).body:
+                if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                    bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
+                    if any(b.endswith(("Error", "Exception")) for b in bases):
+                        outside.append(f"{path.relative_to(root)}: {node.name}")
+    assert outside == [], "define these in controller/errors.py"

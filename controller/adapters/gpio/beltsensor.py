@@ -34,6 +34,7 @@ import math
 import threading
 from typing import Any
 
+from controller.errors import BeltSensorError
 from controller.rules.model import BeltSensorReading
 
 __all__ = ["BeltSensor", "BeltSensorError", "PulseSpeedEstimator"]
@@ -42,10 +43,6 @@ logger = logging.getLogger(__name__)
 
 #: km/h per (mm/ms): 1 mm/ms = 1 m/s = 3.6 km/h.
 KMH_PER_MM_PER_MS = 3.6
-
-
-class BeltSensorError(RuntimeError):
-    """The belt sensor's pin could not be opened. The message names the pin and what to do."""
 
 
 class PulseSpeedEstimator:
