@@ -26,6 +26,7 @@ __all__ = [
     "ConfigIssue",
     "CredentialsError",
     "GpioError",
+    "KeyRelayError",
     "MessageError",
     "MockPanelError",
     "ResourceMissingError",
@@ -116,6 +117,10 @@ class GpioError(TreadmillError, RuntimeError):
 
 class BeltSensorError(TreadmillError, RuntimeError):
     """The belt sensor's pin could not be opened. The message names the pin and what to do."""
+
+
+class KeyRelayError(TreadmillError, RuntimeError):
+    """The relay output could not be opened. The message names the pin and what to do."""
 
 
 class ResourceMissingError(TreadmillError, FileNotFoundError):

@@ -19,13 +19,11 @@ from typing import Any
 
 from gpiozero import DigitalOutputDevice
 
+from controller.errors import KeyRelayError
+
 __all__ = ["KeyRelayError", "KeyRelayOutput"]
 
 logger = logging.getLogger(__name__)
-
-
-class KeyRelayError(RuntimeError):
-    """The relay output could not be opened. The message names the pin and what to do."""
 
 
 class KeyRelayOutput:
