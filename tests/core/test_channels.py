@@ -284,6 +284,22 @@ def test_SR_CHAN_3_overspeed_uses_the_higher_reading() -> None:
     assert is_estop(rig.history[-1])
 
 
+def test_SR_CHAN_3_fault_message_names_the_pi_sensor_as_the_source() -> None:
+    config = make_config(second_channel=replace(CHANNEL, disagree_ms=3000, agree_abs_kmh=2.0))
+    fast = at_speed(4.0, config=config)
+    fast.sensor_kmh = 5.0
+    fast.run_ms(2100)
+    fault = fast.core.fault
+    assert fault is not None
+    assert fault.message.startswith("Belt measured at 5.00 km/h (Pi belt sensor) for ")
+    slow = at_speed(4.0, config=config)
+    slow.measured_kmh = 3.0  # the firmware's own reading: no source named
+    slow.run_ms(2100)
+    fault = slow.core.fault
+    assert fault is not None
+    assert fault.message.startswith("Belt measured at 3.00 km/h for ")
+
+
 def test_SR_CHAN_3_overspeed_seen_on_the_pi_sensor_alone_when_the_link_is_stale() -> None:
     rig = at_speed(8.0)
     rig.link = "stale"
@@ -395,6 +411,16 @@ def test_SR_CHAN_exhaustive_one_tick(mode: str, sensor: str, link: str) -> None:
     if isinstance(decision.motion, SetSpeed):
         assert sensor in ("agree", "high", "zero")
         assert link == "fresh"
+
+
+def test_SR_CHAN_4_start_refused_names_the_pi_sensor_reading() -> None:
+    rig = idle(make_config(second_channel=replace(CHANNEL, disagree_ms=3000)))
+    rig.sensor_kmh = 0.2
+    blockers = start_blockers(rig.core, rig.inputs(), rig.config, rig.now_ms)
+    assert (
+        "the Pi's belt sensor still sees the belt moving (0.20 km/h): wait until it stands still"
+        in blockers
+    )
 
 
 def test_SR_CHAN_4_start_refused_without_a_pi_reading_says_so() -> None:

@@ -6,11 +6,19 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from controller.rules.core import decide, link_settled, start_blockers
-from controller.rules.model import Button, FaultCode, LinkHealth, Mode, Stop, StopKind
+from controller.rules.model import (
+    Button,
+    FaultCode,
+    LinkHealth,
+    Mode,
+    SafetyConfig,
+    Stop,
+    StopKind,
+)
 from tests.core.support import (
     DEFAULT_CONFIG,
     TICK_MS,
@@ -232,6 +240,145 @@ def test_SR_LINK_3_counters_going_back_start_a_new_window() -> None:
     decision = rig.tick()
     assert decision.state.link_window == (rig.now_ms, 5, 0)
     assert decision.state.mode is Mode.RUNNING
+
+
+def _fresh_window(
+    config: SafetyConfig = DEFAULT_CONFIG, received: int = 0, missed: int = 0
+) -> Rig:
+    """An IDLE rig whose first link-quality window starts now at the given counters."""
+    rig = Rig(
+        config=config,
+        link_health=LinkHealth(
+            up=True, session=1, frames_received=received, frames_missed=missed
+        ),
+    )
+    rig.tick()
+    assert rig.core.link_window == (rig.now_ms, received, missed)
+    return rig
+
+
+def _counters(rig: Rig, received: int, missed: int) -> None:
+    rig.link_health = LinkHealth(up=True, session=1, frames_received=received, frames_missed=missed)
+
+
+@pytest.mark.parametrize("extra", [-1, 0])
+def test_SR_LINK_3_boundary_at_exactly_link_window_min_frames(extra: int) -> None:
+    """Every frame lost: a window with exactly ``link_window_min_frames`` frames is judged,
+    one frame fewer is not."""
+    rig = _fresh_window()
+    sent = DEFAULT_CONFIG.link_window_min_frames + extra
+    rig.now_ms += DEFAULT_CONFIG.link_window_ms - TICK_MS
+    _counters(rig, 0, sent)
+    decision = rig.tick()
+    assert (decision.state.fault is not None) == (extra == 0)
+
+
+@pytest.mark.parametrize("missed", [10, 11])
+def test_SR_LINK_3_boundary_at_exactly_link_loss_max(missed: int) -> None:
+    """Half of 20 frames lost is exactly the limit (0.5): no fault; one more lost: fault."""
+    assert DEFAULT_CONFIG.link_loss_max == 0.5
+    rig = _fresh_window()
+    rig.now_ms += DEFAULT_CONFIG.link_window_ms - TICK_MS
+    _counters(rig, 20 - missed, missed)
+    decision = rig.tick()
+    assert (decision.state.fault is not None) == (missed == 11)
+
+
+def test_SR_LINK_3_fault_message_names_the_measured_and_limit_percentages() -> None:
+    config = DEFAULT_CONFIG.__class__(**{**DEFAULT_CONFIG.__dict__, "link_loss_max": 0.6})
+    rig = _fresh_window(config)
+    rig.now_ms += config.link_window_ms - TICK_MS
+    _counters(rig, 2, 8)
+    decision = rig.tick()
+    assert decision.state.fault is not None
+    assert decision.state.fault.message.startswith(
+        "Firmware link degraded: 8 of 10 frames from the motor controller lost in the last "
+        f"{config.link_window_ms} ms (80 %, limit 60 %)."
+    )
+
+
+@settings(deadline=None)
+@given(
+    start_received=st.integers(min_value=0, max_value=100_000),
+    start_missed=st.integers(min_value=0, max_value=100_000),
+    received=st.integers(min_value=0, max_value=200),
+    missed=st.integers(min_value=0, max_value=200),
+)
+@example(start_received=1000, start_missed=0, received=0, missed=20)
+@example(start_received=0, start_missed=1000, received=20, missed=0)
+@example(start_received=0, start_missed=100, received=100, missed=100)
+def test_SR_LINK_3_property_only_frames_since_the_window_start_count(
+    start_received: int, start_missed: int, received: int, missed: int
+) -> None:
+    """The counters run from the link's start: a window judges their growth only."""
+    rig = _fresh_window(received=start_received, missed=start_missed)
+    rig.now_ms += DEFAULT_CONFIG.link_window_ms - TICK_MS
+    _counters(rig, start_received + received, start_missed + missed)
+    decision = rig.tick()
+    sent = received + missed
+    expected = (
+        sent >= DEFAULT_CONFIG.link_window_min_frames
+        and missed > DEFAULT_CONFIG.link_loss_max * sent
+    )
+    assert (decision.state.fault is not None) == expected
+    if expected:
+        assert decision.state.fault is not None
+        assert f"{missed} of {sent} frames" in decision.state.fault.message
+
+
+def test_SR_LINK_3_a_second_tick_in_the_same_millisecond_keeps_the_window() -> None:
+    rig = _fresh_window()
+    start_ms = rig.now_ms
+    _counters(rig, 0, 20)
+    assert rig.tick(dt_ms=0).state.link_window == (start_ms, 0, 0)
+    rig.now_ms += DEFAULT_CONFIG.link_window_ms - TICK_MS
+    decision = rig.tick()
+    assert decision.state.fault is not None
+    assert "20 of 20 frames" in decision.state.fault.message
+
+
+def test_SR_LINK_3_time_going_back_starts_a_new_window() -> None:
+    rig = _fresh_window()
+    back_ms = rig.now_ms - 500
+    decision = rig.tick(dt_ms=-500)
+    assert decision.state.link_window == (back_ms, 0, 0)
+    # The new window is judged a full window after its own start.
+    rig.now_ms = back_ms + DEFAULT_CONFIG.link_window_ms - TICK_MS
+    _counters(rig, 0, 20)
+    decision = rig.tick()
+    assert decision.state.fault is not None
+    assert "20 of 20 frames" in decision.state.fault.message
+
+
+def test_SR_LINK_3_a_burst_at_the_end_is_judged_with_the_whole_window() -> None:
+    """Ticks in which no frame is lost keep the window: a burst of losses at its end counts."""
+    rig = _fresh_window()
+    start_ms = rig.now_ms
+    received = 0
+    while rig.now_ms + TICK_MS < start_ms + DEFAULT_CONFIG.link_window_ms:
+        received += 1
+        _counters(rig, received, 0)
+        assert rig.tick().state.link_window == (start_ms, 0, 0)
+    _counters(rig, received, 2 * received)
+    decision = rig.tick()
+    assert decision.state.fault is not None
+    assert f"{2 * received} of {3 * received} frames" in decision.state.fault.message
+
+
+def test_SR_LINK_3_the_next_window_starts_where_the_last_one_ended() -> None:
+    """Frames lost in the tick right after a judged window count in the next window."""
+    rig = _fresh_window()
+    rig.now_ms += DEFAULT_CONFIG.link_window_ms - TICK_MS
+    _counters(rig, 50, 0)
+    judged = rig.tick()
+    assert judged.state.fault is None
+    assert judged.state.link_window == (rig.now_ms, 50, 0)
+    _counters(rig, 50, 60)
+    rig.tick()
+    rig.now_ms += DEFAULT_CONFIG.link_window_ms - 2 * TICK_MS
+    decision = rig.tick()
+    assert decision.state.fault is not None
+    assert "60 of 60 frames" in decision.state.fault.message
 
 
 def test_SR_LINK_no_bridge_no_link_rules() -> None:

@@ -220,6 +220,26 @@ def test_SR_RESET_3_waiting_reset_refused_when_a_condition_fails_or_time_runs_ou
     assert "still reports fault code 8" in event.message
 
 
+def test_SR_RESET_3_a_refused_second_press_disarms_the_waiting_reset() -> None:
+    """A RESET refused while another waits for CLEAR_FAULT cancels the waiting one: the
+    machine never leaves FAULTED later without a new press."""
+    rig = faulted_rig(running=False)
+    rig.fw_state = FirmwareState.FAULT
+    rig.fw_fault = 6
+    rig.tick()
+    assert rig.press(Button.RESET).state.reset_armed_ms is not None
+    rig.estop = True
+    refused = rig.press(Button.RESET)
+    assert [e.kind for e in refused.events] == ["reset_refused"]
+    assert refused.state.reset_armed_ms is None
+    rig.estop = False
+    rig.fw_state = FirmwareState.IDLE
+    rig.fw_fault = 0
+    later = rig.tick()
+    assert later.state.mode is Mode.FAULTED
+    assert later.state.fault is not None
+
+
 def test_SR_RESET_3_a_new_fault_while_waiting_cancels_the_reset() -> None:
     rig = faulted_rig(running=False)
     rig.fw_state = FirmwareState.FAULT
