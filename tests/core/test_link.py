@@ -242,15 +242,11 @@ def test_SR_LINK_3_counters_going_back_start_a_new_window() -> None:
     assert decision.state.mode is Mode.RUNNING
 
 
-def _fresh_window(
-    config: SafetyConfig = DEFAULT_CONFIG, received: int = 0, missed: int = 0
-) -> Rig:
+def _fresh_window(config: SafetyConfig = DEFAULT_CONFIG, received: int = 0, missed: int = 0) -> Rig:
     """An IDLE rig whose first link-quality window starts now at the given counters."""
     rig = Rig(
         config=config,
-        link_health=LinkHealth(
-            up=True, session=1, frames_received=received, frames_missed=missed
-        ),
+        link_health=LinkHealth(up=True, session=1, frames_received=received, frames_missed=missed),
     )
     rig.tick()
     assert rig.core.link_window == (rig.now_ms, received, missed)
