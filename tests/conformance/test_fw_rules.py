@@ -719,9 +719,15 @@ def test_FW_14_out_of_range_fields_are_refused_never_clamped(fw: Session) -> Non
 def test_FW_15_the_sensor_resolves_the_stage_1_start_speed(fw: Session) -> None:
     ready(fw)
     fw.run_at(0.5, accel_kmh_s=1.0, lease_ms=LEASE_MS)
-    frames = statuses(fw, count=25)
+    frames = statuses(fw, count=50)
     readings = [s.measured_kmh for _, s in frames]
-    assert all(0.35 <= v <= 0.65 for v in readings), f"{fw.name}: {readings}"
+    # Between pulses the reading never falls to 0 at the start speed (the resolution FW-15
+    # asks for) ...
+    assert min(readings) > 0.1, f"{fw.name}: {readings}"
+    # ... and once the belt has settled (0.5 s, more than three of its 150 ms time constants
+    # after the reading first reached the speed) it reads the speed within 0.15 km/h.
+    settled = readings[25:]
+    assert all(0.35 <= v <= 0.65 for v in settled), f"{fw.name}: {readings}"
     t0 = time.monotonic()
     estop_and_rest(fw)
     # a reading goes stale within 3 pulse periods (90 ms each at 0.5 km/h), capped at 2 s
