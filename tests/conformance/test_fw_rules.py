@@ -591,6 +591,9 @@ def test_FW_12_a_runaway_motor_latches_overspeed_and_loses_power(fw: Session) ->
 
 def test_FW_12_a_silent_sensor_while_driving_latches_sensor_fault(fw: Session) -> None:
     config = ready(fw)
+    # Freeze only once the reading is exactly 0: a belt still creeping from the previous test
+    # would freeze a small non-zero reading, which is not a silent sensor.
+    fw.link.status(lambda s: s.measured_kmh == 0.0, timeout_s=5.0, what="the sensor reading 0")
     fw.process.ok("inject sensor_freeze")  # frozen at rest: the sensor reads 0 from now on
     fw.link.start_renewing(RUN_KMH, config.max_accel_kmh_s, LEASE_MS)
     fw.fault_latched(FwFault.SENSOR_FAULT, timeout_s=8.0)
