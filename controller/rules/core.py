@@ -1662,10 +1662,17 @@ def _settle(step: _Step) -> None:
         step.state = replace(
             step.state, target_kmh=min(stage.start_kmh, stage_limit_kmh(stage, config))
         )
+    _reach_rest(step, fresh.measured_kmh)
+
+
+def _reach_rest(step: _Step, speed_kmh: float) -> None:
+    """The belt is at rest: STOPPING -> IDLE, or a FAULTED belt remembers rest (SR-STOP-2/3)."""
+    state = step.state
+    if state.mode is Mode.STOPPING:
         _enter(step, Mode.IDLE, "at_rest")
         step.emit(
             "stopped",
-            f"belt at rest ({fresh.measured_kmh:.2f} km/h); stop reason: {state.stop_reason}",
+            f"belt at rest ({speed_kmh:.2f} km/h); stop reason: {state.stop_reason}",
             reason=state.stop_reason,
         )
     elif (
@@ -2008,20 +2015,6 @@ def _relay_reset(step: _Step) -> None:
 def _relay_settle(step: _Step) -> None:
     """STOPPING -> IDLE once the Pi's sensor reads rest; FAULTED remembers rest (SR-MON-3)."""
     speed_kmh = step.high_kmh
-    state = step.state
     if speed_kmh is None or speed_kmh > step.config.standstill_kmh:
         return
-    if state.mode is Mode.STOPPING:
-        _enter(step, Mode.IDLE, "at_rest")
-        step.emit(
-            "stopped",
-            f"belt at rest ({speed_kmh:.2f} km/h); stop reason: {state.stop_reason}",
-            reason=state.stop_reason,
-        )
-    elif (
-        state.mode is Mode.FAULTED
-        and state.fault is not None
-        and state.fault.since_ms < step.now_ms
-        and not _emergency_input(step.inputs)
-    ):
-        step.state = replace(step.state, fault_rest_reached=True)
+    _reach_rest(step, speed_kmh)
