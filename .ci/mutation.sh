@@ -20,7 +20,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${root}/.venv/bin"
 jobs="${MUTATION_JOBS:-$(nproc)}"
-target="${MUTATION_TARGET:-controller/core.py}"
+target="${MUTATION_TARGET:-controller/rules/core.py}"
 work="${MUTATION_WORKDIR:-$(mktemp -d -t mutation-XXXXXX)}"
 
 mkdir -p "${work}/tests"
