@@ -516,7 +516,35 @@ def load_scenario_config(scenario: Scenario, override: Path | None = None) -> Ap
     except ConfigError as exc:
         raise ScenarioError(exc.problems) from None
     resolve_stage(scenario, config)
+    _check_reload_files(scenario)
     return config
+
+
+def _check_reload_files(scenario: Scenario) -> None:
+    """Every ``reload:`` file exists and is a valid config, checked before the run starts (and
+    by ``--check``), so a typo cannot surface halfway through a run. Raises ScenarioError."""
+    from controller.settings.config import load_config  # noqa: PLC0415 - keeps `--help` fast
+
+    issues: list[ConfigIssue] = []
+    for index, step in enumerate(scenario.spec.steps):
+        if step.reload is None:
+            continue
+        path = scenario.base_dir / step.reload
+        where: tuple[KeyPart, ...] = ("steps", index, "reload")
+        if not path.is_file():
+            issues.append(scenario.issue(where, f"config file {str(path)!r} does not exist"))
+            continue
+        try:
+            load_config(path)
+        except ConfigError as exc:
+            issues.append(
+                scenario.issue(
+                    where, f"config file {str(path)!r} is not a valid config; its problems follow"
+                )
+            )
+            issues.extend(exc.problems)
+    if issues:
+        raise ScenarioError(issues)
 
 
 def resolve_stage(scenario: Scenario, config: AppConfig) -> int:

@@ -218,6 +218,28 @@ def test_missing_config_file_is_an_invalid_scenario(tmp_path: Path) -> None:
     assert "does not exist" in err
 
 
+def test_missing_reload_file_is_an_invalid_scenario(tmp_path: Path) -> None:
+    path = _write(tmp_path, "duration_s: 2\nsteps:\n  - {at_s: 1, reload: nowhere.yaml}\n")
+    code, out, err = _main([str(path), "--config", str(DEMO_CONFIG), "--check"])
+    assert code == EXIT_INVALID
+    assert out == ""
+    assert f"{path}:3:" in err
+    assert "steps[0].reload" in err
+    assert "nowhere.yaml" in err
+    assert "does not exist" in err
+
+
+def test_invalid_reload_file_is_an_invalid_scenario_with_its_problems(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(DEMO_CONFIG.read_text().replace("max_kmh: 2.0 ", "max_kmh: -2.0", 1))
+    path = _write(tmp_path, "duration_s: 2\nsteps:\n  - {at_s: 1, reload: broken.yaml}\n")
+    code, _out, err = _main([str(path), "--config", str(DEMO_CONFIG), "--check"])
+    assert code == EXIT_INVALID
+    assert "is not a valid config; its problems follow" in err
+    assert f"{broken}:" in err
+    assert "max_kmh" in err
+
+
 def test_check_only_validates(tmp_path: Path) -> None:
     path = _write(tmp_path, SHORT_RUN)
     code, out, _err = _main([str(path), "--config", str(DEMO_CONFIG), "--check"])
