@@ -584,6 +584,7 @@ class Service:
             session=self._session,
             warnings=sorted(self.state.warnings),
             firmware_version=self._firmware_version(),
+            decision=self.last_decision,
         )
 
     def _firmware_version(self) -> str | None:

@@ -90,7 +90,9 @@ async def collect(service: Service, payloads: dict[str, list[dict[str, Any]]]) -
     await wait_until(lambda: service.state.mode.value == "running", timeout_s=5, what="running")
     await wait_until(
         lambda: (service.last_inputs is not None and service.last_inputs.firmware is not None
-                 and service.last_inputs.firmware.measured_kmh > 0.3),
+                 and service.last_inputs.firmware.measured_kmh > 0.3
+                 and service.last_inputs.belt_sensor is not None
+                 and service.last_inputs.belt_sensor.speed_kmh > 0.3),
         timeout_s=10,
         what="belt moving",
     )  # fmt: skip
@@ -120,8 +122,8 @@ def test_topics_ids_and_components() -> None:
     for topic in found:
         by_component[topic.split("/")[1]] = by_component.get(topic.split("/")[1], 0) + 1
     assert by_component == {
-        "sensor": 21,
-        "binary_sensor": 6,
+        "sensor": 23,
+        "binary_sensor": 8,
         "button": 1,
         "number": 1,
         "select": 1,
@@ -235,6 +237,14 @@ async def test_real_payloads_show_what_the_entities_promise(
     assert value("fault", "binary_sensor", faulted) == "ON"
     assert value("firmware_version", "sensor", running) != "unknown"
     assert float(value("speed", "sensor", running)) > 0.3
+    # The Pi's belt sensor (demo config: two channels): read, and agreeing with the firmware.
+    assert float(value("belt_sensor_speed", "sensor", running)) > 0.3
+    assert running["channels_agree"] is True
+    assert value("channels_disagree", "binary_sensor", running) == "OFF"
+    assert value("channels_disagree", "binary_sensor", {**running, "channels_agree": False}) == "ON"
+    assert value("drive_mode", "sensor", running) == "firmware"
+    assert value("key_relay", "binary_sensor", running) == "OFF"
+    assert value("key_relay", "binary_sensor", {**running, "key_relay": "closed"}) == "ON"
     assert value("stage_cap", "select", running) == str(running["stage_cap"])  # training cap
     uncapped = {**running, "stage_cap": 4, "remote_stage_cap": None}
     assert value("stage_cap", "select", uncapped) == "4"

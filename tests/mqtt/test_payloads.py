@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -18,7 +19,10 @@ from controller.adapters.mqtt.telemetry import (
     state_payload,
 )
 from controller.rules.model import (
+    BeltSensorReading,
+    ChannelConfig,
     CoreState,
+    Decision,
     Event,
     Fault,
     FaultCode,
@@ -26,9 +30,11 @@ from controller.rules.model import (
     FirmwareStatus,
     GripLossAction,
     Inputs,
+    KeyRelayConfig,
     Mode,
     SafetyConfig,
     StageConfig,
+    Stop,
     StopKind,
 )
 from controller.training.sessions import iso_z
@@ -113,6 +119,10 @@ def test_state_payload_has_the_documented_fields() -> None:
         "remote_stage_cap": None,
         "speed_kmh": 1.23,
         "belt_kmh": 1.2,
+        "belt_sensor_kmh": None,
+        "channels_agree": None,
+        "drive_mode": "firmware",
+        "key_relay": None,
         "target_kmh": 1.5,
         "commanded_kmh": 1.33,
         "grip": "left",
@@ -285,3 +295,51 @@ def test_session_records_use_the_state_topics_timestamp_format() -> None:
     plus2 = timezone(timedelta(hours=2))
     for moment in (TS, datetime(2025, 1, 1, 2, 0, 0, 999_999, tzinfo=plus2)):
         assert iso_z(moment) == iso_utc(moment)
+
+
+def _decision(core: CoreState, **kw: Any) -> Decision:
+    return Decision(state=core, motion=Stop(3.6), **kw)
+
+
+def test_SR_CHAN_2_state_carries_the_pi_sensor_and_the_cores_agreement_verdict() -> None:
+    """``belt_sensor_kmh`` is the Pi's reading; ``channels_agree`` is read from the core's
+    decision: false while its SR-CHAN-2 timer runs, null when it could not compare."""
+    two = replace(SAFETY, second_channel=ChannelConfig())
+    pi = BeltSensorReading(speed_kmh=1.2549, pulses=40, since_pulse_ms=30)
+    agreeing = _decision(CORE, firmware_fresh=True)
+    payload = state(safety=two, inputs=inputs(belt_sensor=pi), decision=agreeing)
+    assert payload["belt_sensor_kmh"] == 1.25
+    assert payload["channels_agree"] is True
+    disagreeing_core = replace(CORE, disagree_since_ms=NOW_MS - 300)
+    payload = state(
+        safety=two,
+        core=disagreeing_core,
+        inputs=inputs(belt_sensor=pi),
+        decision=_decision(disagreeing_core, firmware_fresh=True),
+    )
+    assert payload["channels_agree"] is False
+    not_compared = [
+        state(safety=two, inputs=inputs(belt_sensor=pi), decision=None),  # before a tick
+        state(safety=two, inputs=inputs(belt_sensor=pi), decision=_decision(CORE)),  # stale
+        state(
+            safety=two,
+            inputs=inputs(belt_sensor=replace(pi, speed_kmh=float("nan"))),
+            decision=agreeing,
+        ),
+        state(safety=two, inputs=inputs(), decision=agreeing),  # no reading
+        state(safety=SAFETY, inputs=inputs(belt_sensor=pi), decision=agreeing),  # one channel
+    ]
+    assert [p["channels_agree"] for p in not_compared] == [None] * 5
+    assert not_compared[2]["belt_sensor_kmh"] is None  # NaN is not a speed
+    assert not_compared[3]["belt_sensor_kmh"] is None
+
+
+def test_SR_MON_1_state_carries_the_drive_mode_and_the_relay_the_core_holds() -> None:
+    relay = replace(SAFETY, key_relay=KeyRelayConfig())
+    held = _decision(CORE, key_relay=True)
+    assert state(safety=relay, decision=held)["key_relay"] == "closed"
+    assert state(safety=relay, decision=_decision(CORE))["key_relay"] == "open"
+    assert state(safety=relay, decision=None)["key_relay"] == "open"
+    assert state(safety=relay, decision=held)["drive_mode"] == "key_relay"
+    assert state(safety=SAFETY, decision=held)["key_relay"] is None
+    assert state(safety=SAFETY, decision=held)["drive_mode"] == "firmware"

@@ -19,6 +19,10 @@ Conventions (docs/mqtt.md, "Home Assistant"):
   i.e. the key is removed / the mushroom stop is pressed.
 * binary_sensor ``fault`` (``problem``): on = a fault is latched; its attributes carry
   ``code``, ``message`` and ``since``.
+* binary_sensor ``channels_disagree`` (``problem``): on = the two belt speed channels
+  disagree (SR-CHAN-2); off when they agree or cannot be compared (one channel).
+* binary_sensor ``key_relay``: on = the Pi holds the key-circuit relay closed (key-relay
+  mode, SR-MON-1); always off when our firmware drives the belt.
 * button ``stop``: publishes ``PRESS`` to ``<prefix>/cmd/stop``.
 * number ``target_speed`` and select ``stage_cap`` **can only lower** (SR-REMOTE-2,
   SR-REMOTE-3): Home Assistant offers the whole range, the controller refuses a raise
@@ -45,6 +49,7 @@ if TYPE_CHECKING:  # only attribute access at run time: keeps this module free o
     from controller.adapters.mqtt.settings import MqttSettings
 
 __all__ = [
+    "DRIVE_MODES",
     "ENTITIES",
     "EVENT_TYPES",
     "MANUFACTURER",
@@ -60,6 +65,8 @@ MODEL: Final[str] = "Backward-walking treadmill controller"
 ORIGIN_NAME: Final[str] = "treadmill-controller"
 EVENT_TYPES: Final[tuple[str, ...]] = ("grip_lost", "fault", "start_refused")
 """Event kinds the ``event`` entity fires on (the others stay on the event topic only)."""
+DRIVE_MODES: Final[tuple[str, ...]] = ("firmware", "key_relay")
+"""Values of the state's ``drive_mode`` (``drive.mode`` in the config)."""
 HA_STATE_MAX_CHARS: Final[int] = 255
 """Home Assistant refuses a sensor state longer than this."""
 
@@ -178,6 +185,21 @@ ENTITIES: Final[tuple[Entity, ...]] = (
     Entity("binary_sensor", "firmware_link", "Firmware link", "state",
            _on_when("value_json.firmware.link"), {"device_class": "connectivity"},
            diagnostic=True, what="fresh STATUS from the firmware"),
+    Entity("sensor", "belt_sensor_speed", "Pi belt sensor speed", "state",
+           _v("belt_sensor_kmh"), _SPEED,
+           what="the Pi's own belt sensor (second channel); unknown when not fitted"),
+    Entity("binary_sensor", "channels_disagree", "Speed channels disagree", "state",
+           _on_when("value_json.channels_agree == false"),
+           {"device_class": "problem"},
+           what="on = the firmware's and the Pi's readings differ (SR-CHAN-2); off "
+                "when they agree or cannot be compared"),
+    Entity("sensor", "drive_mode", "Drive mode", "state", _v("drive_mode"),
+           {"device_class": "enum", "options": list(DRIVE_MODES), "icon": "mdi:cog"},
+           diagnostic=True, what="`firmware` or `key_relay`"),
+    Entity("binary_sensor", "key_relay", "Key relay closed", "state",
+           _on_when("value_json.key_relay == 'closed'"),
+           {"icon": "mdi:electric-switch-closed"},
+           what="key-relay mode: on = the Pi holds the key circuit closed (SR-MON-1)"),
     # ------------------------------------------------------------ remote: only safer
     Entity("button", "stop", "Stop", "command", None,
            {"icon": "mdi:stop-circle", "payload_press": "PRESS"}, command="stop",

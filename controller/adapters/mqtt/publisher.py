@@ -144,7 +144,7 @@ def _utc_now() -> datetime:
 #: re-published before the heartbeat.
 _VOLATILE_STATE_FIELDS = frozenset({"ts", "now_ms", "link"})
 #: Measurements: they change continuously while the belt moves (sensor resolution 0.01 km/h).
-_MEASUREMENT_FIELDS = frozenset({"speed_kmh", "belt_kmh", "commanded_kmh"})
+_MEASUREMENT_FIELDS = frozenset({"speed_kmh", "belt_kmh", "belt_sensor_kmh", "commanded_kmh"})
 _FIRMWARE_VOLATILE = frozenset({"age_ms"})
 #: The running session's counters: they grow every tick of a session, moving or not.
 _SESSION_COUNTERS = frozenset({"elapsed_s", "moving_s", "distance_m", "remaining_s"})

@@ -17,14 +17,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from controller.rules.core import firmware_fresh
-from controller.rules.model import CoreState, Event, Inputs, SafetyConfig
+from controller.rules.model import CoreState, Decision, Event, Inputs, SafetyConfig
 
 __all__ = [
     "FLOAT_DECIMALS",
+    "channels_agree",
     "diagnostics_payload",
     "event_payload",
     "grip_reading",
     "iso_utc",
+    "key_relay_state",
     "state_payload",
 ]
 
@@ -82,6 +84,36 @@ def grip_reading(inputs: Inputs) -> str:
     return "none"
 
 
+def channels_agree(
+    core: CoreState, inputs: Inputs, safety: SafetyConfig, decision: Decision | None
+) -> bool | None:
+    """Whether the two belt speed channels agree, as the core judged them at the last tick
+    (SR-CHAN-2): ``False`` while its disagreement timer runs (they differ by more than the
+    tolerance), ``True`` when both were compared and agreed. ``None`` without a second
+    channel (no ``belt_sensor``, or key-relay mode: the Pi's sensor is the only channel),
+    before the first tick, and when the core could not compare them (no fresh firmware
+    status, no valid reading from the Pi's sensor).
+    """
+    reading = inputs.belt_sensor
+    if safety.second_channel is None or decision is None or reading is None:
+        return None
+    if not decision.firmware_fresh:
+        return None
+    if not (math.isfinite(reading.speed_kmh) and reading.speed_kmh >= 0.0):
+        return None
+    return core.disagree_since_ms is None
+
+
+def key_relay_state(safety: SafetyConfig, decision: Decision | None) -> str | None:
+    """Key-relay mode: ``"closed"`` while the core holds the relay (``Decision.key_relay``:
+    the output was toggled at the last tick, SR-MON-1), else ``"open"``; ``None`` when our
+    firmware drives the belt. The relay has no feedback contact: this is what the Pi does,
+    and the relay follows it within its hold-off."""
+    if safety.key_relay is None:
+        return None
+    return "closed" if decision is not None and decision.key_relay else "open"
+
+
 def state_payload(
     *,
     ts: datetime,
@@ -94,6 +126,7 @@ def state_payload(
     session: Mapping[str, object] | None,
     warnings: Iterable[str] = (),
     firmware_version: str | None = None,
+    decision: Decision | None = None,
 ) -> dict[str, object]:
     """The retained ``<prefix>/state`` snapshot.
 
@@ -104,7 +137,9 @@ def state_payload(
     sends them on the ``diagnostics`` topic), ``session`` the running
     training session (``elapsed_s``, ``distance_m``, ``remaining_s``, ``client_id``, ...)
     or ``None``. ``warnings`` are added to the core's own. ``firmware_version`` is the
-    version the firmware announced in its HELLO.
+    version the firmware announced in its HELLO. ``decision`` is the core's last
+    :class:`~controller.rules.model.Decision` (``None`` before the first tick): the relay
+    state and the channels' agreement are read from it.
     """
     stage_cfg = safety.stages[core.stage - 1] if 1 <= core.stage <= len(safety.stages) else None
     fw = inputs.firmware
@@ -147,6 +182,12 @@ def state_payload(
         "remote_stage_cap": core.remote_stage_cap,
         "speed_kmh": _rounded(fw.measured_kmh) if fw is not None else None,
         "belt_kmh": _rounded(belt_kmh),
+        "belt_sensor_kmh": (
+            _rounded(inputs.belt_sensor.speed_kmh) if inputs.belt_sensor is not None else None
+        ),
+        "channels_agree": channels_agree(core, inputs, safety, decision),
+        "drive_mode": "key_relay" if safety.key_relay is not None else "firmware",
+        "key_relay": key_relay_state(safety, decision),
         "target_kmh": _rounded(core.target_kmh),
         "commanded_kmh": _rounded(core.commanded_kmh),
         "grip": grip_reading(inputs),
