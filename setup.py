@@ -16,7 +16,7 @@ from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 BUNDLED = {
-    "config": ("demo.yaml", "treadmill.yaml"),
+    "config": ("demo.yaml", "monitor-demo.yaml", "treadmill.yaml"),
     "scenarios": tuple(sorted(p.name for p in (HERE / "scenarios").glob("*.yaml"))),
 }
 

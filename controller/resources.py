@@ -25,12 +25,12 @@ _PACKAGE_DIR: Final = Path(__file__).resolve().parent
 _BUNDLED: Final = _PACKAGE_DIR / "bundled"
 _SOURCE_TREE: Final = _PACKAGE_DIR.parent
 
-BUNDLED_CONFIGS: Final[tuple[str, ...]] = ("demo.yaml", "treadmill.yaml")
+BUNDLED_CONFIGS: Final[tuple[str, ...]] = ("demo.yaml", "monitor-demo.yaml", "treadmill.yaml")
 """Config files shipped in the wheel (from ``config/``)."""
 
 
 def bundled_config(name: str) -> Path:
-    """``config/<name>`` (``demo.yaml`` or ``treadmill.yaml``) of this install."""
+    """``config/<name>`` (one of :data:`BUNDLED_CONFIGS`) of this install."""
     for candidate in (_BUNDLED / "config" / name, _SOURCE_TREE / "config" / name):
         if candidate.is_file():
             return candidate

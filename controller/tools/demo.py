@@ -12,9 +12,22 @@ drive the mock console::
     1-4 stage                    e e-stop  k safety key   r RESET
     c USB cable unplug / plug    q quit (stops the belt first)
 
+Key-relay (monitor) mode, ``treadmill demo --monitor`` (the bundled
+``config/monitor-demo.yaml``; any config with ``drive.mode: key_relay`` works the same way):
+the treadmill's own console drives the belt (:mod:`firmware_bridge.sim.console`) and the Pi
+only holds the key-circuit relay, toggling its output every tick while motion is allowed; the
+simulated retriggerable relay drops out ``hold_off_ms`` after the last toggle and the belt
+stops. The Pi's belt sensor reads the simulated belt. Keys::
+
+    g grip   s START (Pi: allow motion, closes the relay)   x STOP (Pi: opens the relay)
+    b console START   n console STOP   + / - console speed keys   h hang the Pi for 1 s
+    1-4 stage         e e-stop   k safety key   r RESET   q quit
+
 Without a terminal (stdin or stdout not a tty, e.g. in CI) a short built-in session runs
-instead (grip, start, ramp, release the grip -> stop and fault, reset) and the state is
-printed as plain lines twice a second; it exits 0 when the session went as expected.
+instead (grip, start, ramp, release the grip -> stop and fault, reset; in key-relay mode
+also a START refused without grip and a console speeding past the stage limit) and the
+state is printed as plain lines twice a second; it exits 0 when the session went as
+expected.
 
 Nothing is kept: the state directory, the mock-panel socket and the broker live in a
 temporary folder removed at exit.
@@ -31,12 +44,11 @@ import shutil
 import sys
 import tempfile
 import termios
-import time
 import tty
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from controller.tools.broker import BrokerUnavailableError, DemoBroker
 from controller.tools.view import (
@@ -71,18 +83,46 @@ EVENTS_SHOWN: Final = 6
 ALT_SCREEN_ON: Final = "\x1b[?1049h"
 ALT_SCREEN_OFF: Final = "\x1b[?1049l"
 STARTUP_TIMEOUT_S: Final = 20.0
+REST_KMH: Final = 0.1  # the belt counts as at rest at or below this (as the scenarios)
 
 KEY_HELP: Final = (
     "  keys: g grip  s START  x STOP  +/- target  1-4 stage  e e-stop  k key  r RESET",
     "        c cable unplug/plug  q quit",
 )
+KEY_HELP_MONITOR: Final = (
+    "  keys: g grip  s START (relay)  x STOP (relay)  1-4 stage  e e-stop  k key  r RESET",
+    "        console: b START  n STOP  +/- speed     h hang the Pi 1 s  q quit",
+)
+HANG_KEY_MS: Final = 1000
 
 
-def bundled_config_path() -> Path:
-    """The demo config shipped with the package (``config/demo.yaml``)."""
+def bundled_config_path(*, monitor: bool = False) -> Path:
+    """The demo config shipped with the package: ``config/demo.yaml``, or
+    ``config/monitor-demo.yaml`` for key-relay (monitor) mode."""
     from controller.resources import bundled_config  # noqa: PLC0415 - keeps --help fast
 
-    return bundled_config("demo.yaml")
+    return bundled_config("monitor-demo.yaml" if monitor else "demo.yaml")
+
+
+def demo_simulator(
+    config: AppConfig,
+    *,
+    seed: int,
+    state_dir: Path,
+    clock_ms: Callable[[], int] | None = None,
+) -> Any:
+    """The in-process simulator for ``config``: the console-driven treadmill in key-relay
+    mode (on ``clock_ms``, default the monotonic clock), else our firmware on a
+    pseudo-terminal."""
+    if config.drive.mode == "key_relay":
+        from firmware_bridge.sim.console import ConsoleSimulator  # noqa: PLC0415
+
+        if clock_ms is None:
+            return ConsoleSimulator(seed=seed)
+        return ConsoleSimulator(seed=seed, clock_ms=clock_ms)
+    from firmware_bridge.sim.pty import PtySimulator  # noqa: PLC0415
+
+    return PtySimulator(seed=seed, link_path=state_dir / "firmware.tty")
 
 
 def demo_config(
@@ -151,6 +191,45 @@ class _RunMeter:
         self.last_ms = record.now_ms
 
 
+@dataclass
+class _RelayWatch:
+    """Key-relay mode: the simulated relay contact as the demo reports it.
+
+    The relay has no feedback to the Pi; the simulator knows when its contact opened
+    (``hold_off_ms`` plus the release time after the last toggle) and when the belt was
+    then at rest (at the first tick at or below :data:`REST_KMH`, so to within a tick).
+    """
+
+    closed: bool = False
+    opens_at_ms: float | None = None  # when the contact opens if no toggle comes
+    opened_ms: float | None = None  # when it last opened
+    rest_after_open_ms: float | None = None  # belt at rest this long after it opened
+    lines: list[str] = field(default_factory=list)  # for the plain-text session
+
+    def observe(self, now_ms: int, relay: Any, belt_kmh: float | None) -> None:
+        closed = bool(relay.closed(now_ms))
+        if closed:
+            if not self.closed:
+                self.lines.append("relay closed: the console may run the belt")
+            self.opens_at_ms = relay.opens_at_ms()
+        elif self.closed:
+            opened = self.opens_at_ms if self.opens_at_ms is not None else float(now_ms)
+            self.opened_ms = opened
+            self.rest_after_open_ms = None
+            self.lines.append("relay OPEN: the key circuit is cut, the belt stops")
+        elif (
+            self.opened_ms is not None
+            and self.rest_after_open_ms is None
+            and belt_kmh is not None
+            and belt_kmh <= REST_KMH
+        ):
+            self.rest_after_open_ms = now_ms - self.opened_ms
+            self.lines.append(
+                f"belt at rest {self.rest_after_open_ms:.0f} ms after the relay opened"
+            )
+        self.closed = closed
+
+
 class _Demo:
     """One demo run: the service, its mock console, and what the view shows."""
 
@@ -159,7 +238,8 @@ class _Demo:
         self.broker = broker
         self.socket_path = socket_path
         self.meter = _RunMeter()
-        self.t0_ms = time.monotonic_ns() // 1_000_000
+        self.relay = _RelayWatch()
+        self.t0_ms = service.now_ms()
         self.grip_held = False
         self.estop_pressed = False
         self.key_inserted = True
@@ -170,9 +250,17 @@ class _Demo:
         self.pending_events: list[tuple[int, Event]] = []
         service.observers.append(self._observe)
 
+    @property
+    def monitor(self) -> bool:
+        """Key-relay (monitor) mode: the treadmill's own console drives the belt."""
+        return self.service.relay_mode
+
     def _observe(self, record: TickRecord) -> None:
         self.meter.observe(record)
         self.pending_events.extend((record.now_ms, event) for event in record.events)
+        console = getattr(self.service.simulator, "console", None)
+        if console is not None:
+            self.relay.observe(record.now_ms, console.relay, record.belt_true_kmh)
 
     @property
     def panel(self) -> MockPanel:
@@ -183,7 +271,7 @@ class _Demo:
         return self._panel
 
     def notes(self) -> tuple[str, ...]:
-        lines = list(KEY_HELP)
+        lines = list(KEY_HELP_MONITOR if self.monitor else KEY_HELP)
         if self.broker is not None:
             lines.append(f"  telemetry: {self.broker.subscribe_hint()}")
             lines.append(f"  or: treadmill monitor --port {self.broker.port}")
@@ -211,12 +299,13 @@ class _Demo:
         )
 
     def view(self, *, with_notes: bool) -> TreadmillView:
-        now_ms = time.monotonic_ns() // 1_000_000
+        now_ms = self.service.now_ms()
         payload = self.service.telemetry(now_ms)
         gauge_max = max(stage.max_kmh for stage in self.service.config.stage_configs())
+        mode = ", key-relay mode" if self.monitor else ""
         return view_from_state(
             payload,
-            title=f"{self.service.config.treadmill.name} (simulated)",
+            title=f"{self.service.config.treadmill.name} (simulated{mode})",
             events=self.events(),
             limits=self.limits(),
             gauge_max_kmh=gauge_max,
@@ -234,7 +323,9 @@ class _Demo:
         service = self.service
         if service.panel is None:
             return  # inputs not open yet
-        if char == "g":
+        if self.monitor and char in "bn+=-_h":
+            self.console_key(char)
+        elif char == "g":
             self.grip_held = not self.grip_held
             self.panel.grip("both" if self.grip_held else "none")
         elif char == "s":
@@ -259,9 +350,18 @@ class _Demo:
         elif char in ("q", "\x04"):
             service.request_shutdown("quit from the demo")
 
+    def console_key(self, char: str) -> None:
+        """Key-relay mode: a key of the treadmill's own console (through the mock panel),
+        or ``h``: the Pi hangs for :data:`HANG_KEY_MS` (its relay output stops toggling)."""
+        if char == "h":
+            self.panel.handle(f"sim hang {HANG_KEY_MS}")
+            return
+        key = {"b": "start", "n": "stop", "+": "faster", "=": "faster"}.get(char, "slower")
+        self.panel.handle(f"console {key}")
+
     def next_target(self, step_kmh: float) -> float:
         """The target after one +/- key: keys faster than a control tick add up."""
-        now_ms = time.monotonic_ns() // 1_000_000
+        now_ms = self.service.now_ms()
         base = self.service.state.target_kmh
         if self._target is not None and now_ms - self._target[1] < TARGET_KEYS_ADD_UP_MS:
             base = self._target[0]
@@ -363,14 +463,41 @@ HEADLESS_SCRIPT: Final[tuple[tuple[float, str], ...]] = (
     (11.0, "quit"),
 )
 
+#: The built-in session in key-relay mode (``--monitor``): mock-panel commands, ``console``
+#: for the keys of the treadmill's own console.
+HEADLESS_MONITOR_SCRIPT: Final[tuple[tuple[float, str], ...]] = (
+    (0.3, "stage 1"),
+    (0.5, "press start"),  # no hand on a rail at stage 1: START refused, the relay stays open
+    (1.0, "grip both"),
+    (1.5, "press start"),  # every start condition holds: the relay closes
+    (2.0, "console start"),  # the person starts the belt at the console: 1.0 km/h
+    (2.5, "console faster"),  # 1.5 km/h
+    (5.0, "grip none"),  # grip loss at stage 1: after the 300 ms grace the relay opens
+    (7.0, "grip both"),
+    (8.5, "press reset"),  # at rest: the Pi's sensor reads 0 a second after the last pulse
+    (9.0, "press start"),
+    (9.5, "console start"),
+    (10.0, "console faster"),
+    (10.2, "console faster"),
+    (10.4, "console faster"),  # 2.5 km/h: past the 2.0 km/h limit + 0.3 margin, relay opens
+    (14.0, "quit"),
+)
+
+#: Events each built-in session must show, and in key-relay mode the faults it must latch.
+EXPECTED_EVENTS: Final = frozenset({"started", "grip_lost", "fault", "fault_cleared"})
+EXPECTED_MONITOR_EVENTS: Final = EXPECTED_EVENTS | {"start_refused"}
+EXPECTED_MONITOR_FAULTS: Final = frozenset({"grip_lost", "overspeed"})
+
 
 async def _headless(demo: _Demo, run: asyncio.Task[int], out: TextIO) -> bool:
-    """Run :data:`HEADLESS_SCRIPT`, printing plain state lines; True if it went as expected."""
+    """Run the built-in session (:data:`HEADLESS_SCRIPT`, or :data:`HEADLESS_MONITOR_SCRIPT`
+    in key-relay mode), printing plain state lines; True if it went as expected."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     seen: set[str] = set()
+    faults: set[str] = set()
     next_line = start
-    script = list(HEADLESS_SCRIPT)
+    script = list(HEADLESS_MONITOR_SCRIPT if demo.monitor else HEADLESS_SCRIPT)
     while not run.done():
         now = loop.time()
         while script and now - start >= script[0][0]:
@@ -379,35 +506,85 @@ async def _headless(demo: _Demo, run: asyncio.Task[int], out: TextIO) -> bool:
             if action == "quit":
                 demo.service.request_shutdown("end of the demo session")
             else:
-                demo.panel.handle(action)
+                answer = demo.panel.handle(action)
+                if not answer.startswith("ok"):
+                    out.write(f"{now - start:6.1f} s  {answer}\n")
         events, demo.pending_events = demo.pending_events, []
         for _now_ms, event in events:
             seen.add(event.kind)
+            if event.kind == "fault":
+                faults.add(str(event.details.get("code")))
             out.write(f"{now - start:6.1f} s  event {event.kind}: {event.message}\n")
+        relay_lines, demo.relay.lines = demo.relay.lines, []
+        for line in relay_lines:
+            out.write(f"{now - start:6.1f} s  {line}\n")
         if now >= next_line:
             out.write(f"{now - start:6.1f} s  {render_line(demo.view(with_notes=False))}\n")
             next_line += PLAIN_EVERY_S
         out.flush()
         await asyncio.wait({run}, timeout=0.1)
-    expected = {"started", "grip_lost", "fault", "fault_cleared"}
-    missing = expected - seen
+    expected = EXPECTED_MONITOR_EVENTS if demo.monitor else EXPECTED_EVENTS
+    missing = sorted(expected - seen)
+    if demo.monitor:
+        missing += [f"{code} fault" for code in sorted(EXPECTED_MONITOR_FAULTS - faults)]
     if missing:
-        out.write(f"demo session incomplete: no {', '.join(sorted(missing))} event\n")
+        out.write(f"demo session incomplete: no {', '.join(missing)} event\n")
     return not missing
+
+
+async def demo_session(
+    service: Service,
+    out: TextIO,
+    *,
+    broker: DemoBroker | None = None,
+    socket_path: Path | None = None,
+    interactive: bool = False,
+) -> tuple[int, bool]:
+    """Run ``service`` (built on :func:`demo_config`) with the demo's view or its built-in
+    session until it stops; returns its exit status and whether the session went as
+    expected. Works on a virtual clock (:mod:`controller.tools.virtual_time`) when the
+    service and its simulator read the loop's clock."""
+    config_socket = service.config.gpio.mock_socket
+    socket = socket_path or Path(config_socket or "")
+    demo = _Demo(service, broker, socket)
+    run = asyncio.create_task(service.run(), name="demo-service")
+    ok = True
+    try:
+        if await _wait_for(lambda: service.panel is not None, run, "the GPIO inputs"):
+            demo.panel.reset_inputs()
+        what = "the first control tick" if service.relay_mode else "the simulated firmware"
+        if await _wait_for(service.ready.is_set, run, what):
+            if interactive:
+                await _interactive(demo, run, out)
+            else:
+                out.write("no terminal: running the built-in demo session\n")
+                ok = await _headless(demo, run, out)
+    finally:
+        if not run.done():
+            service.request_shutdown("demo ending")
+        code = await run
+    return code, ok
 
 
 async def _demo(args: argparse.Namespace, interactive: bool, out: TextIO, err: TextIO) -> int:
     from controller.adapters.gpio.inputs import mock_pin_factory  # noqa: PLC0415
     from controller.runtime.service import Service  # noqa: PLC0415
     from controller.settings.config import ConfigError, load_config  # noqa: PLC0415
-    from firmware_bridge.sim.pty import PtySimulator  # noqa: PLC0415
 
     try:
-        base = load_config(Path(args.config) if args.config else bundled_config_path())
+        path = Path(args.config) if args.config else bundled_config_path(monitor=args.monitor)
+        base = load_config(path)
     except ConfigError as exc:
         for line in exc.lines():
             err.write(line + "\n")
         return 78
+    if base.drive.mode == "key_relay" and args.port is not None:
+        err.write(
+            f"demo: --port talks to our firmware, but {path} is in key-relay mode "
+            "(drive.mode: key_relay), where the treadmill's own console drives the belt: "
+            "leave out --port (the console-driven treadmill is simulated in-process)\n"
+        )
+        return 2
     with tempfile.TemporaryDirectory(prefix="treadmill-demo-") as folder:
         state_dir = Path(folder)
         if interactive:
@@ -424,7 +601,7 @@ async def _demo(args: argparse.Namespace, interactive: bool, out: TextIO, err: T
                 mqtt_protocol="3.1.1" if broker is not None and broker.kind == "amqtt" else "auto",
             )
             simulator = (
-                PtySimulator(seed=args.seed, link_path=state_dir / "firmware.tty")
+                demo_simulator(config, seed=args.seed, state_dir=state_dir)
                 if args.port is None
                 else None
             )
@@ -434,24 +611,15 @@ async def _demo(args: argparse.Namespace, interactive: bool, out: TextIO, err: T
                 simulator=simulator,
                 enable_mqtt=broker is not None,
             )
-            demo = _Demo(service, broker, state_dir / "gpio.sock")
             if broker is not None:
                 out.write(f"watch the telemetry: {broker.subscribe_hint()}\n")
-            run = asyncio.create_task(service.run(), name="demo-service")
-            ok = True
-            try:
-                if await _wait_for(lambda: service.panel is not None, run, "the GPIO inputs"):
-                    demo.panel.reset_inputs()
-                if await _wait_for(service.ready.is_set, run, "the simulated firmware"):
-                    if interactive:
-                        await _interactive(demo, run, out)
-                    else:
-                        out.write("no terminal: running the built-in demo session\n")
-                        ok = await _headless(demo, run, out)
-            finally:
-                if not run.done():
-                    service.request_shutdown("demo ending")
-                code = await run
+            code, ok = await demo_session(
+                service,
+                out,
+                broker=broker,
+                socket_path=state_dir / "gpio.sock",
+                interactive=interactive,
+            )
         finally:
             if broker is not None:
                 await broker.stop()
@@ -475,10 +643,18 @@ def _parser() -> argparse.ArgumentParser:
         description="The controller on a simulated treadmill with a live terminal view. "
         "Without a terminal it runs a short built-in session and exits.",
     )
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--config",
         default=None,
-        help="config (default: the bundled config/demo.yaml)",
+        help="config (default: the bundled config/demo.yaml; one with drive.mode: key_relay "
+        "runs key-relay mode)",
+    )
+    which.add_argument(
+        "--monitor",
+        action="store_true",
+        help="key-relay (monitor) mode: the treadmill's own console drives the belt and the Pi "
+        "holds its key-circuit relay (the bundled config/monitor-demo.yaml)",
     )
     parser.add_argument(
         "--broker",

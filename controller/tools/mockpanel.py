@@ -11,6 +11,11 @@ line, ``ok ...`` or ``error ...``::
     target <km/h>                    stage <n>                   trainer on|off
     client <id>|none                 mqtt <command> <payload>    status
     sim inject <fault> [<value>]     sim clear <fault>           sim key open|closed
+    console start|stop|faster|slower     console target <km/h>      sim hang <ms>
+
+``console ...`` presses the keys of the treadmill's own console and ``sim hang`` freezes the
+relay output (a hung controller) in key-relay mode (``drive.mode: key_relay``), where the
+simulator is the console-driven treadmill (:mod:`firmware_bridge.sim.console`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 1024
+CONSOLE_KEYS = ("start", "stop", "faster", "slower")
 GRIP_CHOICES = {
     "both": (True, True),
     "left": (True, False),
@@ -167,7 +173,41 @@ class MockPanel:
         if len(words) == 2 and words[0] == "key" and words[1] in ("open", "closed"):
             simulator.set_safety_key(words[1] == "closed")
             return f"firmware key circuit {words[1]}"
-        raise MockPanelError("sim: use 'inject <fault> [pct]', 'clear <fault>', 'key open|closed'")
+        if len(words) == 2 and words[0] == "hang":
+            hang_ms = int(words[1])
+            if hang_ms <= 0:
+                raise MockPanelError(f"sim hang {hang_ms}: use a time in ms > 0")
+            self._console_treadmill().hang_output(hang_ms)
+            return f"relay output frozen for {hang_ms} ms"
+        raise MockPanelError(
+            "sim: use 'inject <fault> [pct]', 'clear <fault>', 'key open|closed', 'hang <ms>'"
+        )
+
+    def _console_treadmill(self) -> Any:
+        """The simulated console-driven treadmill (key-relay mode), or MockPanelError."""
+        simulator = self.service.simulator
+        if simulator is None or not hasattr(simulator, "press"):
+            raise MockPanelError(
+                "no simulated console treadmill: console keys need key-relay mode "
+                "(drive.mode: key_relay, serial.port: sim://), e.g. config/monitor-demo.yaml"
+            )
+        return simulator
+
+    def console(self, words: list[str]) -> str:
+        """A person at the treadmill's own console: ``start``, ``stop``, ``faster``,
+        ``slower`` (one press), or ``target <km/h>`` (holds + or - until that speed)."""
+        if len(words) == 1 and words[0] in CONSOLE_KEYS:
+            self._console_treadmill().press(words[0])
+            return f"console {words[0]}"
+        if len(words) == 2 and words[0] == "target":
+            speed_kmh = float(words[1])
+            if not math.isfinite(speed_kmh) or speed_kmh < 0:
+                raise MockPanelError(f"console target {words[1]!r}: use a speed in km/h >= 0")
+            self._console_treadmill().set_target(speed_kmh)
+            return f"console target {speed_kmh:g} km/h"
+        raise MockPanelError(
+            "console: use 'console start|stop|faster|slower' or 'console target <km/h>'"
+        )
 
     def _background(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
@@ -210,6 +250,8 @@ class MockPanel:
                 return "ok " + json.dumps(self.status(), separators=(",", ":"))
             elif verb == "sim":
                 return "ok " + self.sim(args)
+            elif verb == "console":
+                return "ok " + self.console(args)
             else:
                 return (
                     f"error unknown command {line.strip()[:80]!r}: see "

@@ -124,6 +124,8 @@ class TreadmillView:
     client_id: str | None = None
     stage_cap: int | None = None  # the lower of the training and the remote stage cap
     warnings: tuple[str, ...] = ()
+    key_relay: str | None = None  # key-relay mode: "closed" / "open"; None: firmware mode
+    belt_sensor_kmh: float | None = None  # the Pi's own belt sensor, when fitted
     events: tuple[ViewEvent, ...] = ()
     notes: tuple[str, ...] = field(default=())  # help lines under the view
 
@@ -214,6 +216,8 @@ def view_from_state(
         client_id=client_id,
         stage_cap=min(known_caps) if known_caps else None,
         warnings=warnings,
+        key_relay=_str(payload.get("key_relay")),
+        belt_sensor_kmh=_float(payload.get("belt_sensor_kmh")),
         events=tuple(events),
         notes=tuple(notes),
     )
@@ -290,7 +294,9 @@ def render_line(view: TreadmillView) -> str:
         head.append("online " if view.online else "OFFLINE")
     head.append(_state_text(view))
     head.append(f"fault {_fault_text(view)}")
-    if view.link_ok is False:
+    if view.key_relay is not None:
+        head.append(f"relay {'closed' if view.key_relay == 'closed' else 'OPEN'}")
+    elif view.link_ok is False:
         head.append("firmware link DOWN")
     groups = [" ".join(head)]
     groups.append(
@@ -300,11 +306,18 @@ def render_line(view: TreadmillView) -> str:
     stage = f"stage {view.stage if view.stage is not None else '?'}"
     if view.stage_cap is not None:
         stage += f" (cap {view.stage_cap})"
-    belt = view.belt_true_kmh if view.belt_true_kmh is not None else view.measured_kmh
-    groups.append(
-        f"{stage} belt {_kmh(belt)} km/h (measured {_kmh(view.measured_kmh)}, "
-        f"commanded {_kmh(view.commanded_kmh)}, target {_kmh(view.target_kmh)})"
-    )
+    if view.key_relay is not None:  # the console sets the speed: only the Pi's sensor reads it
+        belt = view.belt_true_kmh if view.belt_true_kmh is not None else view.belt_sensor_kmh
+        groups.append(
+            f"{stage} belt {_kmh(belt)} km/h (Pi sensor {_kmh(view.belt_sensor_kmh)}, "
+            "speed set at the console)"
+        )
+    else:
+        belt = view.belt_true_kmh if view.belt_true_kmh is not None else view.measured_kmh
+        groups.append(
+            f"{stage} belt {_kmh(belt)} km/h (measured {_kmh(view.measured_kmh)}, "
+            f"commanded {_kmh(view.commanded_kmh)}, target {_kmh(view.target_kmh)})"
+        )
     session: list[str] = []
     if view.remaining_s is not None:
         session.append(f"session {_minutes(view.remaining_s)} left")
@@ -372,18 +385,26 @@ def render_screen(
     if view.online is not None:
         header += ("online" if view.online else _paint("OFFLINE", _RED, use_colour)) + "  "
     header += _paint(_state_text(view), state_colour, use_colour)
-    if view.link_ok is False:
+    if view.key_relay == "closed":
+        header += "  " + _paint("relay closed", _GREEN, use_colour)
+    elif view.key_relay is not None:
+        header += "  " + _paint("relay OPEN", _YELLOW, use_colour)
+    elif view.link_ok is False:
         header += "  " + _paint("firmware link DOWN", _RED, use_colour)
     lines.append(header)
     lines.append("")
     scale = view.gauge_max_kmh
     marker = view.limits.max_kmh if view.limits is not None else view.stage_max_kmh
-    rows = (
+    rows: tuple[tuple[str, float | None], ...] = (
         ("belt (true)", view.belt_true_kmh),
         ("measured", view.measured_kmh),
         ("commanded", view.commanded_kmh),
         ("target", view.target_kmh),
     )
+    if view.key_relay is not None:  # key-relay mode: the Pi reads the belt, sets nothing
+        rows = (("belt (true)", view.belt_true_kmh), ("Pi sensor", view.belt_sensor_kmh))
+    elif view.belt_sensor_kmh is not None:
+        rows = (*rows[:2], ("Pi sensor", view.belt_sensor_kmh), *rows[2:])
     for label, value in rows:
         if label == "belt (true)" and value is None:
             continue
