@@ -24,14 +24,8 @@ from controller.adapters.gpio.inputs import mock_pin_factory
 from controller.runtime.service import Service
 from controller.runtime.stats import TickRecord
 from controller.settings.config import load_config
-from controller.tools.demo import (
-    HEADLESS_MONITOR_SCRIPT,
-    bundled_config_path,
-    demo_config,
-    demo_main,
-    demo_session,
-    demo_simulator,
-)
+from controller.tools.demo import bundled_config_path, demo_config, demo_main, demo_simulator
+from controller.tools.demo_session import HEADLESS_MONITOR_SCRIPT, demo_session
 from controller.tools.mockpanel import MockPanel
 from controller.tools.virtual_time import VirtualTimeLoop, run_virtual
 from firmware_bridge.sim.console import ConsoleSimulator
