@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,15 @@ from controller.settings.config import load_config
 from controller.tools.verify import (
     ALLOWANCE_S,
     RUNAWAY_ACCEL_KMH_S,
+    VerifyReport,
+    format_markdown,
+    runaway_peak_limit_kmh,
     stop_limit_s,
     trigger_time_s,
+    verify_config,
     verify_main,
 )
+from controller.tools.virtual_time import run_virtual
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "config" / "demo.yaml"
@@ -115,3 +121,46 @@ def test_SR_CHAN_report_lists_uncovered_double_faults_without_a_belt_sensor(
     assert lines[0] == "## Speed channels: double faults NOT covered"
     for fault in UNCOVERED_WITHOUT_SECOND_CHANNEL:
         assert f"* {fault}" in lines
+
+
+MONITOR_CONFIG = REPO / "config" / "monitor-demo.yaml"
+
+
+def _stage4_figures(report: VerifyReport) -> list[tuple[object, ...]]:
+    return [
+        (c.check, c.passed, c.cause, c.stop_time_s, c.stop_distance_m, c.peak_kmh, c.limit_s)
+        for stage in report.stages
+        for c in stage.checks
+    ]
+
+
+def test_SR_MON_2_verify_monitor_runaway_is_deterministic_under_load() -> None:
+    """Key-relay mode, stage 4 (8.0 km/h): the runaway check once on a quiet interpreter and
+    once while another thread keeps the interpreter busy. On the virtual clock every tick
+    comes on time, so the verdict and every figure are the same; the peak stays well under
+    the limit (it once measured 9.98 against 9.90 in real time on a loaded machine)."""
+    config = load_config(MONITOR_CONFIG)
+    quiet = run_virtual(verify_config(config, jobs=4, stages=[4]))
+    stop = threading.Event()
+
+    def burn() -> None:
+        while not stop.is_set():
+            sum(range(10_000))
+
+    busy = threading.Thread(target=burn, name="cpu-load", daemon=True)
+    busy.start()
+    try:
+        loaded = run_virtual(verify_config(config, jobs=4, stages=[4]))
+    finally:
+        stop.set()
+        busy.join(timeout=10)
+    assert quiet.virtual_time
+    assert loaded.virtual_time
+    assert _stage4_figures(loaded) == _stage4_figures(quiet)
+    assert quiet.passed, format_markdown(quiet, config)
+    runaway = next(c for c in quiet.stages[0].checks if c.check == "runaway")
+    assert runaway.cause == "overspeed"
+    assert runaway.peak_kmh is not None
+    stage4 = config.stage_configs()[3]
+    assert runaway.peak_kmh < runaway_peak_limit_kmh(stage4, config) - 0.5
+    assert "on a virtual clock" in format_markdown(quiet, config)
