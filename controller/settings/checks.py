@@ -12,6 +12,7 @@ from pathlib import Path
 from controller.rules.config_rules import (
     check_safety_config,
 )
+from controller.settings.bounds import number_text as _number
 from controller.settings.credentials import read_mqtt_credentials
 from controller.settings.schema import (
     PI_UART_PORTS,
@@ -19,7 +20,6 @@ from controller.settings.schema import (
     STAGE_TO_YAML,
     AppConfig,
 )
-from controller.settings.schema_errors import number_text as _number
 from controller.settings.yaml_loader import (
     KeyPart,
     KeyPath,

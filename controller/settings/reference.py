@@ -10,6 +10,7 @@ from pydantic import (
     BaseModel,
 )
 
+from controller.settings.bounds import number_text as _number
 from controller.settings.checks import (
     _INPUT_MEANING,
 )
@@ -20,7 +21,6 @@ from controller.settings.schema import (
     Range,
 )
 from controller.settings.schema_errors import model_of as _model_of
-from controller.settings.schema_errors import number_text as _number
 from controller.training.config import TrainingConfig
 
 

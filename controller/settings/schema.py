@@ -34,7 +34,8 @@ from controller.rules.model import (
     SafetyConfig,
     StageConfig,
 )
-from controller.settings.schema_errors import number_text as _number
+from controller.settings.bounds import MQTT_BOUNDS, Bound
+from controller.settings.bounds import number_text as _number
 from controller.settings.yaml_loader import (
     KeyPath,
 )
@@ -57,23 +58,19 @@ MAX_UNIX_SOCKET_PATH = 107
 
 
 @dataclass(frozen=True)
-class Range:
+class Range(Bound):
     """``Annotated[float, Range(0, 20, "km/h/s", low_open=True)]``: bounded number.
 
     A value outside is refused with "must be from 10 to 200 Hz; got 500" (or "more than 0
-    and at most 20 km/h/s" when the low end is open). ``unit`` may be empty.
+    and at most 20 km/h/s" when the low end is open). ``unit`` may be empty. A range kept in
+    a shared table (:data:`controller.settings.bounds.MQTT_BOUNDS`) is used with
+    :meth:`of`.
     """
 
-    low: float
-    high: float
-    unit: str = ""
-    low_open: bool = False
-
-    def describe(self) -> str:
-        unit = f" {self.unit}" if self.unit else ""
-        if self.low_open:
-            return f"more than {_number(self.low)} and at most {_number(self.high)}{unit}"
-        return f"from {_number(self.low)} to {_number(self.high)}{unit}"
+    @classmethod
+    def of(cls, bound: Bound) -> Range:
+        """The schema annotation for a :class:`Bound` of a shared table."""
+        return cls(bound.low, bound.high, bound.unit, bound.low_open)
 
     def check(self, value: float) -> float:
         too_low = value <= self.low if self.low_open else value < self.low
@@ -570,13 +567,18 @@ class TlsSection(_Section):
 class MqttSection(_Section):
     """Telemetry and remote commands over MQTT. Never on the safety path."""
 
+    # Every number's range comes from controller.settings.bounds.MQTT_BOUNDS, the table the
+    # MQTT adapter checks its own settings against too.
+
     enabled: bool = Field(default=True, description="Publish telemetry and accept commands")
     host: str = Field(default="localhost", min_length=1, max_length=253, description="Broker")
-    port: Annotated[int, Range(1, 65535)] = Field(default=1883, description="Broker port")
+    port: Annotated[int, Range.of(MQTT_BOUNDS["port"])] = Field(
+        default=1883, description="Broker port"
+    )
     client_id: str | None = Field(
         default=None, description="MQTT client id; default treadmill-<treadmill.id>"
     )
-    keepalive_s: Annotated[int, Range(5, 600, "s")] = Field(
+    keepalive_s: Annotated[int, Range.of(MQTT_BOUNDS["keepalive_s"])] = Field(
         default=30, description="MQTT keepalive"
     )
     tls: TlsSection | None = Field(default=None, description="TLS settings; null = plain TCP")
@@ -595,23 +597,23 @@ class MqttSection(_Section):
         default="auto",
         description="MQTT version: auto tries 5, then 3.1.1 if the broker refuses or ignores 5",
     )
-    state_rate_hz: Annotated[float, Range(0.2, 20.0, "Hz")] = Field(
+    state_rate_hz: Annotated[float, Range.of(MQTT_BOUNDS["state_rate_hz"])] = Field(
         default=5.0, description="Highest rate of state messages (a state field changed)"
     )
-    measurement_interval_s: Annotated[float, Range(0.2, 60.0, "s")] = Field(
-        default=1.0, description="A state where only the speeds changed: at most this often"
+    measurement_interval_s: Annotated[float, Range.of(MQTT_BOUNDS["measurement_interval_s"])] = (
+        Field(default=1.0, description="A state where only the speeds changed: at most this often")
     )
-    counter_interval_s: Annotated[float, Range(1.0, 600.0, "s")] = Field(
+    counter_interval_s: Annotated[float, Range.of(MQTT_BOUNDS["counter_interval_s"])] = Field(
         default=10.0,
         description="A state where only the session counters changed: at most this often",
     )
-    diagnostics_interval_s: Annotated[float, Range(5.0, 3600.0, "s")] = Field(
-        default=60.0, description="Link, loop and MQTT counters on <prefix>/diagnostics"
+    diagnostics_interval_s: Annotated[float, Range.of(MQTT_BOUNDS["diagnostics_interval_s"])] = (
+        Field(default=60.0, description="Link, loop and MQTT counters on <prefix>/diagnostics")
     )
-    max_payload_bytes: Annotated[int, Range(256, 65_536, "bytes")] = Field(
+    max_payload_bytes: Annotated[int, Range.of(MQTT_BOUNDS["max_payload_bytes"])] = Field(
         default=1024, description="Incoming command payloads larger than this are refused"
     )
-    event_queue_size: Annotated[int, Range(10, 10_000, "events")] = Field(
+    event_queue_size: Annotated[int, Range.of(MQTT_BOUNDS["event_queue_size"])] = Field(
         default=100, description="Events waiting for the broker; the oldest are dropped first"
     )
 

@@ -14,17 +14,11 @@ from typing import Any, get_args
 from pydantic import BaseModel
 
 from controller.errors import ConfigIssue
+from controller.settings.bounds import number_text
 from controller.settings.yaml_loader import KeyPart, YamlDocument, format_key_path
 
 _BOUND_WORDS = {"ge": "at least", "gt": "more than", "le": "at most", "lt": "less than"}
 _UNION_MEMBERS = frozenset({"int", "str", "float", "bool", "dict[str,any]", "none"})
-
-
-def number_text(value: float) -> str:
-    """``10.0`` -> ``"10"``, ``0.05`` -> ``"0.05"``, ``1800000`` -> ``"1800000"``."""
-    if float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
 
 
 def shown(value: object) -> str:

@@ -517,7 +517,7 @@ async def test_pulled_state_measurements_throttled_state_fields_at_once(
         state_rate_hz=10.0,
         measurement_interval_s=0.5,
         counter_interval_s=2.0,
-        diagnostics_interval_s=1.0,
+        diagnostics_interval_s=5.0,  # the shortest the config accepts
     )
     publisher = MqttPublisher(settings, on_command=CommandLog())
     builds = 0
@@ -562,7 +562,7 @@ async def test_pulled_state_measurements_throttled_state_fields_at_once(
         at_rest = [m for m in obs.on(settings.state_topic) if m.at_s > rest_start]
         assert 1 <= len(at_rest) <= 3, [m.at_s - rest_start for m in at_rest]
         diagnostics = obs.on(settings.diagnostics_topic)
-        assert len(diagnostics) >= 3
+        assert len(diagnostics) >= 2  # after the connect, then every 5 s
         assert diagnostics[0].json() == {"ts": "x", "crc_errors": 0}
 
 

@@ -13,7 +13,9 @@ import pytest
 from controller.adapters.mqtt.publisher import MqttPublisher
 from controller.adapters.mqtt.settings import MqttSettings, TlsSettings
 from controller.errors import CredentialsError
+from controller.settings.bounds import MQTT_BOUNDS, Bound
 from controller.settings.credentials import read_mqtt_credentials
+from controller.settings.schema import MqttSection, Range
 from tests.mqtt.helpers import CommandLog, wait_until
 
 
@@ -57,18 +59,18 @@ def test_password_is_not_in_the_repr() -> None:
         ({"topic_prefix": "/treadmill"}, ("mqtt.topic_prefix", "none empty")),
         ({"discovery_prefix": "home+assistant"}, ("mqtt.discovery_prefix",)),
         ({"host": ""}, ("mqtt.host",)),
-        ({"port": 0}, ("mqtt.port", "1..65535")),
-        ({"keepalive_s": 0}, ("mqtt.keepalive_s",)),
+        ({"port": 0}, ("mqtt.port", "from 1 to 65535")),
+        ({"keepalive_s": 0}, ("mqtt.keepalive_s", "from 5 to 600 s")),
         ({"password": "x"}, ("mqtt.password", "without a username")),
         ({"state_rate_hz": 0.0}, ("mqtt.state_rate_hz",)),
         ({"state_rate_hz": float("nan")}, ("mqtt.state_rate_hz",)),
         ({"state_heartbeat_s": 0.5}, ("mqtt.state_heartbeat_s",)),
-        ({"max_payload_bytes": 8}, ("mqtt.max_payload_bytes", "16..65536")),
+        ({"max_payload_bytes": 8}, ("mqtt.max_payload_bytes", "from 256 to 65536 bytes")),
         ({"max_stage": 0}, ("mqtt.max_stage",)),
         ({"max_speed_kmh": float("inf")}, ("mqtt.max_speed_kmh",)),
         ({"event_queue_size": 0}, ("mqtt.event_queue_size",)),
         ({"reconnect_min_s": 0.0}, ("mqtt.reconnect_min_s",)),
-        ({"reconnect_min_s": 5.0, "reconnect_max_s": 1.0}, ("mqtt.reconnect_max_s",)),
+        ({"reconnect_min_s": 5.0, "reconnect_max_s": 1.0}, ("mqtt.reconnect_max_s", "at least")),
     ],
 )
 def test_bad_settings_name_the_field_the_value_and_the_range(
@@ -204,3 +206,50 @@ def test_a_missing_mosquitto_fails_the_test_with_how_to_install_it(
         broker.start()
     with pytest.raises(pytest.fail.Exception, match="mosquitto is not installed"):
         broker_module.start_or_fail(broker)
+
+
+# ---------------------------------------------------------------- one table of bounds
+
+
+def _edges(bound: Bound, integer: bool) -> tuple[list[float], list[float]]:
+    """Values just inside and just outside ``bound``."""
+    step = 1 if integer else 1e-6 * max(1.0, abs(bound.high))
+    inside = [bound.high] + ([] if bound.low_open else [bound.low])
+    outside = [bound.high + step, bound.low if bound.low_open else bound.low - step]
+    return inside, outside
+
+
+def test_mqtt_bounds_one_table_for_the_config_and_the_adapter() -> None:
+    """Every number of the config's mqtt section is in MQTT_BOUNDS with the same range, and
+    every bound of the table is the one both MqttSection (the config) and MqttSettings (the
+    adapter) enforce: each accepts its edges and refuses just outside them."""
+    numeric = {
+        name
+        for name, info in MqttSection.model_fields.items()
+        if info.annotation in (int, float, "int", "float")
+        or any(isinstance(m, Range) for m in info.metadata)
+    }
+    in_config = {key for key, bound in MQTT_BOUNDS.items() if bound.in_config}
+    assert numeric == in_config, "a number of the mqtt section is not in MQTT_BOUNDS"
+    for key in in_config:
+        ranges = [m for m in MqttSection.model_fields[key].metadata if isinstance(m, Range)]
+        assert ranges == [Range.of(MQTT_BOUNDS[key])], key
+    for key, bound in MQTT_BOUNDS.items():
+        integer = key in ("port", "keepalive_s", "max_payload_bytes", "event_queue_size",
+                          "max_stage")  # fmt: skip
+        inside, outside = _edges(bound, integer)
+        # reconnect_max_s >= reconnect_min_s: the other one out of the way
+        extra = {"reconnect_max_s": {"reconnect_min_s": 0.01}, "reconnect_min_s": {
+            "reconnect_max_s": 3600.0}}.get(key, {})  # fmt: skip
+        for value in inside:
+            typed = int(value) if integer else float(value)
+            settings(**{**extra, key: typed})
+            if bound.in_config:
+                MqttSection.model_validate({key: typed})
+        for value in outside:
+            typed = int(value) if integer else float(value)
+            with pytest.raises(ValueError, match=f"mqtt.{key}: got"):
+                settings(**{**extra, key: typed})
+            if bound.in_config:
+                with pytest.raises(ValueError, match="must be"):
+                    MqttSection.model_validate({key: typed})

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+
+from controller.settings.bounds import MQTT_BOUNDS
 
 PROTOCOLS: Final[tuple[str, ...]] = ("auto", "5", "3.1.1")
 """Accepted ``MqttSettings.protocol`` values."""
@@ -35,7 +36,8 @@ class TlsSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class MqttSettings:
-    """Everything the publisher needs. Validated here too; errors name the field.
+    """Everything the publisher needs. Validated here too, against the same bounds as the
+    config (:data:`controller.settings.bounds.MQTT_BOUNDS`); errors name the field.
 
     ``topic_prefix`` defaults to ``treadmill/<treadmill_id>`` and ``client_id`` to
     ``treadmill-<treadmill_id>`` when left empty. ``max_stage`` (the number of stages)
@@ -93,41 +95,20 @@ class MqttSettings:
                 raise bad(key, value, "topic levels separated by '/', none empty, no + # or NUL")
         if not self.host:
             raise bad("host", self.host, "a host name or address")
-        if not 1 <= self.port <= 65535:
-            raise bad("port", self.port, "1..65535")
-        if not 1 <= self.keepalive_s <= 65535:
-            raise bad("keepalive_s", self.keepalive_s, "1..65535 seconds")
         if self.password is not None and self.username is None:
             raise ValueError("mqtt.password: a password was given without a username")
-        if not (math.isfinite(self.state_rate_hz) and 0 < self.state_rate_hz <= 50):
-            raise bad("state_rate_hz", self.state_rate_hz, "0 < rate <= 50 Hz")
-        for key, low, high in (
-            ("measurement_interval_s", 0.05, 60.0),
-            ("counter_interval_s", 0.05, 3600.0),
-            ("diagnostics_interval_s", 1.0, 3600.0),
-        ):
+        for key, bound in MQTT_BOUNDS.items():
             value = getattr(self, key)
-            if not (math.isfinite(value) and low <= value <= high):
-                raise bad(key, value, f"{low:g}..{high:g} seconds")
+            if not bound.contains(value):
+                raise bad(key, value, bound.describe())
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise bad(
+                "reconnect_max_s",
+                self.reconnect_max_s,
+                f"at least reconnect_min_s ({self.reconnect_min_s:g} s)",
+            )
         if self.protocol not in PROTOCOLS:
             raise bad("protocol", self.protocol, ", ".join(PROTOCOLS))
-        if not (math.isfinite(self.state_heartbeat_s) and 1 <= self.state_heartbeat_s <= 3600):
-            raise bad("state_heartbeat_s", self.state_heartbeat_s, "1..3600 seconds")
-        if not 16 <= self.max_payload_bytes <= 65536:
-            raise bad("max_payload_bytes", self.max_payload_bytes, "16..65536 bytes")
-        if not 1 <= self.max_stage <= 100:
-            raise bad("max_stage", self.max_stage, "1..100")
-        if not (math.isfinite(self.max_speed_kmh) and 0 < self.max_speed_kmh <= 100):
-            raise bad("max_speed_kmh", self.max_speed_kmh, "0 < speed <= 100 km/h")
-        if not 1 <= self.event_queue_size <= 10000:
-            raise bad("event_queue_size", self.event_queue_size, "1..10000 events")
-        if not (math.isfinite(self.reconnect_min_s) and 0.01 <= self.reconnect_min_s <= 60):
-            raise bad("reconnect_min_s", self.reconnect_min_s, "0.01..60 seconds")
-        if not (
-            math.isfinite(self.reconnect_max_s)
-            and self.reconnect_min_s <= self.reconnect_max_s <= 3600
-        ):
-            raise bad("reconnect_max_s", self.reconnect_max_s, "reconnect_min_s..3600 seconds")
 
     @property
     def availability_topic(self) -> str:
