@@ -17,6 +17,7 @@ from controller.settings.credentials import read_mqtt_credentials
 from controller.settings.schema import (
     PI_UART_PORTS,
     SAFETY_TO_YAML,
+    SIM_PORT,
     STAGE_TO_YAML,
     AppConfig,
 )
@@ -222,6 +223,7 @@ def _wiring_problems(config: AppConfig) -> list[Problem]:
                     "the relay. Build the relay circuit with a longer hold-off",
                 )
             )
+    _check_simulator_out_of_process(config, problems)
     if config.gpio.mock_socket is not None and config.gpio.pin_factory != "mock":
         problems.append(
             (
@@ -445,3 +447,38 @@ def _exists(path: Path) -> bool:
         return path.exists()
     except OSError:  # e.g. ENAMETOOLONG: not a device that exists
         return False
+
+
+def _check_simulator_out_of_process(config: AppConfig, problems: list[Problem]) -> None:
+    """Mock pins with a simulator in another process (``treadmill sim``, ``--avr``,
+    ``--native``, given as a serial port path): the simulated inputs that only an
+    in-process simulator can drive are refused, rather than left silent.
+
+    * The Pi's belt sensor: its mock pin gets pulses only from the in-process simulator;
+      out of process it would read 0 while the belt moves and SR-CHAN-2 would stop the belt.
+    * Key-relay mode: the console-driven treadmill and its relay are simulated in-process
+      only (``treadmill sim`` simulates our firmware, which this mode does not use).
+    """
+    port = config.serial.port
+    if config.gpio.pin_factory != "mock" or port == SIM_PORT:
+        return
+    if config.drive.mode == "key_relay":
+        problems.append(
+            (
+                ("serial", "port"),
+                f"key-relay mode on mock pins needs the simulated console treadmill, which runs "
+                f'only in-process: set serial.port: "{SIM_PORT}" (got {port!r}; treadmill sim '
+                "simulates our firmware, which this mode does not use)",
+            )
+        )
+    elif config.belt_sensor is not None:
+        problems.append(
+            (
+                ("belt_sensor",),
+                f"the Pi's belt sensor on mock pins gets its pulses only from a simulator in "
+                f'this process (serial.port: "{SIM_PORT}"); with {port!r} (treadmill sim, '
+                "--avr or --native in another process) it would read 0 while the belt moves "
+                "and the channel check (SR-CHAN-2) would stop the belt. Remove the belt_sensor "
+                f'section to run on one speed channel, or use serial.port: "{SIM_PORT}"',
+            )
+        )

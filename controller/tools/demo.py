@@ -99,6 +99,8 @@ def demo_config(
 
     ``port``: the firmware's serial port; the default runs the simulator in-process, a path
     talks to a firmware runner such as ``treadmill sim --avr firmware/build/treadmill.elf``.
+    With a runner in another process the Pi's belt sensor is left out (one speed channel):
+    its mock pin gets pulses only from the in-process simulator.
     """
     serial = base.serial.model_copy(update={"port": port})
     gpio = base.gpio.model_copy(
@@ -115,15 +117,16 @@ def demo_config(
         )
     mqtt = base.mqtt.model_copy(update=mqtt_update)
     training_section = base.training.model_copy(update={"enabled": training})
-    return base.model_copy(
-        update={
-            "serial": serial,
-            "gpio": gpio,
-            "mqtt": mqtt,
-            "state_dir": str(state_dir),
-            "training": training_section,
-        }
-    )
+    update: dict[str, object] = {
+        "serial": serial,
+        "gpio": gpio,
+        "mqtt": mqtt,
+        "state_dir": str(state_dir),
+        "training": training_section,
+    }
+    if port != "sim://":
+        update["belt_sensor"] = None
+    return base.model_copy(update=update)
 
 
 async def _start_broker(kind: str, err: TextIO) -> DemoBroker | None:
@@ -187,6 +190,11 @@ async def _demo(args: argparse.Namespace, interactive: bool, out: TextIO, err: T
             )
             if broker is not None:
                 out.write(f"watch the telemetry: {broker.subscribe_hint()}\n")
+            if args.port is not None and base.belt_sensor is not None:
+                err.write(
+                    "demo: one speed channel: the Pi's belt sensor is left out, its pulses "
+                    "come only from the in-process simulator (without --port)\n"
+                )
             code, ok = await demo_session(
                 service,
                 out,

@@ -23,7 +23,12 @@ faults, separate from the firmware's sensor: ``inject belt_sensor_frozen``,
 and for both channels ``inject belt_slip 30`` (the belt slips 30 % on the driven roller, where
 the firmware's sensor is) and ``inject sensor_silent`` (the firmware's sensor). Its pulses
 reach a controller that runs the simulator in-process (``serial.port: sim://``, the demo, the
-scenarios); ``status`` shows the speed of its last period as ``belt_sensor_kmh``.
+scenarios); ``status`` shows the speed of its last period as ``belt_sensor_kmh``. A controller
+in another process cannot receive them: a config with mock pins, this runner's pty as
+``serial.port`` and a ``belt_sensor`` section is refused at load (remove the section to run on
+one speed channel). Key-relay mode (the console-driven treadmill, ``drive.mode: key_relay``)
+is simulated in-process only (docs/firmware.md, "What a runner in another process cannot
+simulate").
 """
 
 from __future__ import annotations
