@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
-from controller.rules.core import grip_watched
+from controller.rules.grip import grip_watched
 from controller.rules.model import GripLossAction, StageConfig
 from controller.tools.scenario import ScenarioRunError, run_scenarios
 from controller.tools.scenario_results import REST_KMH, ScenarioResult, StopRecord

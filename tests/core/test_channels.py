@@ -10,11 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.rules.core import (
+from controller.rules.channels import (
     channel_speeds_kmh,
     channel_tolerance_kmh,
     second_channel_at_rest,
-    start_blockers,
 )
 from controller.rules.model import (
     BeltSensorReading,
@@ -29,6 +28,7 @@ from controller.rules.model import (
     SetSpeed,
     StopKind,
 )
+from controller.rules.readiness import start_blockers
 from tests.core.support import (
     DEFAULT_CONFIG,
     TICK_MS,

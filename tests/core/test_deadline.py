@@ -13,7 +13,7 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.rules.core import decide, next_deadline_ms
+from controller.rules.core import decide
 from controller.rules.model import (
     Button,
     CoreState,
@@ -33,6 +33,7 @@ from controller.rules.model import (
     SelectStage,
     SetTarget,
 )
+from controller.rules.timers import next_deadline_ms
 from tests.core.support import DEFAULT_STAGES, Rig, make_config, running_rig, single_stage_config
 
 HORIZON_MS = 60_000  # with no deadline, nothing may change within this time either

@@ -24,7 +24,7 @@ from functools import cache
 
 import pytest
 
-from controller.rules.core import decide, initial_state, stage_limit_kmh
+from controller.rules.core import decide, initial_state
 from controller.rules.model import (
     Button,
     CoreState,
@@ -40,6 +40,7 @@ from controller.rules.model import (
     Stop,
     StopKind,
 )
+from controller.rules.stages import stage_limit_kmh
 from tests.core.support import BOOT_ID, Rig, make_config, stage, status
 
 GRIPS = [(False, False), (True, False), (False, True), (True, True)]

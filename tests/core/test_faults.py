@@ -8,7 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from controller.rules.core import FAULT_ADVICE, decide, internal_fault
+from controller.rules.core import decide, internal_fault
+from controller.rules.faults import FAULT_ADVICE
 from controller.rules.model import (
     Button,
     EStop,

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.rules.config_rules import check_safety_config
-from controller.rules.core import relay_start_blockers
+from controller.rules.key_relay import relay_start_blockers
 from controller.rules.model import (
     BeltSensorReading,
     Button,

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from controller.rules.core import decide, link_settled, start_blockers
+from controller.rules.core import decide
+from controller.rules.link import link_settled
 from controller.rules.model import (
     Button,
     FaultCode,
@@ -19,6 +20,7 @@ from controller.rules.model import (
     Stop,
     StopKind,
 )
+from controller.rules.readiness import start_blockers
 from tests.core.support import (
     DEFAULT_CONFIG,
     TICK_MS,

@@ -18,13 +18,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from controller.rules.core import (
-    WARNING_GRIP_SUSPECT,
-    internal_fault,
-    reset_blockers,
-    start_blockers,
-    status_problem,
-)
+from controller.rules.core import internal_fault
+from controller.rules.firmware_status import status_problem
+from controller.rules.grip import WARNING_GRIP_SUSPECT
 from controller.rules.model import (
     Button,
     Decision,
@@ -40,6 +36,7 @@ from controller.rules.model import (
     SelectStage,
     SetTarget,
 )
+from controller.rules.readiness import reset_blockers, start_blockers
 from tests.core.support import (
     DEFAULT_CONFIG,
     TICK_MS,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from controller.rules.config_rules import check_safety_config
-from controller.rules.core import MAX_TICK_DT_MS, decide, initial_state, stage_limit_kmh
+from controller.rules.core import decide, initial_state
 from controller.rules.model import (
     Button,
     CoreState,
@@ -34,6 +34,8 @@ from controller.rules.model import (
     Stop,
     StopKind,
 )
+from controller.rules.motion import MAX_TICK_DT_MS
+from controller.rules.stages import stage_limit_kmh
 from tests.core.support import CHECKSUM, Rig, make_config, running_rig, stage, status
 
 EPS = 1e-9

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.rules.core import measured_accel_kmh_s, runaway_seen
 from controller.rules.model import EStop, FaultCode, Mode, SetTarget, StopKind
+from controller.rules.plausibility import measured_accel_kmh_s, runaway_seen
 from tests.core.support import DEFAULT_CONFIG, TICK_MS, running_rig, single_stage_config
 
 WINDOW_MS = DEFAULT_CONFIG.runaway_window_ms

@@ -6,13 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from controller.rules.core import (
-    WARNING_GRIP_STUCK,
-    WARNING_GRIP_SUSPECT,
-    decide,
-    effective_stage_cap,
-    grip_watched,
-)
+from controller.rules.core import decide
+from controller.rules.grip import WARNING_GRIP_STUCK, WARNING_GRIP_SUSPECT, grip_watched
 from controller.rules.model import (
     Button,
     FaultCode,
@@ -25,6 +20,7 @@ from controller.rules.model import (
     Stop,
     StopKind,
 )
+from controller.rules.stages import effective_stage_cap
 from tests.core.support import (
     DEFAULT_CONFIG,
     TICK_MS,

@@ -7,13 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from controller.rules.core import (
-    MAX_TICK_DT_MS,
-    decide,
-    initial_state,
-    stage_limit_kmh,
-    start_blockers,
-)
+from controller.rules.core import decide, initial_state
 from controller.rules.model import (
     Button,
     EStop,
@@ -28,6 +22,9 @@ from controller.rules.model import (
     SetTarget,
     Stop,
 )
+from controller.rules.motion import MAX_TICK_DT_MS
+from controller.rules.readiness import start_blockers
+from controller.rules.stages import stage_limit_kmh
 from tests.core.support import (
     DEFAULT_CONFIG,
     faulted_rig,

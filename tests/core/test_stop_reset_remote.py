@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from controller.rules.core import RESET_CLEAR_TIMEOUT_MS, WARNING_GRIP_SUSPECT, reset_blockers
+from controller.rules.grip import WARNING_GRIP_SUSPECT
 from controller.rules.model import (
     Button,
     FaultCode,
@@ -23,6 +23,8 @@ from controller.rules.model import (
     SetTarget,
     Stop,
 )
+from controller.rules.readiness import reset_blockers
+from controller.rules.reset import RESET_CLEAR_TIMEOUT_MS
 from tests.core.support import (
     DEFAULT_CONFIG,
     faulted_rig,

@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from controller.rules.config_rules import check_safety_config
-from controller.rules.core import WIRE_SPEED_RESOLUTION_KMH, wire_speed_kmh
 from controller.rules.model import (
     Button,
     EStop,
@@ -32,6 +31,7 @@ from controller.rules.model import (
     StageConfig,
     Stop,
 )
+from controller.rules.motion import WIRE_SPEED_RESOLUTION_KMH, wire_speed_kmh
 from firmware_bridge.wire import messages
 from firmware_bridge.wire.codec import encode_frame
 from tests.core.support import TICK_MS, Rig, running_rig, single_stage_config

@@ -1,0 +1,103 @@
+"""When the next timer of the core runs out (:func:`next_deadline_ms`), so the service wakes the
+core then and not only at its next tick (SR-TIMER-1).
+"""
+
+from __future__ import annotations
+
+from controller.rules.emergencies import emergency_input
+from controller.rules.firmware_status import status_problem
+from controller.rules.grip import WARNING_GRIP_STUCK, WARNING_GRIP_SUSPECT, grip_watched
+from controller.rules.model import CoreState, GripLossAction, Inputs, Mode, SafetyConfig
+from controller.rules.plausibility import runaway_confirm_ms
+from controller.rules.reset import RESET_CLEAR_TIMEOUT_MS
+from controller.rules.rest import belt_at_rest
+from controller.rules.stages import stage_config
+
+
+def next_deadline_ms(state: CoreState, inputs: Inputs, config: SafetyConfig) -> int | None:
+    """When the next running timer runs out: the earliest time after ``state.last_tick_ms``
+    at which :func:`decide`, given the same inputs (no new commands, the same firmware
+    status), would decide differently; None when no timer runs.
+
+    The caller wakes then, in addition to its regular ticks, so a timer acts when it runs out
+    instead of at the next tick: the grip grace (SR-GRIP-2), the stale status (SR-STALE-1),
+    overspeed, not following and moving at rest (SR-PLAUS-1..3), the runaway confirmation
+    (SR-PLAUS-5), the speed channels disagreeing (SR-CHAN-2), the grip chatter window, the
+    stuck-grip warning and a touch becoming a hold (SR-GRIP-6, 7, 10), the link-quality window
+    (SR-LINK-3), a reset waiting for CLEAR_FAULT (SR-RESET-3) and the first tick at rest after
+    an emergency (SR-STOP-3). It may be early (then the decision is the same), never late.
+    Computed from the state the tick produced, the inputs and the config only.
+    """
+    now_ms = state.last_tick_ms
+    firmware = inputs.firmware
+    candidates: list[int] = []
+    if firmware is not None:
+        candidates.append(firmware.received_ms + config.stale_ms + 1)
+    if state.mode is Mode.RUNNING:
+        candidates.extend(_running_grip_deadlines_ms(state, config, now_ms))
+    edges = state.grip_edges_ms
+    if len(edges) >= config.grip_chatter_edges:
+        candidates.append(edges[-config.grip_chatter_edges] + config.grip_chatter_window_ms)
+    if state.overspeed_since_ms is not None:
+        candidates.append(state.overspeed_since_ms + config.overspeed_ms + 1)
+    if state.follow_since_ms is not None:
+        candidates.append(state.follow_since_ms + config.follow_ms + 1)
+    if state.moving_at_rest_since_ms is not None:
+        candidates.append(state.moving_at_rest_since_ms + config.moving_at_rest_ms + 1)
+    if state.runaway_suspect is not None:
+        candidates.append(state.runaway_suspect[0] + runaway_confirm_ms(config) + 1)
+    if state.disagree_since_ms is not None and config.second_channel is not None:
+        candidates.append(state.disagree_since_ms + config.second_channel.disagree_ms + 1)
+    if state.link_window is not None and inputs.link is not None:
+        candidates.append(state.link_window[0] + config.link_window_ms)
+    if state.reset_armed_ms is not None:
+        candidates.append(state.reset_armed_ms + RESET_CLEAR_TIMEOUT_MS + 1)
+    fault = state.fault
+    if (
+        fault is not None
+        and not state.fault_rest_reached
+        and now_ms is not None
+        and firmware is not None
+        and status_problem(firmware, config, now_ms) is None
+        and belt_at_rest(firmware, config)
+        and not emergency_input(inputs)
+    ):
+        candidates.append(fault.since_ms + 1)
+    later = [t for t in candidates if now_ms is None or t > now_ms]
+    return min(later) if later else None
+
+
+def _running_grip_deadlines_ms(
+    state: CoreState, config: SafetyConfig, now_ms: int | None
+) -> list[int]:
+    """The grip timers that run only while RUNNING: the grace or the touch becoming a hold,
+    a chattering sensor at a latching stage and the stuck-grip warning (SR-GRIP-2, 6, 7, 10)."""
+    stage = stage_config(state, config)
+    deadlines: list[int] = []
+    # These two have not acted yet (they would have latched, slowed, warned or flagged),
+    # even if their time has passed: a stage change by a command later in the tick can
+    # make one due at once (SR-GRIP-8), so it acts at the next possible millisecond.
+    soonest_ms = 0 if now_ms is None else now_ms + 1
+    lost_ms = state.grip_lost_since_ms
+    held_ms = state.grip_held_since_ms
+    if lost_ms is not None and held_ms is not None:
+        # A touch during a loss: nothing acts until it has become a hold (SR-GRIP-10).
+        deadlines.append(max(held_ms + config.grip_regrip_ms, soonest_ms))
+    elif lost_ms is not None and not state.grip_action_taken:
+        deadlines.append(max(lost_ms + stage.grip_grace_ms, soonest_ms))
+    if (
+        WARNING_GRIP_SUSPECT in state.warnings
+        and grip_watched(stage)
+        and stage.on_grip_loss is GripLossAction.STOP_LATCH
+    ):
+        # A chattering sensor at a stage that latches on grip loss latches at the next
+        # grip check (SR-GRIP-6); a stage lowered by a command later in the tick makes
+        # that the next millisecond.
+        deadlines.append(soonest_ms)
+    if (
+        grip_watched(stage)
+        and state.grip_changed_ms is not None
+        and WARNING_GRIP_STUCK not in state.warnings
+    ):
+        deadlines.append(max(state.grip_changed_ms + config.grip_stuck_window_ms, soonest_ms))
+    return deadlines
