@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Mutation testing of the safety core: mutmut 3 mutates controller/rules/core.py and runs
-# tests/core against every mutant. Prints the summary and every surviving mutant.
+# Mutation testing of the safety core: mutmut 3 mutates every module of the core (listed in
+# .ci/safety-core.txt: decide() in controller/rules/core.py and the rule modules it composes)
+# and runs tests/core against every mutant. Prints the summary and every surviving mutant.
 #
 # It works in a scratch copy, so the checkout gets no mutants/ directory and no mutmut
 # configuration (mutmut 3 reads [mutmut] from setup.cfg when pyproject.toml has no
@@ -9,10 +10,11 @@
 # Environment:
 #   MUTATION_JOBS     parallel workers (default: number of CPUs)
 #   MUTATION_WORKDIR  scratch directory to use and keep (default: a fresh temp dir)
-#   MUTATION_TARGET   module to mutate (default: controller/rules/core.py)
+#   MUTATION_TARGET   files to mutate, separated by spaces: paths or globs relative to the
+#                     repository (default: every path in .ci/safety-core.txt)
 #
 # Arguments are passed to "mutmut run": mutant names or globs such as
-# 'controller.rules.core.x__check_following*' restrict the run to those mutants.
+# 'controller.rules.plausibility.x_check_following*' restrict the run to those mutants.
 #
 # Exit status: 0 when no mutant survives, 1 otherwise.
 set -euo pipefail
@@ -20,7 +22,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${root}/.venv/bin"
 jobs="${MUTATION_JOBS:-$(nproc)}"
-target="${MUTATION_TARGET:-controller/rules/core.py}"
+core_list="${root}/.ci/safety-core.txt"
+default_target="$(grep -v -e '^#' -e '^[[:space:]]*$' "${core_list}" | tr '\n' ' ')"
+read -r -a targets <<<"${MUTATION_TARGET:-${default_target}}"
 work="${MUTATION_WORKDIR:-$(mktemp -d -t mutation-XXXXXX)}"
 
 mkdir -p "${work}/tests"
@@ -34,18 +38,29 @@ cp -r "${root}/docs" "${work}/docs"
 cp "${root}/pyproject.toml" "${work}/pyproject.toml"
 find "${work}" -name __pycache__ -type d -prune -exec rm -rf {} +
 
+# only_mutate takes the paths or globs as they are (mutmut matches them with fnmatch); the
+# type checker gets the files they name. A multi-line setup.cfg value is one list item a line.
+files=()
+for pattern in "${targets[@]}"; do
+    matched="$(cd "${work}" && compgen -G "${pattern}" || true)"
+    [ -n "${matched}" ] || { echo "mutation.sh: ${pattern} matches no file" >&2; exit 2; }
+    mapfile -t -O "${#files[@]}" files <<<"${matched}"
+done
+indent() { printf '    %s\n' "$@"; }
+
 # Mutants that mypy --strict rejects are counted as caught by the type checker: CI runs
 # mypy strict on every file, so such a change could never be merged.
 cat > "${work}/setup.cfg" <<CFG
 [mutmut]
 source_paths = controller
-only_mutate = ${target}
+only_mutate =
+$(indent "${targets[@]}")
 pytest_add_cli_args_test_selection = tests/core
 also_copy =
     docs
 type_check_command =
     mypy
-    ${target}
+$(indent "${files[@]}")
     --output
     json
     --no-warn-unused-ignores
@@ -54,7 +69,7 @@ CFG
 cd "${work}"
 export PATH="${venv}:${PATH}"  # mutmut recognises the type checker by the bare name "mypy"
 export HYPOTHESIS_PROFILE=mutation
-echo "mutation testing ${target} in ${work} with ${jobs} workers"
+echo "mutation testing ${targets[*]} in ${work} with ${jobs} workers"
 "${venv}/mutmut" run --max-children "${jobs}" "$@"
 "${venv}/mutmut" export-cicd-stats >/dev/null
 python3 - <<'PY'

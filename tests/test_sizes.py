@@ -16,10 +16,6 @@ MAX_FUNCTION_LINES = 60
 
 #: path -> why the module stays whole
 LONG_MODULES: dict[str, str] = {
-    "controller/rules/core.py": (
-        "the safety core: every rule of decide() in one reviewable file, in the check order of "
-        "SR-PREC-1 (h11 keeps its state machine in one file too); mutation testing targets it"
-    ),
     "firmware_bridge/wire/messages.py": (
         "the wire data dictionary: FIELDS and one encoder/decoder per message, the single "
         "source of the protocol tables in docs/protocol.md"
@@ -66,18 +62,13 @@ LONG_FUNCTIONS: dict[str, str] = {
     "controller/adapters/mqtt/publisher.py:run": (
         "the publisher task: connect, serve, reconnect, each failure mode named in one place"
     ),
-    "controller/rules/core.py:_latch": (
+    "controller/rules/faults.py:latch": (
         "latching, upgrading and folding a fault into its first cause (SR-FAULT-1..3, "
         "SR-FAULT-6) read in one place"
     ),
     "controller/tools/view.py:view_from_state": "one field per line of the terminal view",
     "controller/rules/config_rules.py:_check_second_channel": (
         "one check per rule of the second speed channel (SR-CONFIG-9)"
-    ),
-    "controller/rules/core.py:_check_grip": "the grip rules of one tick, in order (SR-GRIP-*)",
-    "controller/rules/core.py:next_deadline_ms": "one term per timer of the core (SR-TIMER-1)",
-    "controller/rules/core.py:_relay_check_sensor": (
-        "the key-relay mode's speed-sensor checks, in order (SR-MON-*)"
     ),
     "controller/tools/history.py:write_plot": "one figure: sessions per week, speed per client",
     "controller/tools/scenario_plot.py:write_plot": (
