@@ -382,8 +382,7 @@ def test_pure_module_imports_no_private_name(module: str) -> None:
     bad = [
         f"line {node.lineno}: {node.module}.{alias.name}"
         for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom)
-        and (node.module or "").split(".")[0] in PACKAGES
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PACKAGES
         for alias in node.names
         if alias.name.startswith("_")
     ]

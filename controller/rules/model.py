@@ -340,7 +340,7 @@ class Event:
 
 @dataclass(frozen=True)
 class CoreState:
-    """The core's whole memory. Built only by controller.rules.core."""
+    """The core's whole memory. Built only by the safety core (controller.rules)."""
 
     mode: Mode
     stage: int
@@ -385,11 +385,11 @@ class Decision:
     clear_firmware_fault: bool = False  # send CLEAR_FAULT (only on a valid local reset)
     events: tuple[Event, ...] = ()
     # The core's verdicts, for the service, the training program and telemetry to read
-    # instead of deciding again (one definition each, in controller.rules.core):
-    belt_at_rest: bool = False  # core.at_rest(): mode IDLE/FAULTED, belt standing still
-    firmware_fresh: bool = False  # core.firmware_fresh(): a status at most stale_ms old
+    # instead of deciding again (one definition each, in the rule modules of the core):
+    belt_at_rest: bool = False  # rest.at_rest(): mode IDLE/FAULTED, belt standing still
+    firmware_fresh: bool = False  # firmware_status.firmware_fresh(): a status at most stale_ms old
     # The earliest time (ms, the clock of ``now_ms``) at which a running timer would change
-    # the decision with the same inputs; None when no timer runs. See core.next_deadline_ms.
+    # the decision with the same inputs; None when no timer runs. See timers.next_deadline_ms.
     next_deadline_ms: int | None = None
     # Key-relay mode: toggle the key-relay output this tick (motion allowed, SR-MON-1).
     key_relay: bool = False

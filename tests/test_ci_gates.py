@@ -1,0 +1,49 @@
+"""The gates of the safety core cover every module of it.
+
+``.ci/safety-core.txt`` lists the modules of the safety core: ``./dev.sh test`` holds each at
+100 % branch coverage and ``.ci/mutation.sh`` mutates each by default. A rule module added to
+``controller/rules/`` without being listed there would escape both gates, so this test
+classifies every module of the folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CORE_LIST = ROOT / ".ci" / "safety-core.txt"
+
+#: Modules of controller/rules/ that are not part of decide(), and where they are checked.
+NOT_IN_THE_CORE = {
+    "controller/rules/__init__.py": "the package docstring",
+    "controller/rules/model.py": "data types only: exercised by every core test",
+    "controller/rules/config_rules.py": "dev.sh covers it separately (SR-CONFIG-*)",
+    "controller/rules/transitions.py": "dev.sh covers it separately (SR-MODE-3)",
+    "controller/rules/reload.py": "the reload merge, tested through the service (tests/service)",
+}
+
+
+def _listed() -> list[str]:
+    lines = CORE_LIST.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_every_rules_module_is_in_the_core_list_or_explained() -> None:
+    present = {p.relative_to(ROOT).as_posix() for p in (ROOT / "controller/rules").glob("*.py")}
+    listed = _listed()
+    assert len(listed) == len(set(listed)), "a module is listed twice"
+    assert sorted(set(listed) - present) == [], "listed modules that do not exist"
+    unclassified = present - set(listed) - set(NOT_IN_THE_CORE)
+    assert sorted(unclassified) == [], "add new rule modules to .ci/safety-core.txt"
+    assert sorted(set(listed) & set(NOT_IN_THE_CORE)) == []
+    assert sorted(set(NOT_IN_THE_CORE) - present) == [], "stale NOT_IN_THE_CORE entries"
+
+
+def test_both_gates_read_the_core_list() -> None:
+    dev = (ROOT / "dev.sh").read_text(encoding="utf-8")
+    mutation = (ROOT / ".ci" / "mutation.sh").read_text(encoding="utf-8")
+    assert ".ci/safety-core.txt" in dev
+    assert "--cov-fail-under=100" in dev
+    assert "--cov=controller.rules.config_rules" in dev
+    assert "--cov=controller.rules.transitions" in dev
+    assert ".ci/safety-core.txt" in mutation
