@@ -19,7 +19,7 @@ NOT_IN_THE_CORE = {
     "controller/rules/model.py": "data types only: exercised by every core test",
     "controller/rules/config_rules.py": "dev.sh covers it separately (SR-CONFIG-*)",
     "controller/rules/transitions.py": "dev.sh covers it separately (SR-MODE-3)",
-    "controller/rules/reload.py": "the reload merge, tested through the service (tests/service)",
+    "controller/rules/reload.py": "the reload merge (SR-RELOAD-1): tests/core/test_reload_merge.py",
 }
 
 
