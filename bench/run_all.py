@@ -68,7 +68,12 @@ GOALS: dict[str, tuple[Goal, ...]] = {
     "remote_stop": (Goal("p99", 100.0, "ms"),),
     "loop_lateness": (Goal("p99", 2.0, "ms"),),
     "missed_ticks": (Goal("count", 0, "ticks"),),
+    # CPU of one core, per broker condition. Healthy: the goal. Down: a dead broker must not
+    # cost more than a healthy one. Flooded: 2,000 junk commands a second are parsed up to the
+    # intake limit and dropped beyond it; this bound is the stated price of that flood.
     "cpu": (Goal("pct_of_core", 2.0, "%"),),
+    "cpu_down": (Goal("pct_of_core", 2.0, "%"),),
+    "cpu_flooded": (Goal("pct_of_core", 15.0, "%"),),
     "rss": (Goal("peak", 60.0, "MiB"),),
     "startup": (Goal("max", 1500.0, "ms"),),
 }
@@ -323,6 +328,7 @@ def _rows(results: dict[str, Any]) -> list[list[str]]:
                 ]
             )
     for condition, run in results.get("loop", {}).items():
+        cpu_goal = GOALS.get(f"cpu_{condition}", GOALS["cpu"])[0]
         loop = run["loop"]
         p99 = float(loop["lateness_p99_ms"])
         rows.append(
@@ -366,8 +372,8 @@ def _rows(results: dict[str, Any]) -> list[list[str]]:
                 "",
                 "",
                 fmt(float(run["cpu_pct_of_core"])),
-                "<=2",
-                _verdict(float(run["cpu_pct_of_core"]), GOALS["cpu"][0]),
+                f"<={cpu_goal.limit:g}",
+                _verdict(float(run["cpu_pct_of_core"]), cpu_goal),
             ]
         )
         peak_mib = run["rss_peak_kb"] / 1024
