@@ -32,10 +32,6 @@ LONG_MODULES: dict[str, str] = {
         "the Service class: the loop, reload and task supervision share the service's state; "
         "its statistics and wiring are already apart (runtime/stats.py, runtime/wiring.py)"
     ),
-    "controller/adapters/mqtt/publisher.py": (
-        "one publisher task owning the broker connection: connect, publish, command intake "
-        "and flood control share the connection state"
-    ),
     "controller/settings/schema.py": (
         "the schema: every section and key of the YAML in one table, so each key's type, "
         "default, range and unit can be read in one place"

@@ -11,12 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.adapters.mqtt.commands import CommandRejected, ParsedCommand
-from controller.adapters.mqtt.publisher import (
-    COMMAND_BURST,
-    COMMANDS_PER_S,
-    MqttPublisher,
-    RejectionFolder,
-)
+from controller.adapters.mqtt.intake import COMMAND_BURST, COMMANDS_PER_S, RejectionFolder
+from controller.adapters.mqtt.publisher import MqttPublisher
 from controller.adapters.mqtt.settings import MqttSettings
 
 PREFIX = "treadmill/t1/cmd/"
@@ -79,10 +75,10 @@ def test_folder_never_lets_more_than_burst_plus_rate_through(
 
 def test_intake_drops_commands_beyond_the_burst_but_never_a_stop() -> None:
     publisher = make_publisher([])
-    admitted = [publisher._admit(f"{PREFIX}target_kmh") for _ in range(COMMAND_BURST + 100)]
+    admitted = [publisher.intake.admit(f"{PREFIX}target_kmh") for _ in range(COMMAND_BURST + 100)]
     assert admitted.count(True) == COMMAND_BURST
-    assert all(publisher._admit(f"{PREFIX}stop") for _ in range(10_000))
-    assert publisher._admit("homeassistant/status")  # not a command: never limited
+    assert all(publisher.intake.admit(f"{PREFIX}stop") for _ in range(10_000))
+    assert publisher.intake.admit("homeassistant/status")  # not a command: never limited
     assert COMMANDS_PER_S >= 10  # well above what a person or a dashboard sends
 
 
@@ -90,10 +86,10 @@ def test_rejection_events_beyond_the_burst_are_folded_into_the_next() -> None:
     commands: list[ParsedCommand] = []
     publisher = make_publisher(commands)
     for _ in range(60):
-        publisher._handle_message(f"{PREFIX}target_kmh", b"fast", retain=False)
+        publisher.intake.handle(f"{PREFIX}target_kmh", b"fast", retain=False)
     assert len(commands) == 60  # every rejection still reaches the service
     assert all(isinstance(c, CommandRejected) for c in commands)
-    events = list(publisher._events)
+    events = list(publisher.outbox.events)
     assert len(events) == 20  # the burst, one by one
     stats = publisher.stats
     assert (stats.commands_rejected, stats.rejections_folded) == (60, 40)
@@ -101,12 +97,11 @@ def test_rejection_events_beyond_the_burst_are_folded_into_the_next() -> None:
 
 def test_a_stop_counts_once_whichever_path_brings_it_first() -> None:
     publisher = make_publisher([])
-    assert publisher._stop_is_twin(0) is False  # stop path down: every stop counts
-    publisher._stop_path_up = True
-    publisher._stop_counts = [0, 0]
+    assert publisher.intake.stop_is_twin(0) is False  # stop path down: every stop counts
+    publisher.intake.set_stop_path(up=True)
     # stop 1 via the stop path first, stop 2 via the main connection first
-    assert [publisher._stop_is_twin(p) for p in (1, 0, 0, 1)] == [False, True, False, True]
+    assert [publisher.intake.stop_is_twin(p) for p in (1, 0, 0, 1)] == [False, True, False, True]
     # a copy lost on one path (a queue full of stops) delays a later stop, never loses it
-    assert publisher._stop_is_twin(1) is False  # stop 3: its main copy is lost
-    assert publisher._stop_is_twin(0) is True  # stop 4 on main: taken for the twin of 3
-    assert publisher._stop_is_twin(1) is False  # stop 4 on the stop path: counts
+    assert publisher.intake.stop_is_twin(1) is False  # stop 3: its main copy is lost
+    assert publisher.intake.stop_is_twin(0) is True  # stop 4 on main: taken for the twin of 3
+    assert publisher.intake.stop_is_twin(1) is False  # stop 4 on the stop path: counts

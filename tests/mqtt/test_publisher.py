@@ -383,7 +383,7 @@ async def test_stops_come_through_the_stop_path_once_each(
         for _ in range(5):
             await dashboard.publish(f"{settings.command_prefix}stop", "PRESS")
         await wait_until(
-            lambda: publisher._stop_counts == [5, 5], what="every stop seen on both paths"
+            lambda: publisher.intake.stop_counts == [5, 5], what="every stop seen on both paths"
         )
         assert log.commands == [RemoteStop()] * 5
         assert publisher.stats.commands_received == 5

@@ -170,11 +170,11 @@ async def test_run_against_nothing_keeps_retrying_and_stops_on_cancel() -> None:
 def test_incoming_queue_drops_the_oldest_non_stop_and_never_a_stop() -> None:
     import aiomqtt
 
-    from controller.adapters.mqtt.publisher import _incoming_queue_type
+    from controller.adapters.mqtt.intake import incoming_queue_type
 
     dropped: list[int] = []
     created: list[object] = []
-    queue_type = _incoming_queue_type("p/cmd/stop", lambda: dropped.append(1), created.append)
+    queue_type = incoming_queue_type("p/cmd/stop", lambda: dropped.append(1), created.append)
     queue = queue_type(maxsize=3)
     assert created == [queue]
 
