@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Mutation testing of the safety core: mutmut 3 mutates every module of the core (listed in
 # .ci/safety-core.txt: decide() in controller/rules/core.py and the rule modules it composes)
-# and runs tests/core against every mutant. Prints the summary and every surviving mutant.
+# and runs tests/core against every mutant, in two passes: a quick pass with the property
+# tests capped and the slowest exhaustive tests on a stride of their cases (MUTATION_QUICK=1,
+# tests/core/conftest.py), then every survivor of it against the full tests/core. Prints the
+# counts of both passes and every mutant that survives the full tests.
 #
 # It works in a scratch copy, so the checkout gets no mutants/ directory and no mutmut
 # configuration (mutmut 3 reads [mutmut] from setup.cfg when pyproject.toml has no
@@ -70,16 +73,35 @@ cd "${work}"
 export PATH="${venv}:${PATH}"  # mutmut recognises the type checker by the bare name "mypy"
 export HYPOTHESIS_PROFILE=mutation
 echo "mutation testing ${targets[*]} in ${work} with ${jobs} workers"
-"${venv}/mutmut" run --max-children "${jobs}" "$@"
+# Pass 1, quick: property tests capped and the slowest exhaustive tests on a stride of their
+# cases (tests/core/conftest.py). Fewer cases can only let a mutant survive, never kill one.
+MUTATION_QUICK=1 "${venv}/mutmut" run --max-children "${jobs}" "$@"
 "${venv}/mutmut" export-cicd-stats >/dev/null
 python3 - <<'PY'
 import json
 stats = json.load(open("mutants/mutmut-cicd-stats.json"))
-print("summary:", ", ".join(f"{key} {value}" for key, value in stats.items()))
+print("quick pass:", ", ".join(f"{key} {value}" for key, value in stats.items()))
 PY
+# Pass 2, full: every survivor of the quick pass against the whole of tests/core, every
+# property test at its own example count and every exhaustive test complete. The mutated
+# sources in mutants/ pick the mutant named by MUTANT_UNDER_TEST.
+mapfile -t quick_survivors < <("${venv}/mutmut" results | awk -F': ' '/: survived$/ {gsub(/ /, "", $1); print $1}')
+echo "${#quick_survivors[@]} survivors of the quick pass; re-running each against the full tests"
+survivors=()
+killed_by_full=0
+for name in "${quick_survivors[@]}"; do
+    if (cd mutants && MUTANT_UNDER_TEST="${name}" "${venv}/python" -m pytest -x -q \
+        -p no:cacheprovider -p no:randomly tests/core >/dev/null 2>&1); then
+        survivors+=("${name}")
+    else
+        killed_by_full=$((killed_by_full + 1))
+    fi
+done
+echo "full pass: ${killed_by_full} killed, ${#survivors[@]} survived"
 echo "surviving mutants (show one with: cd ${work} && ${venv}/mutmut show NAME):"
-survivors="$("${venv}/mutmut" results)"
-echo "${survivors}"
-if grep -q ': survived' <<<"${survivors}"; then
+for name in "${survivors[@]}"; do
+    echo "    ${name}"
+done
+if [ "${#survivors[@]}" -gt 0 ]; then
     exit 1
 fi

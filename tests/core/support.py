@@ -7,6 +7,7 @@ equals the speed the core commanded at the previous tick.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 
 from controller.rules.core import decide, initial_state
@@ -36,6 +37,12 @@ from controller.rules.model import (
 TICK_MS = 20
 CHECKSUM = 0x1234ABCD
 BOOT_ID = 7
+
+#: The quick first pass of the mutation run (.ci/mutation.sh, tests/core/conftest.py):
+#: exhaustive tests that take tens of seconds check a stride of their cases. Its survivors are
+#: re-run against the full tests.
+MUTATION_QUICK = os.environ.get("MUTATION_QUICK") == "1"
+QUICK_STRIDE = 7
 
 
 def stage(
