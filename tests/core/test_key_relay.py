@@ -4,7 +4,7 @@ the core can only hold or open a relay in series with its safety key."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -13,82 +13,17 @@ from hypothesis import strategies as st
 from controller.rules.config_rules import check_safety_config
 from controller.rules.key_relay import relay_start_blockers
 from controller.rules.model import (
-    BeltSensorReading,
     Button,
-    ChannelConfig,
-    Decision,
     FaultCode,
     GripLossAction,
-    Inputs,
-    KeyRelayConfig,
-    LocalCommand,
     Mode,
     Press,
-    RemoteCommand,
     RemoteLowerTarget,
     RemoteStop,
-    SelectStage,
     SetTarget,
 )
-from tests.core.support import TICK_MS, Rig, make_config, stage
-
-RELAY = KeyRelayConfig()
-CONFIG = make_config(second_channel=ChannelConfig(), key_relay=RELAY, machine_max_kmh=8.0)
-
-
-@dataclass
-class RelayRig(Rig):
-    """No firmware in this mode: the Pi's belt sensor is the only reading."""
-
-    belt_kmh: float = 0.0
-    sensor_missing: bool = False
-
-    def inputs(
-        self, local: tuple[LocalCommand, ...] = (), remote: tuple[RemoteCommand, ...] = ()
-    ) -> Inputs:
-        return Inputs(
-            grip_left=self.grip[0],
-            grip_right=self.grip[1],
-            estop_pressed=self.estop,
-            safety_key_present=self.key,
-            firmware=None,
-            local=local,
-            remote=remote,
-            stage_cap=self.stage_cap,
-            belt_sensor=None if self.sensor_missing else BeltSensorReading(self.belt_kmh, 0, None),
-        )
-
-
-def idle(stage_number: int = 1) -> RelayRig:
-    rig = RelayRig(config=CONFIG)
-    decision = rig.tick()
-    assert decision.state.mode is Mode.IDLE, decision.events
-    assert not decision.key_relay
-    if stage_number != 1:
-        rig.tick(SelectStage(stage_number))
-    return rig
-
-
-def armed(stage_number: int = 1) -> RelayRig:
-    rig = idle(stage_number)
-    decision = rig.press(Button.START)
-    assert decision.state.mode is Mode.RUNNING, decision.events
-    assert decision.key_relay
-    return rig
-
-
-def walking(speed_kmh: float = 1.5, stage_number: int = 1) -> RelayRig:
-    rig = armed(stage_number)
-    rig.belt_kmh = speed_kmh  # the person started the belt at the console
-    decision = rig.tick()
-    assert decision.key_relay
-    assert decision.state.relay_motion_seen
-    return rig
-
-
-def relay_open(decision: Decision) -> bool:
-    return not decision.key_relay
-
+from tests.core.relay_support import CONFIG, RELAY, armed, idle, relay_open, walking
+from tests.core.support import TICK_MS, make_config, stage
 
 # --------------------------------------------------------------------------- SR-MON-1
 

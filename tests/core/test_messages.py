@@ -21,7 +21,9 @@ from pathlib import Path
 from controller.rules.core import internal_fault
 from controller.rules.firmware_status import status_problem
 from controller.rules.grip import WARNING_GRIP_SUSPECT
+from controller.rules.key_relay import relay_start_blockers
 from controller.rules.model import (
+    BeltSensorReading,
     Button,
     Decision,
     FirmwareState,
@@ -37,6 +39,11 @@ from controller.rules.model import (
     SetTarget,
 )
 from controller.rules.readiness import reset_blockers, start_blockers
+from tests.core.relay_support import CONFIG as RELAY_CONFIG
+from tests.core.relay_support import RELAY
+from tests.core.relay_support import armed as relay_armed
+from tests.core.relay_support import idle as relay_idle
+from tests.core.relay_support import walking as relay_walking
 from tests.core.support import (
     DEFAULT_CONFIG,
     TICK_MS,
@@ -328,6 +335,101 @@ def _grip_sensor() -> list[Decision]:
     return decisions + _from(rig, mark)
 
 
+# ---------------------------------------------------------------- key-relay mode (SR-MON-*)
+
+
+@script("key relay: START closes, the belt stopped at the console, STOP, service and remote stop")
+def _relay_start_stop() -> list[Decision]:
+    rig = relay_idle()
+    mark = len(rig.history)
+    rig.press(Button.START)
+    rig.belt_kmh = 1.0
+    rig.tick()
+    rig.belt_kmh = 0.0
+    rig.tick(dt_ms=200)
+    rig.press(Button.START)
+    rig.belt_kmh = 1.0
+    rig.tick()
+    rig.press(Button.STOP)
+    rig.belt_kmh = 0.0
+    rig.tick(dt_ms=200)
+    rig.press(Button.START)
+    rig.tick(RequestStop("session_complete"))
+    rig.press(Button.START)
+    rig.tick(remote=(RemoteStop(),))
+    return _from(rig, mark)
+
+
+@script("key relay: no belt motion within the start window")
+def _relay_no_motion() -> list[Decision]:
+    rig = relay_armed()
+    mark = len(rig.history)
+    rig.tick(dt_ms=RELAY.start_window_ms)
+    rig.tick(dt_ms=1)
+    return _from(rig, mark)
+
+
+@script("key relay: start and reset refused, reset accepted, remote stage cap cleared")
+def _relay_refusals() -> list[Decision]:
+    rig = relay_walking(1.0)
+    rig.press(Button.STOP)
+    decisions = [rig.press(Button.START)]
+    rig = relay_idle()
+    rig.belt_kmh = 1.0
+    rig.grip = (False, False)
+    decisions.append(rig.press(Button.START))
+    rig = relay_idle()
+    decisions.append(rig.tick(Press(Button.START), Press(Button.STOP)))
+    rig = relay_walking(1.0)
+    rig.estop = True
+    mark = len(rig.history)
+    rig.tick()
+    rig.press(Button.RESET)
+    rig.estop = False
+    rig.belt_kmh = 0.0
+    rig.tick(dt_ms=200)
+    rig.press(Button.START)
+    rig.tick(Press(Button.RESET), Press(Button.START))
+    decisions += _from(rig, mark)
+    rig = relay_idle(stage_number=3)
+    mark = len(rig.history)
+    rig.tick(remote=(RemoteLowerStageCap(2),))
+    rig.press(Button.RESET)
+    return decisions + _from(rig, mark)
+
+
+@script("key relay: safety key, invalid and missing reading, a failed sensor, overspeed, cap")
+def _relay_faults() -> list[Decision]:
+    decisions = []
+    for knob, value in (("key", False), ("belt_kmh", math.nan), ("sensor_missing", True)):
+        rig = relay_walking(1.0)
+        setattr(rig, knob, value)
+        decisions.append(rig.tick())
+    rig = relay_walking(4.0, stage_number=4)
+    rig.tick(dt_ms=200)
+    rig.belt_kmh = 2.4
+    decisions.append(rig.tick(dt_ms=100))
+    rig = relay_walking(2.0)
+    rig.belt_kmh = 2.31
+    mark = len(rig.history)
+    rig.run_ms(DEFAULT_CONFIG.overspeed_ms + 2 * TICK_MS)
+    decisions += _from(rig, mark)
+    rig = relay_walking(3.0, stage_number=2)
+    rig.stage_cap = 1
+    decisions.append(rig.tick())
+    return decisions
+
+
+@script("key relay: speed commands rejected")
+def _relay_rejected() -> list[Decision]:
+    rig = relay_walking(1.0)
+    mark = len(rig.history)
+    for command in (SetTarget(1.5), Press(Button.FASTER), Press(Button.SLOWER)):
+        rig.tick(command)
+    rig.tick(remote=(RemoteLowerTarget(0.5),))
+    return _from(rig, mark)
+
+
 # ---------------------------------------------------------------- blocker texts
 
 
@@ -357,6 +459,15 @@ def _blocker_lines() -> list[str]:
     ]
     for firmware in (None, status(400), status(1000, -1.0)):
         lines.append(f"status_problem | {status_problem(firmware, DEFAULT_CONFIG, 1000)}")
+    relay_bad = replace(bad, firmware=None, belt_sensor=None)
+    lines += [
+        f"relay_start_blocker | {b}" for b in relay_start_blockers(faulted, relay_bad, RELAY_CONFIG)
+    ]
+    healthy = replace(faulted, fault=None, warnings=frozenset())
+    good = replace(relay_bad, grip_left=True, estop_pressed=False, safety_key_present=True)
+    for reading in (BeltSensorReading(math.nan, 0, None), BeltSensorReading(1.0, 9, 20)):
+        blockers = relay_start_blockers(healthy, replace(good, belt_sensor=reading), RELAY_CONFIG)
+        lines += [f"relay_start_blocker | {b}" for b in blockers]
     return lines
 
 
@@ -401,4 +512,5 @@ def test_SR_EVENT_1_catalogue_covers_every_event_kind() -> None:
         "start_refused",
         "reset_refused",
         "reset_pending",
+        "key_relay_opened",
     } <= kinds
