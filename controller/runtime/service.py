@@ -47,6 +47,7 @@ from controller.adapters.mqtt.commands import AssignClient, CommandRejected, Par
 from controller.adapters.mqtt.publisher import MqttPublisher
 from controller.adapters.mqtt.telemetry import diagnostics_payload, event_payload, state_payload
 from controller.adapters.systemd import Notifier
+from controller.errors import TreadmillError
 from controller.rules import core
 from controller.rules.model import (
     Button,
@@ -1027,7 +1028,7 @@ class Service:
             await self.training.close()
 
 
-class _ShutdownBeforeReadyError(Exception):
+class _ShutdownBeforeReadyError(TreadmillError):
     """SIGTERM arrived before the firmware handshake: nothing moved, exit cleanly."""
 
 

@@ -48,6 +48,7 @@ from typing import Any
 import serial
 import serial_asyncio_fast
 
+from controller.errors import TreadmillError
 from firmware_bridge.wire.codec import Frame, FrameDecoder, encode_frame
 from firmware_bridge.wire.link import ReliableSender, RxSequenceChecker, SeqKind, SequenceCounter
 from firmware_bridge.wire.link_phases import LinkPhase as _Phase
@@ -145,7 +146,7 @@ class LinkStats:
 _TIMED_PHASES = frozenset({_Phase.HELLO, _Phase.FIRST_STATUS, _Phase.CONFIGURE, _Phase.CHECKSUM})
 
 
-class _LinkDownError(Exception):
+class _LinkDownError(TreadmillError):
     """Internal: the current session ended; ``reason`` says why (logged once)."""
 
     def __init__(self, reason: str) -> None:

@@ -40,6 +40,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from controller.errors import TreadmillError
 from controller.rules.model import RemoteLowerStageCap, RemoteLowerTarget, RemoteStop
 
 __all__ = [
@@ -95,7 +96,7 @@ ParsedCommand = (
 )
 
 
-class _BadPayloadError(Exception):
+class _BadPayloadError(TreadmillError):
     """Internal: a payload failed validation; the message is the reason."""
 
 
