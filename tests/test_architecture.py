@@ -63,19 +63,35 @@ LAYERS: tuple[Layer, ...] = (
         ),
         separate=True,
     ),
-    Layer(3, "running service", ("controller.runtime",)),
+    Layer(
+        3,
+        "running service",
+        (
+            "controller.runtime.service",  # the Service: the tick and the shutdown
+            "controller.runtime.waker",  # the loop's sleep and tick schedule
+            "controller.runtime.inputs",  # one tick's inputs and the command queues
+            "controller.runtime.motion",  # motion commands to the link, last-resort stops
+            "controller.runtime.events",  # the event feed: log, publish, fold repeats
+            "controller.runtime.reload",  # SIGHUP reload
+            "controller.runtime.tasks",  # side tasks, supervision, signals, shutdown verdict
+            "controller.runtime.parts",  # opening the parts from the config
+            "controller.runtime.reports",  # status line, state payload, counters
+            "controller.runtime.stats",  # loop statistics and tick records
+            "controller.runtime.wiring",  # the config in each adapter's vocabulary
+        ),
+    ),
     Layer(4, "tools", ("controller.tools", "controller.cli", "firmware_bridge.sim")),
 )
 
 #: Package roots: their ``__init__`` holds a docstring and imports nothing of the project.
-ROOTS = frozenset({"controller", "firmware_bridge", "controller.adapters"})
+ROOTS = frozenset({"controller", "firmware_bridge", "controller.adapters", "controller.runtime"})
 
 #: The only upward imports: lazy (inside a function), where a config asks for a tool.
 LAZY_PLUGINS = frozenset(
     {
-        ("controller.runtime.service", "firmware_bridge.sim.pty"),  # serial.port: sim://
+        ("controller.runtime.parts", "firmware_bridge.sim.pty"),  # serial.port: sim://
         # serial.port: sim:// in key-relay mode (a console-driven treadmill)
-        ("controller.runtime.service", "firmware_bridge.sim.console"),
+        ("controller.runtime.parts", "firmware_bridge.sim.console"),
         ("controller.runtime.service", "controller.tools.mockpanel"),  # gpio.pin_factory: mock
     }
 )
@@ -394,6 +410,31 @@ def test_the_lazy_plugins_exist() -> None:
     for module, target in LAZY_PLUGINS:
         assert module in known
         assert target in known
+
+
+#: Packages held to "no private name imported from another module" (the running service and
+#: the firmware bridge, split into modules by concern).
+PRIVATE_NAMES_KEPT = ("controller.runtime", "firmware_bridge")
+
+
+def test_no_private_name_is_imported_from_another_module() -> None:
+    """A leading underscore means "this module only": no module of ``PRIVATE_NAMES_KEPT``
+    imports another module's private name (``from x import _name``)."""
+    known = project_modules()
+    bad = []
+    for module, path in known.items():
+        if not any(_within(module, package) for package in PRIVATE_NAMES_KEPT):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                if _project(node.module, known) is None:
+                    continue
+                bad.extend(
+                    f"{module}:{node.lineno}: {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                )
+    assert bad == []
 
 
 def test_import_walker_sees_every_form(tmp_path: Path) -> None:

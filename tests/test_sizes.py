@@ -28,10 +28,6 @@ LONG_MODULES: dict[str, str] = {
         "the serial bridge still holds the handshake and reconnect logic; it shrinks to port "
         "handling when that logic becomes a pure link-session object"
     ),
-    "controller/runtime/service.py": (
-        "the Service class: the loop, reload and task supervision share the service's state; "
-        "its statistics and wiring are already apart (runtime/stats.py, runtime/wiring.py)"
-    ),
     "controller/settings/schema.py": (
         "the schema: every section and key of the YAML in one table, so each key's type, "
         "default, range and unit can be read in one place"
@@ -74,8 +70,6 @@ LONG_FUNCTIONS: dict[str, str] = {
     "controller/rules/config_rules.py:_check_machine": (
         "one check per machine-wide limit (SR-CONFIG)"
     ),
-    "controller/runtime/service.py:__init__": "one attribute per piece of service state",
-    "controller/runtime/service.py:_tick": "one control tick in order: gather, decide, carry out",
     "controller/settings/checks.py:_wiring_problems": "one check per GPIO wiring rule",
     "controller/tools/checkconfig.py:summary": "one line per summary item of check-config",
     "controller/tools/history.py:render_table": "one column per report field",

@@ -28,7 +28,7 @@ from controller.rules.model import (
     SetTarget,
     StopKind,
 )
-from controller.runtime import service as service_module
+from controller.runtime import events as events_module
 from controller.runtime.service import Service
 from controller.runtime.stats import TickRecord
 from controller.settings.config import load_config
@@ -312,8 +312,8 @@ async def test_repeated_command_rejected_is_folded_into_one_line(
 ) -> None:
     """Holding ``+`` at the stage limit: one ``command_rejected`` is logged and published,
     the repeats are counted and reported with the next one after the fold window."""
-    monkeypatch.setattr(service_module, "FOLD_REPEATS_MS", 2000)
-    caplog.set_level(logging.INFO, logger="controller.runtime.service")
+    monkeypatch.setattr(events_module, "FOLD_REPEATS_MS", 2000)
+    caplog.set_level(logging.INFO, logger="controller.runtime")
     async with running_service(tmp_path, edit=no_training) as service:
         panel = service.mock_panel
         assert panel is not None

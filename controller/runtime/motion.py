@@ -1,0 +1,71 @@
+"""Carries the core's motion command to the firmware link, and the service's last-resort stops
+when it goes down (SR-FAULT-4).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from controller.rules.model import EStop, MotionCommand, SetSpeed, Stop
+from firmware_bridge.port.bridge import FirmwareBridge
+
+logger = logging.getLogger(__name__)
+
+STOP_REPEAT_MS = 250  # a Stop/EStop is re-sent this often while it stays the decision
+
+
+class MotionSender:
+    """Writes motion commands to the bridge (``None`` before it is opened, and always in
+    key-relay mode) without waiting: SET_SPEED every tick, since each one renews the
+    firmware's lease (FW-3); a STOP or ESTOP once per ``STOP_REPEAT_MS`` while it stays the
+    decision (the link acks and retransmits those)."""
+
+    def __init__(self) -> None:
+        self._last_sent: tuple[MotionCommand, int] | None = None
+
+    def carry_out(self, bridge: FirmwareBridge | None, motion: MotionCommand, now_ms: int) -> None:
+        """Send ``motion`` as the core decided it at ``now_ms``."""
+        if bridge is None:
+            return
+        if isinstance(motion, SetSpeed):
+            # Sent every tick: each SET_SPEED renews the firmware's lease.
+            bridge.set_speed(motion.speed_kmh, motion.accel_kmh_s, motion.lease_ms)
+            self._last_sent = (motion, now_ms)
+            return
+        last = self._last_sent
+        if last is not None and last[0] == motion and now_ms - last[1] < STOP_REPEAT_MS:
+            return  # the same stop was sent moments ago (reliable: acked and retransmitted)
+        if isinstance(motion, EStop):
+            bridge.estop()
+        elif isinstance(motion, Stop):
+            bridge.stop(motion.decel_kmh_s)
+        self._last_sent = (motion, now_ms)
+
+    @staticmethod
+    def last_resort_stop(bridge: FirmwareBridge | None, reason: str, decel_kmh_s: float) -> None:
+        """The service is going down: a controlled STOP on the wire, if there is a wire.
+
+        Not ESTOP: cutting the motor throws a person walking backwards, and a STOP (or,
+        without a wire, the firmware's lease expiry) ramps the belt down at the firmware's
+        controlled rate on its own, without this process (SR-FAULT-4, FW-3).
+        """
+        logger.critical(
+            "service stopping on an error: %s; controlled STOP sent, the firmware's lease "
+            "stops the belt if it does not arrive",
+            reason,
+        )
+        if bridge is not None:
+            try:
+                bridge.stop(decel_kmh_s)
+            except Exception:
+                logger.exception("could not send STOP; the firmware lease will stop the belt")
+
+    @staticmethod
+    def emergency_stop(bridge: FirmwareBridge | None, reason: str) -> None:
+        """Last resort when the belt does not stop in time: ESTOP on the wire, if any."""
+        logger.critical("emergency stop: %s", reason)
+        if bridge is not None:
+            try:
+                bridge.estop()
+            except Exception:
+                logger.exception("could not send ESTOP; the firmware lease will stop the belt")
