@@ -421,7 +421,7 @@ def test_no_private_name_is_imported_from_another_module() -> None:
     """A leading underscore means "this module only": no module of ``PRIVATE_NAMES_KEPT``
     imports another module's private name (``from x import _name``)."""
     known = project_modules()
-    bad = []
+    bad: list[str] = []
     for module, path in known.items():
         if not any(_within(module, package) for package in PRIVATE_NAMES_KEPT):
             continue

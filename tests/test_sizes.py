@@ -24,10 +24,6 @@ LONG_MODULES: dict[str, str] = {
         "the simulated firmware: one state machine mirroring every FW-* rule, kept in one file "
         "like the rules it mirrors"
     ),
-    "firmware_bridge/port/bridge.py": (
-        "the serial bridge still holds the handshake and reconnect logic; it shrinks to port "
-        "handling when that logic becomes a pure link-session object"
-    ),
     "controller/settings/schema.py": (
         "the schema: every section and key of the YAML in one table, so each key's type, "
         "default, range and unit can be read in one place"
@@ -44,7 +40,6 @@ LONG_MODULES: dict[str, str] = {
 
 #: "path:function" -> why the function stays whole
 LONG_FUNCTIONS: dict[str, str] = {
-    "firmware_bridge/port/bridge.py:__init__": "one attribute per link counter and setting",
     "firmware_bridge/wire/codec.py:feed": "the byte-stream decoder's state machine, one loop",
     "firmware_bridge/wire/messages.py:_check": "one branch per field kind of the data dictionary",
     "firmware_bridge/wire/messages.py:decode_message": "one branch per message id",

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from firmware_bridge.port import bridge as bridge_module
-from firmware_bridge.port.bridge import FirmwareBridge, FirmwareLimits
 from firmware_bridge.wire.link_phases import (
     HANDSHAKE_STEPS,
     LINK_TRANSITIONS,
@@ -16,6 +14,8 @@ from firmware_bridge.wire.link_phases import (
     is_allowed,
     phase_diagram,
 )
+from firmware_bridge.wire.session import LinkSession
+from firmware_bridge.wire.session_actions import EndSession, FirmwareLimits
 
 PROTOCOL_DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 BEGIN = "<!-- link-phases:begin (generated from firmware_bridge/wire/link_phases.py) -->\n"
@@ -48,11 +48,11 @@ def test_every_open_phase_can_close_and_handshake_again_and_closed_only_opens() 
     assert len(HANDSHAKE_STEPS) == len(set(HANDSHAKE_STEPS))
 
 
-def _bridge() -> FirmwareBridge:
+def _session() -> LinkSession:
     limits = FirmwareLimits(
         max_speed_kmh=8.0, max_accel_kmh_s=0.5, max_decel_kmh_s=3.6, max_lease_ms=300
     )
-    return FirmwareBridge("/dev/null-port", baud=115200, limits=limits, clock_ms=lambda: 0)
+    return LinkSession(limits, port="/dev/null-port")
 
 
 @pytest.mark.parametrize(
@@ -67,8 +67,10 @@ def _bridge() -> FirmwareBridge:
 def test_a_phase_change_missing_from_the_table_drops_the_link(
     source: LinkPhase, target: LinkPhase
 ) -> None:
-    bridge = _bridge()
-    bridge._phase = source  # the check itself is tested, without opening a port
-    with pytest.raises(bridge_module._LinkDownError, match="not in the link-phase table"):
-        bridge._enter_phase(target)
-    assert bridge._phase is source
+    session = _session()
+    session._phase = source  # the check itself is tested, without driving the handshake
+    actions = session._run(session._enter_phase, target)
+    assert len(actions) == 1
+    assert isinstance(actions[0], EndSession)
+    assert "not in the link-phase table" in actions[0].reason
+    assert session.phase is source
