@@ -2,9 +2,11 @@
 
 :class:`FirmwareBridge` owns the serial port for the life of the service. Its :meth:`run`
 task opens the port (by path, including ``/dev/serial/by-id/...`` links, with an exclusive
-lock), does the handshake, reads STATUS frames, retransmits unanswered reliable frames, and
-when the port disappears or falls silent closes it and opens it again with jittered
-exponential backoff, forever, until cancelled.
+lock), reads and writes frames, and when the port disappears or falls silent closes it and
+opens it again with jittered exponential backoff, forever, until cancelled. What to send and
+when, the handshake, the boot and version checks, retransmits, silence and the back-off are
+decided by the pure :class:`~firmware_bridge.wire.session.LinkSession` (protocol.md §7-8);
+this module carries out its actions and keeps the tasks and timers.
 
 Safety rules kept here (docs/protocol.md, docs/safety.md):
 

@@ -1,9 +1,10 @@
 """The host side of the link as data: its phases and every phase change, with its cause.
 
-:class:`~firmware_bridge.port.bridge.FirmwareBridge` checks each phase change against
-:data:`LINK_TRANSITIONS` (transitions as data, like the core's mode table); a change missing
-from the table is an internal error that drops the link, so the firmware's lease stops the
-belt and the controller latches a fault. The diagram in docs/protocol.md §8 is generated from
+:class:`~firmware_bridge.wire.session.LinkSession` (the link's logic, fed by the serial
+bridge) checks each phase change against :data:`LINK_TRANSITIONS` (transitions as data, like
+the core's mode table); a change missing from the table is an internal error that ends the
+port session, so the link is down, the firmware's lease stops the belt and the controller
+latches a fault. The diagram in docs/protocol.md §8 is generated from
 the table (:func:`phase_diagram`) and a test keeps the two equal.
 
 Example:
@@ -81,6 +82,14 @@ LINK_TRANSITIONS: Final[tuple[PhaseTransition, ...]] = HANDSHAKE_STEPS + tuple(
 )
 """Every phase change of the host. Setting the phase it is already in is not a change."""
 
+LINK_REPORTS: Final[tuple[tuple[LinkPhase, str], ...]] = (
+    (
+        LinkPhase.READY,
+        "entering it reports the link up as a new session (SR-LINK-1), leaving it the link down",
+    ),
+)
+"""What the session reports to the controller on a phase change (only READY is linked)."""
+
 ALLOWED: frozenset[tuple[LinkPhase, LinkPhase]] = frozenset(
     (t.source, t.target) for t in LINK_TRANSITIONS
 )
@@ -100,5 +109,6 @@ def phase_diagram() -> str:
         f"    note right of {target.name} : from every open phase: {cause}"
         for target, cause in FROM_EVERY_OPEN_PHASE
     )
+    lines.extend(f"    note left of {phase.name} : {report}" for phase, report in LINK_REPORTS)
     lines.append("```")
     return "\n".join(lines) + "\n"

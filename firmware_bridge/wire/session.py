@@ -174,6 +174,10 @@ class LinkSession:
         return self._phase is LinkPhase.READY
 
     @property
+    def port_open(self) -> bool:
+        return self._open
+
+    @property
     def hello(self) -> Hello | None:
         """The latest HELLO the firmware sent (kept across link losses)."""
         return self._hello
