@@ -276,8 +276,9 @@ class _Demo:
         return target
 
     def toggle_cable(self) -> None:
+        """Unplug or plug the simulated USB cable to our firmware (none in key-relay mode)."""
         simulator = self.service.simulator
-        if simulator is None:
+        if simulator is None or self.monitor:
             return
         from firmware_bridge.sim.firmware import SimFault  # noqa: PLC0415
 

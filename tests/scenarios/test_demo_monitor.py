@@ -14,6 +14,7 @@ import asyncio
 import io
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from controller.runtime.service import Service
 from controller.runtime.stats import TickRecord
 from controller.settings.config import load_config
 from controller.tools.demo import bundled_config_path, demo_config, demo_main, demo_simulator
-from controller.tools.demo_session import HEADLESS_MONITOR_SCRIPT, demo_session
+from controller.tools.demo_session import HEADLESS_MONITOR_SCRIPT, _Demo, demo_session
 from controller.tools.mockpanel import MockPanel
 from controller.tools.virtual_time import VirtualTimeLoop, run_virtual
 from firmware_bridge.sim.console import ConsoleSimulator
@@ -229,3 +230,58 @@ def test_demo_refuses_port_in_key_relay_mode() -> None:
     assert code == 2
     assert "key-relay mode" in err.getvalue()
     assert "leave out --port" in err.getvalue()
+
+
+def test_SR_MON_demo_keys_in_key_relay_mode(tmp_path: Path) -> None:
+    """The interactive keys: ``g`` grip, ``s`` START (the relay closes), ``b`` the console's
+    START, ``+`` its speed key, ``h`` a 1 s hang of the Pi (the relay drops out, the belt
+    stops), ``c`` does nothing (no cable to our firmware in this mode)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTimeLoop)
+        base = load_config(bundled_config_path(monitor=True))
+        config = demo_config(base, state_dir=tmp_path, broker=None, training=False)
+        simulator = demo_simulator(config, seed=1, state_dir=tmp_path, clock_ms=loop.clock_ms)
+        assert isinstance(simulator, ConsoleSimulator)
+        service = Service(
+            config,
+            pin_factory=mock_pin_factory(loop.time),
+            simulator=simulator,
+            enable_mqtt=False,
+            install_signal_handlers=False,
+            clock_ms=loop.clock_ms,
+        )
+        run = asyncio.create_task(service.run(), name="demo-keys-service")
+        console = simulator.console
+
+        async def until(predicate: Callable[[], bool], what: str) -> None:
+            deadline = loop.time() + 10.0
+            while not predicate():
+                assert loop.time() < deadline, f"timed out waiting for {what}"
+                assert not run.done(), f"the service ended: exit {run.result()}"
+                await asyncio.sleep(0.005)
+
+        try:
+            await until(lambda: service.ready.is_set() and service.panel is not None, "ready")
+            demo = _Demo(service, None, tmp_path / "gpio.sock")
+            demo.key("g")
+            await until(lambda: demo.view(with_notes=False).grip == "both", "the grip")
+            demo.key("s")
+            await until(lambda: console.relay.closed(service.now_ms()), "the relay closed")
+            demo.key("b")
+            demo.key("+")
+            assert console.target_kmh == pytest.approx(1.5)
+            await until(lambda: console.true_speed_kmh > 1.4, "the belt at 1.5 km/h")
+            demo.key("c")  # nothing to unplug
+            demo.key("h")
+            await until(lambda: not console.relay.closed(service.now_ms()), "the relay open")
+            await until(lambda: console.true_speed_kmh <= 0.1, "the belt stopped")
+            assert not console.running
+            assert "console: b START" in "\n".join(demo.notes())
+        finally:
+            service.request_shutdown("test finished")
+            await asyncio.wait_for(run, timeout=10)
+        assert run.result() == 0
+
+    run_virtual(main())
