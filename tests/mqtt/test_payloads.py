@@ -306,32 +306,35 @@ def test_SR_CHAN_2_state_carries_the_pi_sensor_and_the_cores_agreement_verdict()
     decision: false while its SR-CHAN-2 timer runs, null when it could not compare."""
     two = replace(SAFETY, second_channel=ChannelConfig())
     pi = BeltSensorReading(speed_kmh=1.2549, pulses=40, since_pulse_ms=30)
-    agreeing = _decision(CORE, firmware_fresh=True)
-    payload = state(safety=two, inputs=inputs(belt_sensor=pi), decision=agreeing)
+    ticked = replace(CORE, last_tick_ms=NOW_MS)
+    agreeing = _decision(ticked, firmware_fresh=True)
+    payload = state(safety=two, core=ticked, inputs=inputs(belt_sensor=pi), decision=agreeing)
     assert payload["belt_sensor_kmh"] == 1.25
     assert payload["channels_agree"] is True
-    disagreeing_core = replace(CORE, disagree_since_ms=NOW_MS - 300)
+    disagreeing = replace(ticked, disagree_since_ms=NOW_MS - 300)
     payload = state(
         safety=two,
-        core=disagreeing_core,
+        core=disagreeing,
         inputs=inputs(belt_sensor=pi),
-        decision=_decision(disagreeing_core, firmware_fresh=True),
+        decision=_decision(disagreeing, firmware_fresh=True),
     )
     assert payload["channels_agree"] is False
+    stale = firmware(received_ms=NOW_MS - 600)  # stale_ms 500
     not_compared = [
         state(safety=two, inputs=inputs(belt_sensor=pi), decision=None),  # before a tick
-        state(safety=two, inputs=inputs(belt_sensor=pi), decision=_decision(CORE)),  # stale
-        state(
-            safety=two,
-            inputs=inputs(belt_sensor=replace(pi, speed_kmh=float("nan"))),
-            decision=agreeing,
-        ),
-        state(safety=two, inputs=inputs(), decision=agreeing),  # no reading
-        state(safety=SAFETY, inputs=inputs(belt_sensor=pi), decision=agreeing),  # one channel
-    ]
-    assert [p["channels_agree"] for p in not_compared] == [None] * 5
-    assert not_compared[2]["belt_sensor_kmh"] is None  # NaN is not a speed
-    assert not_compared[3]["belt_sensor_kmh"] is None
+        state(safety=two, core=ticked, inputs=inputs(belt_sensor=pi, firmware=stale),
+              decision=agreeing),
+        state(safety=two, core=ticked,
+              inputs=inputs(belt_sensor=pi, firmware=firmware(measured_kmh=float("nan"))),
+              decision=agreeing),
+        state(safety=two, core=ticked,
+              inputs=inputs(belt_sensor=replace(pi, speed_kmh=float("nan"))), decision=agreeing),
+        state(safety=two, core=ticked, inputs=inputs(), decision=agreeing),  # no Pi reading
+        state(safety=SAFETY, core=ticked, inputs=inputs(belt_sensor=pi), decision=agreeing),
+    ]  # fmt: skip
+    assert [p["channels_agree"] for p in not_compared] == [None] * 6
+    assert not_compared[3]["belt_sensor_kmh"] is None  # NaN is not a speed
+    assert not_compared[4]["belt_sensor_kmh"] is None
 
 
 def test_SR_MON_1_state_carries_the_drive_mode_and_the_relay_the_core_holds() -> None:

@@ -16,7 +16,9 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from controller.rules.channels import reading_valid
 from controller.rules.core import firmware_fresh
+from controller.rules.firmware_status import status_problem
 from controller.rules.model import CoreState, Decision, Event, Inputs, SafetyConfig
 
 __all__ = [
@@ -95,11 +97,14 @@ def channels_agree(
     status, no valid reading from the Pi's sensor).
     """
     reading = inputs.belt_sensor
-    if safety.second_channel is None or decision is None or reading is None:
+    tick_ms = core.last_tick_ms
+    if safety.second_channel is None or decision is None or reading is None or tick_ms is None:
         return None
-    if not decision.firmware_fresh:
+    # The core compares the channels only with a usable firmware status at the tick and a
+    # valid Pi reading (SR-CHAN-1, SR-CHAN-2): the same definitions, at the tick's time.
+    if status_problem(inputs.firmware, safety, tick_ms) is not None:
         return None
-    if not (math.isfinite(reading.speed_kmh) and reading.speed_kmh >= 0.0):
+    if not reading_valid(reading):
         return None
     return core.disagree_since_ms is None
 
