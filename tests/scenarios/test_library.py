@@ -53,6 +53,7 @@ NOT_SHOWN_BY_SCENARIOS: dict[str, str] = {
     "SR-CHAN-4": "rest needs both channels: tests/core (and every scenario that stops to idle)",
     "SR-MON-4": "sensor checks in key-relay mode: tests/core/test_key_relay.py",
     "SR-MON-5": "no speed commands in key-relay mode: tests/core/test_key_relay.py",
+    "SR-RELOAD-1": "the field-by-field merge of a reload: tests/core/test_reload_merge.py",
     **{f"SR-CONFIG-{n}": "configuration checks: tests/config" for n in range(1, 11)},
 }
 
