@@ -105,6 +105,15 @@ PURE_IMPORTS: dict[str, frozenset[str]] = {
     "controller.rules.config_rules": frozenset(
         {"controller.rules", "controller.errors", "firmware_bridge.wire.messages"}
     ),
+    # The firmware's stop category per fault code decides the controller's stop (SR-FW-1).
+    "controller.rules.firmware_status": frozenset(
+        {
+            "controller.rules",
+            "controller.errors",
+            "firmware_bridge.wire.faults",
+            "firmware_bridge.wire.messages",
+        }
+    ),
     "firmware_bridge.wire": frozenset({"firmware_bridge.wire", "controller.errors"}),
 }
 

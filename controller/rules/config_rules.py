@@ -195,8 +195,6 @@ def _check_machine(config: SafetyConfig, problems: list[ConfigProblem]) -> None:
         low_open=True,
     )
     _in_range(problems, "runaway_window_ms", config.runaway_window_ms, 40, 1000, unit="ms")
-    for code in sorted(config.firmware_emergency_fault_codes):
-        _in_range(problems, "firmware_emergency_fault_codes", code, 1, 255, unit="(fault code)")
 
 
 def _check_stages(config: SafetyConfig, problems: list[ConfigProblem]) -> None:

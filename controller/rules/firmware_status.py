@@ -18,13 +18,20 @@ from controller.rules.model import (
     StopKind,
 )
 from controller.rules.tick import Step, replace
+from firmware_bridge.wire.faults import CATEGORY_0_FAULTS
+from firmware_bridge.wire.messages import FwFault
 
-FW_FAULT_SAFETY_KEY_OPEN: Final = 5
-"""Firmware fault code: its safety-key circuit opened (``FwFault.SAFETY_KEY_OPEN``, FW-10)."""
+FW_FAULT_SAFETY_KEY_OPEN: Final = int(FwFault.SAFETY_KEY_OPEN)
+"""Firmware fault code: its safety-key circuit opened (FW-10)."""
 
+FW_FAULT_ESTOP: Final = int(FwFault.ESTOP)
+"""Firmware fault code: it received ESTOP (FW-5): this controller sent it."""
 
-FW_FAULT_ESTOP: Final = 6
-"""Firmware fault code: it received ESTOP (``FwFault.ESTOP``, FW-5): this controller sent it."""
+FIRMWARE_EMERGENCY_FAULT_CODES: Final = frozenset(int(code) for code in CATEGORY_0_FAULTS)
+"""Firmware fault codes the controller answers with an emergency stop (SR-FW-1): exactly the
+category-0 faults of the wire data dictionary (firmware_bridge/wire/faults.py), for which the
+firmware has already cut motor power; a controlled ramp would claim a control it no longer
+has."""
 
 
 def firmware_fresh(firmware: FirmwareStatus | None, config: SafetyConfig, now_ms: int) -> bool:
@@ -86,7 +93,7 @@ def check_firmware(step: Step) -> None:
     if firmware.fault_code != 0 or firmware.state is FirmwareState.FAULT:
         stop = (
             StopKind.EMERGENCY
-            if firmware.fault_code in config.firmware_emergency_fault_codes
+            if firmware.fault_code in FIRMWARE_EMERGENCY_FAULT_CODES
             else StopKind.CONTROLLED
         )
         latch(

@@ -95,10 +95,6 @@ class SafetyConfig:
     grip_stuck_window_ms: int = 1_800_000  # grip reading unchanged this long while running: flag
     max_grip_grace_ms: int = 2000  # upper bound a stage's grace time may have
     follow_lag_ms: int = 1000  # belt lag while ramping: adds rate * lag to the follow margin
-    # Firmware fault codes (FwFault in firmware_bridge.wire.messages) answered with ESTOP rather
-    # than
-    # STOP: 5 safety key open, 6 ESTOP, 10 overspeed.
-    firmware_emergency_fault_codes: frozenset[int] = frozenset({5, 6, 10})
     second_channel: ChannelConfig | None = None  # the Pi's own belt sensor (SR-CHAN-*)
     link_settle_ms: int = 500  # link up and fresh this long before a START is accepted
     link_window_ms: int = 1000  # link-quality window: frames missed / frames sent by the firmware

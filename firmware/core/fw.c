@@ -10,10 +10,11 @@
 #define FINE_PER_X100 1000u /* commanded_fine units per 0.01 km/h */
 #define STATUS_LEASE_MAX_MS 10000u
 
-/* FW-2: category 0 (cut power now); every other fault is category 1 (ramp, then cut). */
+/* FW-2: category 0 (cut power now); every other fault is category 1 (ramp, then cut). The
+ * categories come from the wire data dictionary (firmware_bridge/wire/faults.py) through the
+ * generated msg_table.h. */
 static bool category_0(uint8_t fault) {
-    return fault == FAULT_ESTOP || fault == FAULT_SAFETY_KEY_OPEN || fault == FAULT_OVERSPEED ||
-           fault == FAULT_SENSOR_FAULT || fault == FAULT_MOTOR_FAULT || fault == FAULT_INTERNAL;
+    return fault < 16u && ((FAULT_CATEGORY_0_MASK >> fault) & 1u) != 0u;
 }
 
 /* a after b, on wrapping 32-bit time */

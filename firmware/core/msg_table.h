@@ -33,6 +33,9 @@
 
 #define ACCEPTED_IN_FAULT_MASK (ACCEPT_IN_FAULT_BIT(MSG_HELLO) | ACCEPT_IN_FAULT_BIT(MSG_STOP) | ACCEPT_IN_FAULT_BIT(MSG_ESTOP) | ACCEPT_IN_FAULT_BIT(MSG_CLEAR_FAULT) | ACCEPT_IN_FAULT_BIT(MSG_GET_STATUS))
 
+/* FW-2 category 0 (cut motor power now), bit n for fault code n: SAFETY_KEY_OPEN, ESTOP, SENSOR_FAULT, MOTOR_FAULT, OVERSPEED, INTERNAL. */
+#define FAULT_CATEGORY_0_MASK 0x0DE0u
+
 static const uint8_t ENUM_HELLO_RESET_CAUSE[] FW_ROM = {0u, 1u, 2u, 3u, 4u, 255u};
 static const uint8_t ENUM_STATUS_STATE[] FW_ROM = {0u, 1u, 2u, 3u, 4u};
 static const uint8_t ENUM_STATUS_FAULT[] FW_ROM = {0u, 1u, 2u, 3u, 4u, 5u, 6u, 7u, 8u, 9u, 10u, 11u};

@@ -468,6 +468,14 @@ static void test_FW_1_reboot_mid_run_forgets_everything(void) {
 
 /* ================================================================== FW-2 */
 
+/* The categories the shutdown path takes from the generated table (msg_table.h, from the wire
+ * data dictionary) are the contract's (docs/firmware-safety.md FW-2, category_0_check). */
+static void test_FW_2_generated_categories_match_the_contract(void) {
+    for (uint8_t code = 0u; code < 16u; code++) {
+        CHECK_EQ(((FAULT_CATEGORY_0_MASK >> code) & 1u) != 0u, category_0_check(code));
+    }
+}
+
 static void test_FW_2_category_0_cuts_power_at_once(void) {
     fx_ready();
     fx_drive(400, 100, 5000);
@@ -1265,6 +1273,7 @@ int main(int argc, char **argv) {
     RUN(test_FW_1_motor_disabled_at_boot_then_hello);
     RUN(test_FW_1_boot_answers_only_stops);
     RUN(test_FW_1_reboot_mid_run_forgets_everything);
+    RUN(test_FW_2_generated_categories_match_the_contract);
     RUN(test_FW_2_category_0_cuts_power_at_once);
     RUN(test_FW_2_category_1_ramps_then_cuts_and_first_fault_stays);
     RUN(test_FW_2_category_1_power_removed_at_end_of_ramp);

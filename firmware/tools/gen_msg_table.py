@@ -6,7 +6,9 @@
 
 The C decoder (firmware/core/proto.c) validates every received payload with this table,
 so a field, a range, a size or an enum value changed in the protocol reaches the firmware
-through one generated file, and ``make -C firmware test`` fails while it is stale.
+through one generated file, and ``make -C firmware test`` fails while it is stale. The stop
+category of every fault (``firmware_bridge.wire.faults``) reaches the shutdown path
+(firmware/core/fw.c, FW-2) the same way, as ``FAULT_CATEGORY_0_MASK``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from firmware_bridge.wire.faults import CATEGORY_0_FAULTS
 from firmware_bridge.wire.messages import (
     ACCEPTED_IN_FAULT,
     MESSAGE_TYPES,
@@ -57,6 +60,12 @@ def render() -> str:
     out.append("")
     mask = " | ".join(f"ACCEPT_IN_FAULT_BIT(MSG_{m.name})" for m in sorted(ACCEPTED_IN_FAULT))
     out.append(f"#define ACCEPTED_IN_FAULT_MASK ({mask})")
+    out.append("")
+    codes = sorted(CATEGORY_0_FAULTS)
+    assert all(code < 16 for code in codes)  # noqa: S101 - the mask is 16 bits wide on the AVR
+    names = ", ".join(code.name for code in codes)
+    out.append(f"/* FW-2 category 0 (cut motor power now), bit n for fault code n: {names}. */")
+    out.append(f"#define FAULT_CATEGORY_0_MASK 0x{sum(1 << code for code in codes):04X}u")
     out.append("")
     enum_arrays: list[str] = []
     tables: list[str] = []

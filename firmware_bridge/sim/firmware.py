@@ -46,6 +46,7 @@ from enum import Enum
 
 from firmware_bridge.sim.physics import BeltPhysics, PhysicsParams
 from firmware_bridge.wire.codec import Frame, FrameDecoder, RejectedFrame, RejectKind, encode_frame
+from firmware_bridge.wire.faults import CATEGORY_0_FAULTS
 from firmware_bridge.wire.link import RxSequenceChecker, SeqKind, SequenceCounter
 from firmware_bridge.wire.messages import (
     ACCEPTED_IN_FAULT,
@@ -86,17 +87,6 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 _U32 = 1 << 32
-#: FW-2 category 0 (cut power now); every other fault is category 1 (ramp, then cut).
-CATEGORY_0_FAULTS = frozenset(
-    {
-        FwFault.ESTOP,
-        FwFault.SAFETY_KEY_OPEN,
-        FwFault.OVERSPEED,
-        FwFault.SENSOR_FAULT,
-        FwFault.MOTOR_FAULT,
-        FwFault.INTERNAL,
-    }
-)
 #: FW-13: what a CRC-valid but refused frame is answered with.
 _REJECT_NAK = {
     RejectKind.UNKNOWN_ID: NakReason.UNKNOWN_MESSAGE,
@@ -582,7 +572,8 @@ class SimFirmware:
     def _shutdown(self, fault: FwFault, detail: int) -> None:
         """The one shutdown path (FW-2): latch ``fault`` and bring the belt to rest.
 
-        Category 0 faults (:data:`CATEGORY_0_FAULTS`) remove motor power now: a motor that
+        Category 0 faults (``CATEGORY_0_FAULTS``, the stop categories of the wire data
+        dictionary, firmware_bridge/wire/faults.py) remove motor power now: a motor that
         may not obey a ramp is not asked to. Category 1 faults ramp the set-point to 0 at the
         configured maximum deceleration and remove power at the end of the ramp. The first
         fault's code stays latched; a later one can only make the stop harder.

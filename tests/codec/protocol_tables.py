@@ -16,6 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from firmware_bridge.wire.codec import encode_frame
+from firmware_bridge.wire.faults import FAULTS, StopCategory
 from firmware_bridge.wire.messages import (
     FIRMWARE_TO_HOST,
     HOST_TO_FIRMWARE,
@@ -182,8 +183,30 @@ def render_worked_example() -> str:
     return "\n".join(out) + "\n"
 
 
+_STOP_TEXT = {
+    StopCategory.CUT_POWER: "0: motor power cut at once",
+    StopCategory.RAMP_THEN_CUT: "1: ramp to 0 at `max_decel_kmh_s`, then power cut",
+}
+
+
+def render_fault_table() -> str:
+    """The ``FwFault`` table with each code's stop category (firmware_bridge/wire/faults.py)."""
+    out = [
+        "| value | name | latched when | stop category (FW-2) | FAULT `detail` |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for spec in FAULTS:
+        stop = "-" if spec.category is None else _STOP_TEXT[spec.category]
+        out.append(
+            f"| {spec.code.value} | {spec.code.name} | {spec.latched_when} | {stop} | "
+            f"{spec.detail} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 SECTIONS = {
     "message-tables": render_field_tables,
+    "fault-table": render_fault_table,
     "worked-example": render_worked_example,
     "test-vectors": render_test_vectors,
 }

@@ -7,10 +7,10 @@ from types import ModuleType
 
 import pytest
 
-from firmware_bridge.wire import codec, crc, link, messages
+from firmware_bridge.wire import codec, crc, faults, link, messages
 
 
-@pytest.mark.parametrize("module", [crc, messages, codec, link], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [crc, messages, faults, codec, link], ids=lambda m: m.__name__)
 def test_docstring_examples(module: ModuleType) -> None:
     result = doctest.testmod(module, raise_on_error=False, verbose=False)
     assert result.attempted > 0, f"{module.__name__} has no examples"

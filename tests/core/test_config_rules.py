@@ -217,8 +217,6 @@ def test_SR_CONFIG_7_clip_optional_at_a_grip_stop_stage() -> None:
         ("grip_stuck_window_ms", 86_400_001),
         ("max_grip_grace_ms", -1),
         ("max_grip_grace_ms", 5001),
-        ("firmware_emergency_fault_codes", frozenset({0, 5})),
-        ("firmware_emergency_fault_codes", frozenset({256})),
     ],
 )
 def test_SR_CONFIG_8_monitoring_thresholds_within_bounds(key: str, bad: object) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from controller.rules.core import decide, internal_fault
 from controller.rules.faults import FAULT_ADVICE
+from controller.rules.firmware_status import FIRMWARE_EMERGENCY_FAULT_CODES
 from controller.rules.model import (
     Button,
     EStop,
@@ -22,6 +23,7 @@ from controller.rules.model import (
     Stop,
     StopKind,
 )
+from firmware_bridge.wire.faults import CATEGORY_0_FAULTS, FAULTS, StopCategory
 from tests.core.support import (
     DEFAULT_CONFIG,
     Rig,
@@ -360,15 +362,21 @@ def test_SR_PLAUS_4_invalid_speed_reading_stops_and_latches(reading: float) -> N
 # ---------------------------------------------------------------- firmware
 
 
+#: FW-2's categories (docs/firmware-safety.md): the firmware cuts motor power at once for these
+#: codes (key open, ESTOP, sensor, motor driver, overspeed, internal), so the controller's stop
+#: is an emergency stop too; it ramps for the others (SR-FW-1).
+CATEGORY_0_CODES = (5, 6, 7, 8, 10, 11)
+CATEGORY_1_CODES = (1, 2, 3, 4, 9)
+
+
 @pytest.mark.parametrize(
     ("fw_state", "fw_fault", "stop"),
     [
-        (FirmwareState.FAULT, 8, StopKind.CONTROLLED),
-        (FirmwareState.RUNNING, 7, StopKind.CONTROLLED),
-        (FirmwareState.FAULT, 0, StopKind.CONTROLLED),
-        (FirmwareState.FAULT, 6, StopKind.EMERGENCY),
-        (FirmwareState.FAULT, 5, StopKind.EMERGENCY),
-        (FirmwareState.FAULT, 10, StopKind.EMERGENCY),
+        *((FirmwareState.FAULT, code, StopKind.EMERGENCY) for code in CATEGORY_0_CODES),
+        *((FirmwareState.FAULT, code, StopKind.CONTROLLED) for code in CATEGORY_1_CODES),
+        (FirmwareState.RUNNING, 7, StopKind.EMERGENCY),  # the code counts, whatever the state
+        (FirmwareState.RUNNING, 1, StopKind.CONTROLLED),
+        (FirmwareState.FAULT, 0, StopKind.CONTROLLED),  # FAULT without a code: controlled
     ],
 )
 def test_SR_FW_1_firmware_fault_latches_with_the_right_stop(
@@ -383,6 +391,15 @@ def test_SR_FW_1_firmware_fault_latches_with_the_right_stop(
     assert decision.state.fault.stop is stop
     assert decision.motion == (EStop() if stop is StopKind.EMERGENCY else Stop(3.6))
     assert f"fault code {fw_fault}" in decision.state.fault.message
+
+
+def test_SR_FW_1_the_emergency_codes_are_the_firmware_category_0_faults() -> None:
+    """One definition: the wire data dictionary's stop categories (FW-2) decide SR-FW-1."""
+    assert frozenset(CATEGORY_0_CODES) == FIRMWARE_EMERGENCY_FAULT_CODES
+    assert frozenset(CATEGORY_0_CODES) == {int(code) for code in CATEGORY_0_FAULTS}
+    assert frozenset(CATEGORY_1_CODES) == {
+        int(spec.code) for spec in FAULTS if spec.category is StopCategory.RAMP_THEN_CUT
+    }
 
 
 def test_SR_FW_2_firmware_reboot_latches() -> None:

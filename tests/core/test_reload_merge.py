@@ -48,7 +48,6 @@ CONFIG_FIELDS: Final[dict[str, tuple[str, str]]] = {
     "grip_stuck_window_ms": (MIN, "a stuck grip sensor is flagged sooner"),
     "max_grip_grace_ms": (MIN, "a lower bound on every stage's grace"),
     "follow_lag_ms": (OLD, "the belt's lag is a property of the machine, judged at rest"),
-    "firmware_emergency_fault_codes": (OLD, "a protocol fact, not a setting"),
     "second_channel": (OLD, "the belt sensor's adapter and tolerances change only at rest"),
     "link_settle_ms": (MAX, "a START needs a longer settled link"),
     "link_window_ms": (OLD, "changing the window mid-run would reset the link judgement"),
@@ -131,7 +130,6 @@ def test_SR_RELOAD_1_numeric_fields_merge_to_the_stricter_value(
 OLD_CONFIG_VALUES: Final[dict[str, tuple[object, object]]] = {
     "stop_decel_kmh_s": (3.6, 2.0),
     "follow_lag_ms": (1000, 200),
-    "firmware_emergency_fault_codes": (frozenset({5, 6, 10}), frozenset({5})),
     "second_channel": (ChannelConfig(), None),
     "link_window_ms": (1000, 400),
     "runaway_window_ms": (200, 100),

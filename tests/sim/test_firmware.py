@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from firmware_bridge.sim.firmware import (
-    CATEGORY_0_FAULTS,
     InjectedFault,
     SimConfig,
     SimFault,
@@ -22,6 +21,7 @@ from firmware_bridge.sim.firmware import (
 )
 from firmware_bridge.wire.codec import SYNC, FrameDecoder, encode_frame
 from firmware_bridge.wire.crc import crc16
+from firmware_bridge.wire.faults import CATEGORY_0_FAULTS
 from firmware_bridge.wire.messages import (
     Ack,
     ClearFault,
@@ -149,6 +149,7 @@ def test_fw1_boot_ids_differ_between_boots() -> None:
 
 
 def test_fw2_fault_categories_match_the_contract() -> None:
+    """The stop categories the simulator shuts down by (the wire data dictionary) are FW-2's."""
     assert {
         FwFault.ESTOP,
         FwFault.SAFETY_KEY_OPEN,
