@@ -273,7 +273,7 @@ def _link_health() -> list[Decision]:
 @script("firmware: fault (controlled, emergency), reboot, configuration mismatch")
 def _firmware() -> list[Decision]:
     decisions = []
-    for code in (8, 6):
+    for code in (1, 6):  # LEASE_EXPIRED ramps (category 1), ESTOP cuts power (0)
         rig = running_rig()
         rig.fw_state = FirmwareState.FAULT
         rig.fw_fault = code
