@@ -28,7 +28,6 @@ LONG_MODULES: dict[str, str] = {
         "the schema: every section and key of the YAML in one table, so each key's type, "
         "default, range and unit can be read in one place"
     ),
-    "controller/tools/history.py": "the history report tool: table, plot and simulated demo data",
     "controller/tools/verify.py": (
         "verify-config: the commissioning checks of every rule family and their report"
     ),

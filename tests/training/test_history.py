@@ -16,10 +16,10 @@ from controller.tools.history import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
-    generate_demo,
     history_main,
     weekly_rows,
 )
+from controller.tools.history_demo import generate_demo
 from controller.training.config import WeeklyGoalConfig
 from controller.training.store import ClientRecord, SessionStore
 from tests.training.helpers import record
