@@ -28,9 +28,6 @@ LONG_MODULES: dict[str, str] = {
         "the schema: every section and key of the YAML in one table, so each key's type, "
         "default, range and unit can be read in one place"
     ),
-    "controller/tools/verify.py": (
-        "verify-config: the commissioning checks of every rule family and their report"
-    ),
     "controller/training/program.py": (
         "the training program the service runs: sessions, clients and stage caps share the "
         "program's state; the log writer, session tracking and progression are already apart"
@@ -71,7 +68,7 @@ LONG_FUNCTIONS: dict[str, str] = {
     "controller/tools/scenario.py:run_scenario": "one scenario run: start, steps, wait, collect",
     "controller/tools/scenario_cli.py:scenario_main": "argument handling of one command",
     "controller/tools/scenario_spec.py:_check_names": "one check per name kind in a scenario",
-    "controller/tools/verify.py:format_markdown": "one section per part of the report",
+    "controller/tools/verify_report.py:format_markdown": "one section per part of the report",
     "controller/tools/demo.py:_demo": "the demo's parts started in order, each with its message",
     "controller/tools/view.py:render_screen": "one line per row of the terminal view",
     "controller/training/program.py:__init__": "one attribute per piece of program state",

@@ -10,17 +10,15 @@ from pathlib import Path
 import pytest
 
 from controller.settings.config import load_config
-from controller.tools.verify import (
+from controller.tools.verify import verify_config, verify_main
+from controller.tools.verify_limits import (
     ALLOWANCE_S,
     RUNAWAY_ACCEL_KMH_S,
-    VerifyReport,
-    format_markdown,
     runaway_peak_limit_kmh,
     stop_limit_s,
     trigger_time_s,
-    verify_config,
-    verify_main,
 )
+from controller.tools.verify_report import VerifyReport, format_markdown
 from controller.tools.virtual_time import run_virtual
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,7 +104,7 @@ def test_unknown_stage_is_refused() -> None:
 def test_SR_CHAN_report_lists_uncovered_double_faults_without_a_belt_sensor(
     tmp_path: Path,
 ) -> None:
-    from controller.tools.verify import UNCOVERED_WITHOUT_SECOND_CHANNEL, channel_coverage
+    from controller.tools.verify_report import UNCOVERED_WITHOUT_SECOND_CHANNEL, channel_coverage
 
     with_sensor = load_config(DEMO_CONFIG)
     lines = channel_coverage(with_sensor)
