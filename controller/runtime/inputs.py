@@ -76,25 +76,29 @@ class InputGatherer:
         shutdown_stop: RequestStop | None,
     ) -> Inputs:
         """The core's inputs for this tick; the queues are empty afterwards."""
-        local: list[LocalCommand] = [Press(b) for b in reading.presses]
-        local.extend(self.local)
-        self.local.clear()
-        if shutdown_stop is not None:
-            local.append(shutdown_stop)
-        remote: list[RemoteCommand] = []
-        if self.remote_stop:
-            remote.append(RemoteStop())
+        local: tuple[LocalCommand, ...] = ()
+        if reading.presses or self.local or shutdown_stop is not None:  # most ticks: none
+            pressed: list[LocalCommand] = [Press(b) for b in reading.presses]
+            pressed.extend(self.local)
+            self.local.clear()
+            if shutdown_stop is not None:
+                pressed.append(shutdown_stop)
+            local = tuple(pressed)
+        remote: tuple[RemoteCommand, ...] = ()
+        if self.remote_stop or self.remote:
+            received: list[RemoteCommand] = [RemoteStop()] if self.remote_stop else []
             self.remote_stop = False
-        remote.extend(self.remote)
-        self.remote.clear()
+            received.extend(self.remote)
+            self.remote.clear()
+            remote = tuple(received)
         return Inputs(
             grip_left=reading.grip_left,
             grip_right=reading.grip_right,
             estop_pressed=reading.estop_pressed,
             safety_key_present=reading.safety_key_present,
             firmware=self.firmware_input(bridge.latest()) if bridge is not None else None,
-            local=tuple(local),
-            remote=tuple(remote),
+            local=local,
+            remote=remote,
             stage_cap=stage_cap,
             belt_sensor=belt_sensor.read() if belt_sensor is not None else None,
             link=link_health(bridge) if bridge is not None else None,

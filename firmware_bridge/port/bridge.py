@@ -166,6 +166,10 @@ class FirmwareBridge:
         self._writer: asyncio.StreamWriter | None = None
         self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self._frames_tx = 0
+        # The last SET_SPEED and the arguments it was built from: a steady belt sends the
+        # same one every tick, checked and encoded once (only its SEQ and CRC change).
+        self._speed_msg: SetSpeed | None = None
+        self._speed_args: tuple[float, float, int] | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -247,7 +251,11 @@ class FirmwareBridge:
         firmware stops the belt when the lease runs out. Out-of-range values raise
         :class:`~firmware_bridge.wire.messages.MessageError` (a controller bug, not a link issue).
         """
-        msg = SetSpeed(speed_kmh=speed_kmh, accel_kmh_s=accel_kmh_s, lease_ms=lease_ms)
+        args = (speed_kmh, accel_kmh_s, lease_ms)
+        msg = self._speed_msg
+        if msg is None or args != self._speed_args:  # range-checked once per new value
+            msg = SetSpeed(speed_kmh=speed_kmh, accel_kmh_s=accel_kmh_s, lease_ms=lease_ms)
+            self._speed_msg, self._speed_args = msg, args
         frame = self._session.set_speed(msg)
         if frame is None:
             return False

@@ -79,6 +79,13 @@ def encode_frame(seq: int, msg: Message) -> bytes:
             f"frame seq = {seq!r} is out of range: allowed 0..255", field="seq", value=seq
         )
     msg_id, payload = encode_message(msg)
+    return frame_bytes(seq, msg_id, payload)
+
+
+def frame_bytes(seq: int, msg_id: int, payload: bytes) -> bytes:
+    """The frame carrying an already encoded ``payload`` (``encode_message``) with sequence
+    number ``seq`` (0..255, not checked here): lets a sender that repeats one message with a
+    new SEQ every time (SET_SPEED, every tick) encode its payload once."""
     body = bytes((len(payload), seq, msg_id)) + payload
     crc = crc16(body)
     return _SYNC_BYTE + body + bytes((crc & 0xFF, crc >> 8))

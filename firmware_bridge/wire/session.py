@@ -1,13 +1,10 @@
 """The host's link session as a pure object: handshake, boot and version checks, link reports,
 retransmits, silence and reconnect back-off, fed frames, port events and time (protocol.md §7-8).
 
-:class:`LinkSession` does no I/O and reads no clock (like h11's connection object): the
-serial bridge (``firmware_bridge.port.bridge``) feeds it what happened, with ``now_ms``, and
-carries out the actions it returns, in order (``session_actions``: frames to send, link up
-and down reports, a new boot, log lines, the end of the port session). Every phase change
-goes through :data:`~firmware_bridge.wire.link_phases.LINK_TRANSITIONS`; a change missing
-from it ends the port session with an internal error, so the link is down (no motion) and
-the bridge reconnects.
+:class:`LinkSession` does no I/O and reads no clock (like h11's connection): the serial
+bridge feeds it what happened, with ``now_ms``, and carries out the actions it returns, in
+order (``session_actions``). Every phase change goes through the link-phase table
+(``link_phases``); a change missing from it ends the port session with an internal error.
 
 Example:
     >>> session = LinkSession(FirmwareLimits(8.0, 0.5, 3.6, 300), port="/dev/ttyX")
@@ -25,7 +22,7 @@ from collections.abc import Callable
 from typing import Final
 
 from controller.errors import TreadmillError
-from firmware_bridge.wire.codec import Frame, encode_frame
+from firmware_bridge.wire.codec import Frame, encode_frame, frame_bytes
 from firmware_bridge.wire.link import ReliableSender, RxSequenceChecker, SeqKind, SequenceCounter
 from firmware_bridge.wire.link_phases import LinkPhase, is_allowed
 from firmware_bridge.wire.messages import (
@@ -39,11 +36,13 @@ from firmware_bridge.wire.messages import (
     GetStatus,
     Hello,
     Message,
+    MsgId,
     Nak,
     NakReason,
     SetSpeed,
     Status,
     Stop,
+    encode_message,
     host_hello,
 )
 from firmware_bridge.wire.session_actions import (
@@ -85,11 +84,7 @@ TIMED_PHASES: Final = frozenset(
 
 
 class _SessionEndError(TreadmillError):
-    """Internal: the current port session ends; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    """Internal: the current port session ends; the message says why."""
 
 
 class LinkSession:
@@ -136,7 +131,8 @@ class LinkSession:
         self._sender = ReliableSender()
         self._pending_names: dict[int, str] = {}
         self._out: list[Action] = []
-
+        self._speed_msg: SetSpeed | None = None  # the last SET_SPEED sent ...
+        self._speed_payload = b""  # ... and its payload
         self._open = False
         self._phase = LinkPhase.CLOSED
         self._session_hello: Hello | None = None  # HELLO received in this port session
@@ -154,7 +150,6 @@ class LinkSession:
         self._last_status_checksum: int | None = None
         self._last_uptime_ms: int | None = None
         self._configure_attempts = 0
-
         self._handshakes = 0
         self._handshake_this_port = False
         self.opens = 0
@@ -283,7 +278,10 @@ class LinkSession:
         if self._phase is not LinkPhase.READY:
             self.motion_dropped += 1
             return None
-        return encode_frame(self._seq.next(), msg)
+        if msg is not self._speed_msg:  # the payload of an unchanged SET_SPEED is kept
+            self._speed_msg = msg
+            self._speed_payload = encode_message(msg)[1]
+        return frame_bytes(self._seq.next(), MsgId.SET_SPEED, self._speed_payload)
 
     def stop(self, msg: Stop | EStop, now_ms: int) -> bytes | None:
         """The STOP or ESTOP frame to write, whenever the port is open, handshake or not
@@ -317,7 +315,7 @@ class LinkSession:
         try:
             step(*args)
         except _SessionEndError as end:
-            self._out.append(EndSession(end.reason))
+            self._out.append(EndSession(str(end)))
         return self._take()
 
     def _send_reliable(self, msg: Message, now_ms: int) -> tuple[int, bytes]:
@@ -562,8 +560,8 @@ class LinkSession:
     def _poll(self, now_ms: int) -> None:
         if not self._open:
             return
-        for frame_bytes in self._sender.due(now_ms):
-            self._out.append(Send(frame_bytes, reliable=True))
+        for resent in self._sender.due(now_ms):
+            self._out.append(Send(resent, reliable=True))
         failed = self._sender.failed(now_ms)
         if failed and self._hello_seq in failed and self._phase is LinkPhase.HELLO:
             raise _SessionEndError(

@@ -10,6 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controller.errors import MessageError
+from firmware_bridge.port.bridge import FirmwareBridge
+from firmware_bridge.wire.codec import encode_frame
 from firmware_bridge.wire.link_phases import LinkPhase, is_allowed
 from firmware_bridge.wire.messages import (
     PROTOCOL_VERSION,
@@ -522,3 +525,34 @@ def test_the_session_rejects_bad_timeouts_and_backoff() -> None:
         LinkSession(LIMITS, port="p", link_timeout_ms=0)
     with pytest.raises(ValueError, match="reconnect backoff"):
         LinkSession(LIMITS, port="p", reconnect_min_s=2.0, reconnect_max_s=1.0)
+
+
+def test_protocol_7_set_speed_every_tick_carries_a_new_seq_and_the_current_values() -> None:
+    """A steady belt sends the same SET_SPEED every tick (it renews the lease, FW-3): each
+    frame is exactly what encoding it afresh gives, with the next SEQ; a new value is sent
+    as soon as it is asked for."""
+    driver = Driver()
+    driver.reach(P.READY)
+    session = driver.session
+    steady = SetSpeed(1.0, 0.3, 300)
+    asked = [steady, steady, SetSpeed(1.0, 0.3, 300), SetSpeed(1.5, 0.3, 300), steady]
+    frames = [session.set_speed(msg) for msg in asked]
+    assert all(frame is not None for frame in frames)
+    decoded = sent_messages([Send(frame) for frame in frames if frame is not None])
+    seqs = [seq for seq, _ in decoded]
+    assert seqs == [(seqs[0] + i) % 256 for i in range(len(asked))]
+    assert [msg for _, msg in decoded] == asked
+    assert frames == [encode_frame(seq, msg) for seq, msg in zip(seqs, asked, strict=True)]
+
+
+def test_the_bridge_checks_every_new_set_speed_value_even_after_a_steady_run() -> None:
+    """The bridge reuses the SET_SPEED of unchanged arguments; a new value is range-checked
+    (a controller bug raises, it is never sent)."""
+    bridge = FirmwareBridge("/dev/null-port", baud=115200, limits=LIMITS, clock_ms=lambda: 0)
+    assert bridge.set_speed(1.0, 0.3, 300) is False  # no link: nothing sent, counted
+    assert bridge.set_speed(1.0, 0.3, 300) is False
+    with pytest.raises(MessageError, match="speed_kmh"):
+        bridge.set_speed(99.0, 0.3, 300)
+    with pytest.raises(MessageError, match="lease_ms"):
+        bridge.set_speed(1.0, 0.3, 70_000)
+    assert bridge.stats.motion_dropped_link_down == 2
