@@ -50,3 +50,21 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
     assert results["decoder"]["exit"] == 0, results["decoder"]
     assert "figure" in done.stdout
     assert "start -> READY=1" in done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_bench_tick_cpu_runs_and_reports_every_figure() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.tick_cpu", "--ticks", "100", "--repeat", "1", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    run = json.loads(done.stdout[: done.stdout.rindex("]") + 1])[0]
+    assert run["ticks"] >= 100
+    assert run["tick_us"] > 0
+    assert run["process_us"] >= run["tick_us"]
+    assert {"gc0_per_1000_ticks", "gc1_cpu_us_max", "blocks_per_tick"} <= set(run)
