@@ -45,10 +45,6 @@ LONG_FUNCTIONS: dict[str, str] = {
     "controller/adapters/mqtt/publisher.py:run": (
         "the publisher task: connect, serve, reconnect, each failure mode named in one place"
     ),
-    "controller/rules/faults.py:latch": (
-        "latching, upgrading and folding a fault into its first cause (SR-FAULT-1..3, "
-        "SR-FAULT-6) read in one place"
-    ),
     "controller/tools/view.py:view_from_state": "one field per line of the terminal view",
     "controller/rules/config_rules.py:_check_second_channel": (
         "one check per rule of the second speed channel (SR-CONFIG-9)"

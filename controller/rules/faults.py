@@ -139,26 +139,33 @@ def latch(
             cause=current.code.value,
         )
         return
+    _record_further_fault(step, fault, current)
+
+
+def _record_further_fault(step: Record, fault: Fault, current: Fault) -> None:
+    """A fault of its own while ``current`` is latched. It cancels a RESET waiting for the
+    firmware (SR-RESET-3). An emergency upgrades a controlled stop and keeps the first fault
+    as a secondary one (SR-FAULT-2); any other fault is recorded beside it (SR-FAULT-3)."""
     step.state = replace(step.state, reset_armed_ms=None)
-    if stop is StopKind.EMERGENCY and current.stop is StopKind.CONTROLLED:
-        step.state = replace(
-            step.state, fault=fault, secondary_faults=(*state.secondary_faults, current.code)
-        )
+    secondary = step.state.secondary_faults
+    if fault.stop is StopKind.EMERGENCY and current.stop is StopKind.CONTROLLED:
+        step.state = replace(step.state, fault=fault, secondary_faults=(*secondary, current.code))
         step.emit(
             "fault",
-            f"{message} (stop upgraded to an emergency stop; first fault: {current.code.value})",
-            code=code.value,
-            stop=stop.value,
-            since_ms=step.now_ms,
+            f"{fault.message} (stop upgraded to an emergency stop; first fault: "
+            f"{current.code.value})",
+            code=fault.code.value,
+            stop=fault.stop.value,
+            since_ms=fault.since_ms,
             upgraded_from=current.code.value,
         )
         return
-    step.state = replace(step.state, secondary_faults=(*state.secondary_faults, code))
+    step.state = replace(step.state, secondary_faults=(*secondary, fault.code))
     step.emit(
         "fault",
-        f"{message} (also seen while fault {current.code.value} is latched)",
-        code=code.value,
-        stop=stop.value,
-        since_ms=step.now_ms,
+        f"{fault.message} (also seen while fault {current.code.value} is latched)",
+        code=fault.code.value,
+        stop=fault.stop.value,
+        since_ms=fault.since_ms,
         upgraded_from=None,
     )
