@@ -96,7 +96,10 @@ def fault_codes(decision: Decision) -> set[FaultCode]:
 
 @cache
 def start_rig(mode: str, hands: int, action: GripLossAction) -> RelayRig:
-    """A rig in ``mode`` at a one-stage table with this grip policy, every input healthy."""
+    """A rig in ``mode`` at a one-stage table with this grip policy, every input healthy.
+
+    Shared between tests (cached): callers decide from its state and never tick it.
+    """
     config = policy_config(hands, action)
     if mode == "idle":
         return idle(config=config)
