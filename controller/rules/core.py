@@ -197,6 +197,7 @@ def _decide_key_relay(
         belt_at_rest=step.state.mode in (Mode.IDLE, Mode.FAULTED)
         and step.high_kmh is not None
         and step.high_kmh <= config.standstill_kmh,
+        next_deadline_ms=next_deadline_ms(step.state, inputs, config),
     )
 
 

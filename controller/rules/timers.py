@@ -4,10 +4,19 @@ core then and not only at its next tick (SR-TIMER-1).
 
 from __future__ import annotations
 
+from controller.rules.channels import reading_valid
 from controller.rules.emergencies import emergency_input
 from controller.rules.firmware_status import status_problem
 from controller.rules.grip import WARNING_GRIP_STUCK, WARNING_GRIP_SUSPECT, grip_watched
-from controller.rules.model import CoreState, GripLossAction, Inputs, Mode, SafetyConfig
+from controller.rules.key_relay import RELAY_SLOPE_MS
+from controller.rules.model import (
+    CoreState,
+    GripLossAction,
+    Inputs,
+    KeyRelayConfig,
+    Mode,
+    SafetyConfig,
+)
 from controller.rules.plausibility import runaway_confirm_ms
 from controller.rules.reset import RESET_CLEAR_TIMEOUT_MS
 from controller.rules.rest import belt_at_rest
@@ -24,8 +33,9 @@ def next_deadline_ms(state: CoreState, inputs: Inputs, config: SafetyConfig) -> 
     overspeed, not following and moving at rest (SR-PLAUS-1..3), the runaway confirmation
     (SR-PLAUS-5), the speed channels disagreeing (SR-CHAN-2), the grip chatter window, the
     stuck-grip warning and a touch becoming a hold (SR-GRIP-6, 7, 10), the link-quality window
-    (SR-LINK-3), a reset waiting for CLEAR_FAULT (SR-RESET-3) and the first tick at rest after
-    an emergency (SR-STOP-3). It may be early (then the decision is the same), never late.
+    (SR-LINK-3), a reset waiting for CLEAR_FAULT (SR-RESET-3), the first tick at rest after
+    an emergency (SR-STOP-3) and, in key-relay mode, the start window and a falling reading's
+    span (SR-MON-4). It may be early (then the decision is the same), never late.
     Computed from the state the tick produced, the inputs and the config only.
     """
     now_ms = state.last_tick_ms
@@ -63,6 +73,8 @@ def next_deadline_ms(state: CoreState, inputs: Inputs, config: SafetyConfig) -> 
         and not emergency_input(inputs)
     ):
         candidates.append(fault.since_ms + 1)
+    if config.key_relay is not None:
+        candidates.extend(_relay_deadlines_ms(state, inputs, config.key_relay))
     later = [t for t in candidates if now_ms is None or t > now_ms]
     return min(later) if later else None
 
@@ -100,4 +112,26 @@ def _running_grip_deadlines_ms(
         and WARNING_GRIP_STUCK not in state.warnings
     ):
         deadlines.append(max(state.grip_changed_ms + config.grip_stuck_window_ms, soonest_ms))
+    return deadlines
+
+
+def _relay_deadlines_ms(state: CoreState, inputs: Inputs, relay: KeyRelayConfig) -> list[int]:
+    """Key-relay mode's own timers (SR-MON-4): the end of the start window, and the end of
+    the span over which a reading below the last judged one is judged (early when it falls
+    slowly enough: then nothing changes). The first tick at rest after an emergency needs no
+    deadline here: every emergency that latches with the belt at rest in this mode is an
+    e-stop or a missing key, and while that input stays, rest is not reached (SR-STOP-3)."""
+    deadlines: list[int] = []
+    if (
+        state.mode is Mode.RUNNING
+        and not state.relay_motion_seen
+        and state.relay_armed_ms is not None
+    ):
+        deadlines.append(state.relay_armed_ms + relay.start_window_ms + 1)
+    reading = inputs.belt_sensor
+    if reading is None or not reading_valid(reading):
+        return deadlines
+    last = state.relay_last
+    if last is not None and reading.speed_kmh < last[1]:
+        deadlines.append(last[0] + RELAY_SLOPE_MS)
     return deadlines
