@@ -242,16 +242,29 @@ def test_SR_RESET_3_a_refused_second_press_disarms_the_waiting_reset() -> None:
     assert later.state.fault is not None
 
 
-def test_SR_RESET_3_a_new_fault_while_waiting_cancels_the_reset() -> None:
+@pytest.mark.parametrize("new_fault", ["config_mismatch", "firmware_reboot"])
+def test_SR_RESET_3_a_new_fault_while_waiting_cancels_the_reset(new_fault: str) -> None:
+    """A fault of its own latched while a RESET waits for CLEAR_FAULT is never cleared by
+    that RESET, even when the firmware clears in the same tick: RESET must be pressed again."""
     rig = faulted_rig(running=False)
     rig.fw_state = FirmwareState.FAULT
     rig.fw_fault = 6
     rig.tick()
     rig.press(Button.RESET)
-    rig.checksum = rig.checksum + 1  # a fault of its own: config mismatch
+    if new_fault == "config_mismatch":
+        rig.checksum = rig.checksum + 1
+    else:  # the motor controller restarts: its own fault is gone, nothing blocks a reset
+        rig.boot_id = rig.boot_id + 1
+        rig.fw_state = FirmwareState.IDLE
+        rig.fw_fault = 0
     decision = rig.tick()
     assert decision.state.reset_armed_ms is None
     assert decision.state.mode is Mode.FAULTED
+    assert FaultCode(new_fault) in decision.state.secondary_faults
+    assert [e.kind for e in decision.events] == ["fault"]
+    assert rig.tick().state.mode is Mode.FAULTED
+    if new_fault == "firmware_reboot":
+        assert rig.press(Button.RESET).state.mode is Mode.IDLE  # a new press clears it
 
 
 def test_SR_RESET_3_firmware_in_fault_state_without_a_code_is_cleared_too() -> None:
