@@ -240,3 +240,24 @@ def test_SR_TIMER_1_a_stage_lowered_onto_a_chattering_sensor_acts_at_the_next_mi
     at = decide(decision.state, inputs, config, rig.now_ms + 1)
     assert at.state.fault is not None
     assert at.state.fault.code is FaultCode.GRIP_SENSOR
+
+
+def test_SR_GRIP_10_deadline_is_the_end_of_the_regrip_time() -> None:
+    """A touch during a grip loss holds the grace off until it has become a hold; the
+    deadline is when it does, and then the loss ends."""
+    config = make_config(*DEFAULT_STAGES, stale_ms=5000)  # the link's deadline out of the way
+    rig = running_rig(config, 1)
+    rig.grip = (False, False)
+    rig.tick()
+    rig.grip = (True, False)  # a hand back within the grace: a touch, not yet a hold
+    touched = rig.tick(dt_ms=100)
+    held_ms = rig.now_ms
+    assert touched.state.mode is Mode.RUNNING
+    assert touched.next_deadline_ms == held_ms + config.grip_regrip_ms
+    inputs = rig.inputs()
+    before = decide(touched.state, inputs, config, held_ms + config.grip_regrip_ms - 1)
+    assert before.events == ()
+    assert before.state.grip_lost_since_ms is not None
+    at = decide(touched.state, inputs, config, held_ms + config.grip_regrip_ms)
+    assert at.state.mode is Mode.RUNNING
+    assert at.state.grip_lost_since_ms is None
