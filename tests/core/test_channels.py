@@ -358,6 +358,21 @@ def test_SR_CHAN_4_stopping_waits_until_the_pi_sensor_reads_rest() -> None:
     assert rig.tick().state.mode is Mode.IDLE
 
 
+@pytest.mark.parametrize(("steps", "at_rest"), [(0, True), (1, False)])
+def test_SR_CHAN_4_the_pi_sensor_reads_rest_at_standstill_not_one_step_above(
+    steps: int, at_rest: bool
+) -> None:
+    rig = running()
+    rig.press(Button.STOP)
+    rig.sensor_kmh = CONFIG.standstill_kmh + steps * 0.01  # 0.01 km/h: one wire step
+    while rig.core.commanded_kmh > 0.0:
+        rig.tick()
+    decision = rig.tick()
+    assert second_channel_at_rest(rig.inputs(), CONFIG) is at_rest
+    assert decision.state.mode is (Mode.IDLE if at_rest else Mode.STOPPING)
+    assert decision.belt_at_rest is at_rest
+
+
 def test_SR_CHAN_4_start_and_reset_refused_while_the_pi_sensor_sees_motion() -> None:
     rig = idle(make_config(second_channel=replace(CHANNEL, disagree_ms=3000)))
     rig.sensor_kmh = 0.2

@@ -78,6 +78,21 @@ def test_SR_ESTOP_1_estop_pressed_stops_at_once_and_latches_in_every_mode(
     assert all(m == Stop(3.6) for m in motions[first_stop:])
 
 
+@pytest.mark.parametrize("knob", ["estop", "key"])
+def test_SR_STOP_3_an_emergency_input_at_rest_sends_estop_again_until_released(knob: str) -> None:
+    rig = faulted_rig(running=False)  # e-stop latched, released, belt at rest: a plain Stop
+    assert rig.core.fault_rest_reached is True
+    assert rig.tick().motion == Stop(3.6)
+    setattr(rig, knob, knob == "estop")
+    again = rig.tick()
+    assert again.motion == EStop()
+    assert again.state.fault_rest_reached is False  # rest counts again once released
+    setattr(rig, knob, knob != "estop")
+    released = rig.tick()
+    assert released.motion == Stop(3.6)
+    assert released.state.fault_rest_reached is True
+
+
 @pytest.mark.parametrize("make", EVERY_MODE)
 @pytest.mark.parametrize("source", ["console", "firmware"])
 def test_SR_ESTOP_2_safety_key_out_stops_at_once_and_latches_in_every_mode(
