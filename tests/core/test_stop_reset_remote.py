@@ -219,7 +219,11 @@ def test_SR_RESET_3_waiting_reset_refused_when_a_condition_fails_or_time_runs_ou
     assert decision.state.mode is Mode.FAULTED
     assert decision.state.reset_armed_ms is None
     (event,) = [e for e in decision.events if e.kind == "reset_refused"]
-    assert "still reports fault code 8" in event.message
+    assert event.message == (
+        f"reset refused: the motor controller still reports fault code 8 "
+        f"{RESET_CLEAR_TIMEOUT_MS} ms after CLEAR_FAULT: read its fault code in the log, fix "
+        "the cause, then press RESET."
+    )
 
 
 def test_SR_RESET_3_a_refused_second_press_disarms_the_waiting_reset() -> None:
