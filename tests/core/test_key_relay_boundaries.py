@@ -18,6 +18,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from controller.rules.config_rules import check_safety_config
 from controller.rules.core import decide
 from controller.rules.key_relay import relay_start_blockers
 from controller.rules.model import (
@@ -530,3 +531,24 @@ def test_SR_MON_4_limits_from_the_config_are_the_ones_applied() -> None:
     rig = armed(config=relay_config(start_window_ms=2000))
     rig.tick(dt_ms=2001)
     assert rig.core.mode is Mode.IDLE
+
+
+# --------------------------------------------------------------------------- SR-CONFIG-10
+
+
+@pytest.mark.parametrize(
+    ("field", "accepted", "refused"),
+    [
+        ("hold_off_ms", (20, 500), (19, 501)),
+        ("start_window_ms", (2000, 60_000), (1999, 60_001)),
+        ("max_belt_decel_kmh_s", (5.0, 50.0), (5.0 - STEP_KMH, 50.0 + STEP_KMH)),
+    ],
+)
+def test_SR_CONFIG_10_key_relay_ranges_at_their_limits_and_one_step_past(
+    field: str, accepted: tuple[float, float], refused: tuple[float, float]
+) -> None:
+    for value in accepted:
+        assert check_safety_config(relay_config(**{field: value})) == [], (field, value)
+    for value in refused:
+        problems = check_safety_config(relay_config(**{field: value}))
+        assert [p.key_path for p in problems] == [f"key_relay.{field}"], (field, value)
