@@ -107,7 +107,8 @@ def check_channels(step: Step) -> None:
     sensor_kmh = reading.speed_kmh
     high_kmh = max(firmware_kmh, sensor_kmh)
     tolerance_kmh = channel_tolerance_kmh(state, config, channel, high_kmh)
-    if abs(firmware_kmh - sensor_kmh) <= tolerance_kmh:
+    step.channels_agree = abs(firmware_kmh - sensor_kmh) <= tolerance_kmh
+    if step.channels_agree:
         step.state = replace(step.state, disagree_since_ms=None)
         return
     since_ms = state.disagree_since_ms if state.disagree_since_ms is not None else step.now_ms

@@ -162,6 +162,7 @@ def decide(state: CoreState, inputs: Inputs, config: SafetyConfig, now_ms: int) 
         and second_channel_at_rest(inputs, config),
         firmware_fresh=firmware_fresh(inputs.firmware, config, now_ms),
         next_deadline_ms=next_deadline_ms(step.state, inputs, config),
+        channels_agree=step.channels_agree,
     )
 
 

@@ -389,3 +389,7 @@ class Decision:
     next_deadline_ms: int | None = None
     # Key-relay mode: toggle the key-relay output this tick (motion allowed, SR-MON-1).
     key_relay: bool = False
+    # channels.check_channels(): the two belt speed channels were compared this tick and agree
+    # (True) or differ by more than the tolerance (False, SR-CHAN-2); None when they were not
+    # compared (no second channel, key-relay mode, no usable firmware status or Pi reading).
+    channels_agree: bool | None = None

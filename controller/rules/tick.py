@@ -44,6 +44,7 @@ class Step(Record):
     fresh: FirmwareStatus | None  # the firmware status when usable for a speed reading
     high_kmh: float | None = None  # the higher usable belt speed reading (SR-CHAN-3)
     low_kmh: float | None = None  # the lower one (equal to high_kmh with one channel)
+    channels_agree: bool | None = None  # SR-CHAN-2 verdict, None when not compared
     clear_firmware_fault: bool = False
     stop_requested: bool = False
     reset_done: bool = False

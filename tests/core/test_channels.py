@@ -197,6 +197,38 @@ def test_SR_CHAN_2_tolerance_is_absolute_or_relative_to_the_higher_reading(
     rig.sensor_kmh = sensor_kmh
     decision = rig.tick()
     assert (decision.state.disagree_since_ms is not None) is disagree
+    # The verdict travels in the Decision for telemetry (one definition, SR-CHAN-2).
+    assert decision.channels_agree is (not disagree)
+
+
+@pytest.mark.parametrize(
+    ("second_channel", "sensor_missing", "sensor_kmh", "stale", "expected"),
+    [
+        (True, False, None, False, True),  # both compared and equal
+        (True, False, 3.0, False, False),  # compared, beyond the tolerance
+        (True, True, None, False, None),  # no Pi reading: not compared
+        (True, False, math.nan, False, None),  # invalid Pi reading: not compared
+        (True, False, None, True, None),  # no usable firmware status: not compared
+        (True, False, 3.0, True, None),
+        (False, False, None, False, None),  # no second channel configured
+        (False, False, 3.0, False, None),
+    ],
+)
+def test_SR_CHAN_2_decision_says_whether_the_channels_were_compared_and_agree(
+    second_channel: bool,
+    sensor_missing: bool,
+    sensor_kmh: float | None,
+    stale: bool,
+    expected: bool | None,
+) -> None:
+    config = CONFIG if second_channel else DEFAULT_CONFIG
+    rig = at_speed(2.0, config=config)
+    rig.sensor_missing = sensor_missing
+    rig.sensor_kmh = sensor_kmh
+    if stale:
+        rig.link = "stale"
+    decision = rig.tick()
+    assert decision.channels_agree is expected
 
 
 def test_SR_CHAN_2_lag_allowance_while_ramping() -> None:

@@ -302,39 +302,31 @@ def _decision(core: CoreState, **kw: Any) -> Decision:
 
 
 def test_SR_CHAN_2_state_carries_the_pi_sensor_and_the_cores_agreement_verdict() -> None:
-    """``belt_sensor_kmh`` is the Pi's reading; ``channels_agree`` is read from the core's
-    decision: false while its SR-CHAN-2 timer runs, null when it could not compare."""
+    """``belt_sensor_kmh`` is the Pi's reading; ``channels_agree`` is the core's verdict
+    (``Decision.channels_agree``, SR-CHAN-2), null before the first tick and whenever the core
+    did not compare the channels (the cases are tested in tests/core/test_channels.py)."""
     two = replace(SAFETY, second_channel=ChannelConfig())
     pi = BeltSensorReading(speed_kmh=1.2549, pulses=40, since_pulse_ms=30)
     ticked = replace(CORE, last_tick_ms=NOW_MS)
-    agreeing = _decision(ticked, firmware_fresh=True)
-    payload = state(safety=two, core=ticked, inputs=inputs(belt_sensor=pi), decision=agreeing)
-    assert payload["belt_sensor_kmh"] == 1.25
-    assert payload["channels_agree"] is True
-    disagreeing = replace(ticked, disagree_since_ms=NOW_MS - 300)
-    payload = state(
+    for verdict in (True, False, None):
+        payload = state(
+            safety=two,
+            core=ticked,
+            inputs=inputs(belt_sensor=pi),
+            decision=_decision(ticked, firmware_fresh=True, channels_agree=verdict),
+        )
+        assert payload["belt_sensor_kmh"] == 1.25
+        assert payload["channels_agree"] is verdict
+    before_a_tick = state(safety=two, inputs=inputs(belt_sensor=pi), decision=None)
+    assert before_a_tick["channels_agree"] is None
+    nan_reading = state(
         safety=two,
-        core=disagreeing,
-        inputs=inputs(belt_sensor=pi),
-        decision=_decision(disagreeing, firmware_fresh=True),
+        core=ticked,
+        inputs=inputs(belt_sensor=replace(pi, speed_kmh=float("nan"))),
+        decision=_decision(ticked),
     )
-    assert payload["channels_agree"] is False
-    stale = firmware(received_ms=NOW_MS - 600)  # stale_ms 500
-    not_compared = [
-        state(safety=two, inputs=inputs(belt_sensor=pi), decision=None),  # before a tick
-        state(safety=two, core=ticked, inputs=inputs(belt_sensor=pi, firmware=stale),
-              decision=agreeing),
-        state(safety=two, core=ticked,
-              inputs=inputs(belt_sensor=pi, firmware=firmware(measured_kmh=float("nan"))),
-              decision=agreeing),
-        state(safety=two, core=ticked,
-              inputs=inputs(belt_sensor=replace(pi, speed_kmh=float("nan"))), decision=agreeing),
-        state(safety=two, core=ticked, inputs=inputs(), decision=agreeing),  # no Pi reading
-        state(safety=SAFETY, core=ticked, inputs=inputs(belt_sensor=pi), decision=agreeing),
-    ]  # fmt: skip
-    assert [p["channels_agree"] for p in not_compared] == [None] * 6
-    assert not_compared[3]["belt_sensor_kmh"] is None  # NaN is not a speed
-    assert not_compared[4]["belt_sensor_kmh"] is None
+    assert nan_reading["belt_sensor_kmh"] is None  # NaN is not a speed
+    assert state(safety=two, core=ticked, inputs=inputs(), decision=None)["belt_sensor_kmh"] is None
 
 
 def test_SR_MON_1_state_carries_the_drive_mode_and_the_relay_the_core_holds() -> None:

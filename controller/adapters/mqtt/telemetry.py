@@ -16,9 +16,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from controller.rules.channels import reading_valid
 from controller.rules.core import firmware_fresh
-from controller.rules.firmware_status import status_problem
 from controller.rules.model import CoreState, Decision, Event, Inputs, SafetyConfig
 
 __all__ = [
@@ -86,27 +84,14 @@ def grip_reading(inputs: Inputs) -> str:
     return "none"
 
 
-def channels_agree(
-    core: CoreState, inputs: Inputs, safety: SafetyConfig, decision: Decision | None
-) -> bool | None:
+def channels_agree(decision: Decision | None) -> bool | None:
     """Whether the two belt speed channels agree, as the core judged them at the last tick
-    (SR-CHAN-2): ``False`` while its disagreement timer runs (they differ by more than the
-    tolerance), ``True`` when both were compared and agreed. ``None`` without a second
-    channel (no ``belt_sensor``, or key-relay mode: the Pi's sensor is the only channel),
-    before the first tick, and when the core could not compare them (no fresh firmware
-    status, no valid reading from the Pi's sensor).
+    (``Decision.channels_agree``, SR-CHAN-2): ``False`` while they differ by more than the
+    tolerance, ``True`` when both were compared and agreed, ``None`` when the core did not
+    compare them (no ``belt_sensor``, key-relay mode, no usable firmware status or Pi reading)
+    and before the first tick.
     """
-    reading = inputs.belt_sensor
-    tick_ms = core.last_tick_ms
-    if safety.second_channel is None or decision is None or reading is None or tick_ms is None:
-        return None
-    # The core compares the channels only with a usable firmware status at the tick and a
-    # valid Pi reading (SR-CHAN-1, SR-CHAN-2): the same definitions, at the tick's time.
-    if status_problem(inputs.firmware, safety, tick_ms) is not None:
-        return None
-    if not reading_valid(reading):
-        return None
-    return core.disagree_since_ms is None
+    return None if decision is None else decision.channels_agree
 
 
 def key_relay_state(safety: SafetyConfig, decision: Decision | None) -> str | None:
@@ -190,7 +175,7 @@ def state_payload(
         "belt_sensor_kmh": (
             _rounded(inputs.belt_sensor.speed_kmh) if inputs.belt_sensor is not None else None
         ),
-        "channels_agree": channels_agree(core, inputs, safety, decision),
+        "channels_agree": channels_agree(decision),
         "drive_mode": "key_relay" if safety.key_relay is not None else "firmware",
         "key_relay": key_relay_state(safety, decision),
         "target_kmh": _rounded(core.target_kmh),
