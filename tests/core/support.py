@@ -8,6 +8,7 @@ equals the speed the core commanded at the previous tick.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from controller.rules.core import decide, initial_state
@@ -252,6 +253,21 @@ def idle_rig(config: SafetyConfig = DEFAULT_CONFIG, stage_number: int = 1, **kno
     return rig
 
 
+#: Upper bound on the ticks a test helper waits for a ramp: the slowest ramp in the tests
+#: (0.01 km/h/s to 25 km/h) takes 2,500 s. A mutant that stops a ramp must fail, not hang.
+MAX_WAIT_TICKS = 150_000
+
+
+def tick_while(rig: Rig, condition: Callable[[], bool]) -> None:
+    """Tick ``rig`` while ``condition()`` holds; fail if it still holds after
+    :data:`MAX_WAIT_TICKS` ticks."""
+    for _ in range(MAX_WAIT_TICKS):
+        if not condition():
+            return
+        rig.tick()
+    raise AssertionError(f"still waiting after {MAX_WAIT_TICKS} ticks: {rig.core}")
+
+
 def running_rig(
     config: SafetyConfig = DEFAULT_CONFIG, stage_number: int = 1, settle: bool = True
 ) -> Rig:
@@ -260,8 +276,7 @@ def running_rig(
     decision = rig.press(Button.START)
     assert decision.state.mode is Mode.RUNNING, decision.events
     if settle:
-        while rig.core.commanded_kmh < rig.core.target_kmh:
-            rig.tick()
+        tick_while(rig, lambda: rig.core.commanded_kmh < rig.core.target_kmh)
         rig.tick()
     return rig
 
@@ -300,8 +315,7 @@ def faulted_rig(
         rig.tick()
         rig.estop = False
     assert rig.core.mode is Mode.FAULTED
-    while rig.core.commanded_kmh > 0.0:
-        rig.tick()
+    tick_while(rig, lambda: rig.core.commanded_kmh > 0.0)
     rig.tick()
     return rig
 

@@ -39,6 +39,7 @@ from tests.core.support import (
     is_stop,
     make_config,
     status,
+    tick_while,
 )
 
 CHANNEL = ChannelConfig()
@@ -82,8 +83,7 @@ def idle(config: SafetyConfig = CONFIG, stage_number: int = 1) -> ChannelRig:
 def running(config: SafetyConfig = CONFIG, stage_number: int = 1) -> ChannelRig:
     rig = idle(config, stage_number)
     rig.press(Button.START)
-    while rig.core.commanded_kmh < rig.core.target_kmh:
-        rig.tick()
+    tick_while(rig, lambda: rig.core.commanded_kmh < rig.core.target_kmh)
     rig.tick()
     assert rig.core.mode is Mode.RUNNING
     return rig
@@ -382,8 +382,7 @@ def test_SR_CHAN_4_stopping_waits_until_the_pi_sensor_reads_rest() -> None:
     rig = running()
     rig.press(Button.STOP)
     rig.sensor_kmh = 0.2  # the Pi's sensor still sees the belt creeping
-    while rig.core.commanded_kmh > 0.0:
-        rig.tick()
+    tick_while(rig, lambda: rig.core.commanded_kmh > 0.0)
     rig.run_ms(200)
     assert rig.core.mode is Mode.STOPPING
     rig.sensor_kmh = 0.0
@@ -397,8 +396,7 @@ def test_SR_CHAN_4_the_pi_sensor_reads_rest_at_standstill_not_one_step_above(
     rig = running()
     rig.press(Button.STOP)
     rig.sensor_kmh = CONFIG.standstill_kmh + steps * 0.01  # 0.01 km/h: one wire step
-    while rig.core.commanded_kmh > 0.0:
-        rig.tick()
+    tick_while(rig, lambda: rig.core.commanded_kmh > 0.0)
     decision = rig.tick()
     assert second_channel_at_rest(rig.inputs(), CONFIG) is at_rest
     assert decision.state.mode is (Mode.IDLE if at_rest else Mode.STOPPING)

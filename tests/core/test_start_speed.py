@@ -35,6 +35,7 @@ from tests.core.support import (
     stage,
     status,
     stopping_rig,
+    tick_while,
 )
 
 # ---------------------------------------------------------------- modes and motion
@@ -99,8 +100,7 @@ def test_SR_MOTION_2_set_speed_carries_accel_rising_and_decel_falling() -> None:
     rig = running_rig(settle=False)
     rising = rig.tick().motion
     assert rising == SetSpeed(rig.core.commanded_kmh, 0.2, DEFAULT_CONFIG.lease_ms)
-    while rig.core.commanded_kmh < rig.core.target_kmh:
-        rig.tick()
+    tick_while(rig, lambda: rig.core.commanded_kmh < rig.core.target_kmh)
     holding = rig.tick().motion
     assert isinstance(holding, SetSpeed)
     assert holding.accel_kmh_s == 0.2
@@ -317,10 +317,14 @@ def test_SR_SPEED_2_rate_of_change_within_accel_and_decel() -> None:
     rig = running_rig(settle=False)
     rig.tick(SetTarget(2.0))
     previous = rig.core.commanded_kmh
-    while rig.core.commanded_kmh < 2.0:
-        rig.tick()
+
+    def ramping_within_the_limit() -> bool:
+        nonlocal previous
         assert rig.core.commanded_kmh - previous <= 0.2 * 0.020 + 1e-12
         previous = rig.core.commanded_kmh
+        return rig.core.commanded_kmh < 2.0
+
+    tick_while(rig, ramping_within_the_limit)
     rig.tick(SetTarget(0.5))
     assert previous - rig.core.commanded_kmh == pytest.approx(0.4 * 0.020)
     previous = rig.core.commanded_kmh
