@@ -33,6 +33,7 @@ from controller.rules.model import (
     SelectStage,
     SetTarget,
 )
+from controller.rules.reset import RESET_CLEAR_TIMEOUT_MS
 from controller.rules.timers import next_deadline_ms
 from tests.core.support import DEFAULT_STAGES, Rig, make_config, running_rig, single_stage_config
 
@@ -261,3 +262,43 @@ def test_SR_GRIP_10_deadline_is_the_end_of_the_regrip_time() -> None:
     at = decide(touched.state, inputs, config, held_ms + config.grip_regrip_ms)
     assert at.state.mode is Mode.RUNNING
     assert at.state.grip_lost_since_ms is None
+
+
+QUIET_LINK = {"stale_ms": 5000}  # the stale-status deadline out of the way
+
+
+def test_SR_PLAUS_3_deadline_is_one_ms_past_the_moving_at_rest_time() -> None:
+    config = make_config(*DEFAULT_STAGES, **QUIET_LINK)
+    rig = Rig(config=config)
+    rig.tick()
+    rig.measured_kmh = 0.4
+    decision = rig.tick()
+    assert decision.next_deadline_ms == rig.now_ms + config.moving_at_rest_ms + 1
+    assert decide(decision.state, rig.inputs(), config, decision.next_deadline_ms).state.fault
+
+
+def test_SR_PLAUS_2_deadline_is_one_ms_past_the_not_following_time() -> None:
+    config = make_config(*DEFAULT_STAGES, **QUIET_LINK)
+    rig = running_rig(config)
+    rig.measured_kmh = 0.0  # stalled
+    decision = rig.tick()
+    since_ms = decision.state.follow_since_ms
+    assert since_ms is not None
+    assert decision.next_deadline_ms == since_ms + config.follow_ms + 1
+
+
+def test_SR_RESET_3_deadline_is_one_ms_past_the_clear_fault_timeout() -> None:
+    config = make_config(*DEFAULT_STAGES, stale_ms=60_000)
+    rig = Rig(config=config)
+    rig.tick()
+    rig.estop = True
+    rig.tick()
+    rig.estop = False
+    rig.run_ms(100)
+    rig.fw_state = FirmwareState.FAULT
+    rig.fw_fault = 6
+    rig.tick()
+    decision = rig.press(Button.RESET)
+    armed_ms = decision.state.reset_armed_ms
+    assert armed_ms == rig.now_ms
+    assert decision.next_deadline_ms == armed_ms + RESET_CLEAR_TIMEOUT_MS + 1
