@@ -85,19 +85,24 @@ PY
 # Pass 2, full: every survivor of the quick pass against the whole of tests/core, every
 # property test at its own example count and every exhaustive test complete. The mutated
 # sources in mutants/ pick the mutant named by MUTANT_UNDER_TEST.
-mapfile -t quick_survivors < <("${venv}/mutmut" results | awk -F': ' '/: survived$/ {gsub(/ /, "", $1); print $1}')
-echo "${#quick_survivors[@]} survivors of the quick pass; re-running each against the full tests"
-survivors=()
-killed_by_full=0
-for name in "${quick_survivors[@]}"; do
-    if (cd mutants && MUTANT_UNDER_TEST="${name}" "${venv}/python" -m pytest -x -q \
-        -p no:cacheprovider -p no:randomly tests/core >/dev/null 2>&1); then
-        survivors+=("${name}")
-    else
-        killed_by_full=$((killed_by_full + 1))
-    fi
-done
-echo "full pass: ${killed_by_full} killed, ${#survivors[@]} survived"
+"${venv}/mutmut" results | awk -F': ' '/: survived$/ {gsub(/ /, "", $1); print $1}' \
+    >quick-survivors.txt
+echo "$(wc -l <quick-survivors.txt) survivors of the quick pass; re-running each against the full tests"
+# One pytest per survivor, ${jobs} at a time. A mutant that makes the full tests run past
+# MUTATION_FULL_TIMEOUT_S (default 600 s; the full tests/core take about 60 s) counts as
+# caught by the timeout, as in mutmut's own pass. Each line of full-pass.txt: "name status".
+export venv
+full_timeout_s="${MUTATION_FULL_TIMEOUT_S:-600}"
+export full_timeout_s
+xargs -r -P "${jobs}" -I NAME bash -c '
+    cd mutants
+    MUTANT_UNDER_TEST="$1" timeout "${full_timeout_s}" "${venv}/python" -m pytest -x -q \
+        -p no:cacheprovider -p no:randomly tests/core >/dev/null 2>&1
+    echo "$1 $?"' _ NAME <quick-survivors.txt >full-pass.txt
+mapfile -t survivors < <(awk '$2 == 0 {print $1}' full-pass.txt | sort)
+killed_by_full="$(awk '$2 != 0 && $2 != 124 {n++} END {print n + 0}' full-pass.txt)"
+timeouts_full="$(awk '$2 == 124 {n++} END {print n + 0}' full-pass.txt)"
+echo "full pass: ${killed_by_full} killed, ${timeouts_full} timeout, ${#survivors[@]} survived"
 echo "surviving mutants (show one with: cd ${work} && ${venv}/mutmut show NAME):"
 for name in "${survivors[@]}"; do
     echo "    ${name}"
