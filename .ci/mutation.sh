@@ -31,8 +31,10 @@ read -r -a targets <<<"${MUTATION_TARGET:-${default_target}}"
 work="${MUTATION_WORKDIR:-$(mktemp -d -t mutation-XXXXXX)}"
 
 mkdir -p "${work}/tests"
-rm -rf "${work}/controller" "${work}/tests/core"
+rm -rf "${work}/controller" "${work}/firmware_bridge" "${work}/tests/core"
 cp -r "${root}/controller" "${work}/controller"
+# The core reads the firmware fault table of the wire protocol (firmware_bridge/wire/faults.py).
+cp -r "${root}/firmware_bridge" "${work}/firmware_bridge"
 cp -r "${root}/tests/core" "${work}/tests/core"
 cp "${root}/tests/__init__.py" "${work}/tests/__init__.py"
 # The core tests also check the docs generated from the core (the mode diagram in safety.md).
@@ -61,6 +63,7 @@ $(indent "${targets[@]}")
 pytest_add_cli_args_test_selection = tests/core
 also_copy =
     docs
+    firmware_bridge
 type_check_command =
     mypy
 $(indent "${files[@]}")
