@@ -69,6 +69,7 @@ LAYERS: tuple[Layer, ...] = (
         (
             "controller.runtime.service",  # the Service: the tick and the shutdown
             "controller.runtime.waker",  # the loop's sleep and tick schedule
+            "controller.runtime.alarm",  # the loop's precise alarm (a timerfd)
             "controller.runtime.inputs",  # one tick's inputs and the command queues
             "controller.runtime.motion",  # motion commands to the link, last-resort stops
             "controller.runtime.events",  # the event feed: log, publish, fold repeats

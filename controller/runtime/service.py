@@ -406,6 +406,8 @@ class Service:
             # handed over. The process exits; the firmware's lease stops the belt (SR-FAULT-4).
             self._last_resort_stop("the control loop's error handling failed")
             raise
+        finally:
+            ticks.close()
         self._finish_shutdown()
 
     async def _wait_for_firmware(self) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from controller.runtime.alarm import Alarm
 from controller.runtime.stats import LoopStats
 
 #: A timer tick is scheduled this long after the core's deadline, so the millisecond clock
@@ -33,6 +34,8 @@ class LoopWaker:
         self.deadline_ms: int | None = None
         self._waiter: asyncio.Future[bool] | None = None
         self._wake_pending = False
+        #: The precise alarm of the running tick schedule; ``loop.call_at`` without one.
+        self.alarm: Alarm | None = None
 
     def wake(self) -> None:
         """End the loop's wait now (or its next wait, if it is not waiting)."""
@@ -60,14 +63,21 @@ class LoopWaker:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
         self._waiter = future
-        if timer_at is not None and timer_at < deadline:
-            handle = loop.call_at(timer_at, _resolve, future, True)
+        early = timer_at is not None and timer_at < deadline
+        at = timer_at if early and timer_at is not None else deadline
+        alarm = self.alarm
+        handle: asyncio.TimerHandle | None = None
+        if alarm is not None:
+            alarm.set(at, lambda: _resolve(future, early))
         else:
-            handle = loop.call_at(deadline, _resolve, future, False)
+            handle = loop.call_at(at, _resolve, future, early)
         try:
             return await future
         finally:
-            handle.cancel()
+            if handle is not None:
+                handle.cancel()
+            elif alarm is not None:
+                alarm.cancel()
             self._waiter = None
 
 
@@ -88,6 +98,14 @@ class TickSchedule:
         self._period_s = 1.0 / rate_hz
         self._late_threshold_s = self._period_s / 4
         self._next_deadline = self._loop.time() + self._period_s
+        self._alarm = Alarm(self._loop)
+        waker.alarm = self._alarm
+
+    def close(self) -> None:
+        """Release the alarm; the waker falls back to ``loop.call_at``."""
+        if self._waker.alarm is self._alarm:
+            self._waker.alarm = None
+        self._alarm.close()
 
     async def next_tick(self) -> None:
         """Return at the next tick: the next deadline, a wake or the core's timer."""
