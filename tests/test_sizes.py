@@ -28,10 +28,6 @@ LONG_MODULES: dict[str, str] = {
         "the schema: every section and key of the YAML in one table, so each key's type, "
         "default, range and unit can be read in one place"
     ),
-    "controller/training/program.py": (
-        "the training program the service runs: sessions, clients and stage caps share the "
-        "program's state; the log writer, session tracking and progression are already apart"
-    ),
 }
 
 #: "path:function" -> why the function stays whole

@@ -5,6 +5,7 @@
 * :mod:`.progression` -- pure unlock criteria, demotion and the trainer action.
 * :mod:`.store` -- the SQLite session log (WAL, migrations, checkpoints).
 * :mod:`.writer` -- :class:`SessionLogWriter`, the session log written off the loop with backoff.
+* :mod:`.events` -- the wording of the events the program raises (pure builders).
 * :mod:`.program` -- :class:`TrainingProgram`, used by the service; never blocks the loop.
 * :mod:`.history` -- ``treadmill history``.
 """

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from controller.rules.model import CoreState, Event, Mode, StageConfig
+from controller.training import events as ev
 from controller.training.config import CLIENT_ID_PATTERN, TrainingConfig, check_against_stages
 from controller.training.progression import (
     UnlockStatus,
@@ -57,8 +58,6 @@ _T = TypeVar("_T")
 
 #: Assignment sources that count as local (at the machine). Anything else is remote.
 LOCAL_SOURCES = frozenset({"console"})
-
-EventDetails = dict[str, str | int | float | bool | None]
 
 
 @dataclass(frozen=True)
@@ -327,16 +326,7 @@ class TrainingProgram:
             self._last_checkpoint_ms = now_ms
             self._queue_session(update.started)
             out.append(
-                Event(
-                    "session_started",
-                    f"session started (client {update.started.client_id or 'none'}, "
-                    f"stage cap {self._cap})",
-                    {
-                        "session_id": update.started.session_id,
-                        "client_id": update.started.client_id,
-                        "stage_cap": self._cap,
-                    },
-                )
+                ev.session_started(update.started.session_id, update.started.client_id, self._cap)
             )
             logger.info("session %s started", update.started.session_id)
         if update.finished is not None:
@@ -359,26 +349,11 @@ class TrainingProgram:
         warn_s = self._config.session_warning_s
         if not self._warned and warn_s > 0 and remaining_s <= warn_s:
             self._warned = True
-            out.append(
-                Event(
-                    "session_guidance",
-                    f"{remaining_s / 60:.0f} min left of this session at stage "
-                    f"{core.stage}: the belt will slow to a stop when it is complete",
-                    {"session_id": progress.session_id, "remaining_s": remaining_s},
-                )
-            )
+            out.append(ev.session_guidance(progress.session_id, remaining_s, core.stage))
         if self._stop_requested or remaining_s > 0:
             return None, remaining_s
         self._stop_requested = True
-        out.append(
-            Event(
-                "session_complete",
-                f"session complete: {progress.moving_s / 60:.1f} min moving at "
-                f"stage {core.stage} (limit {limit_s / 60 if limit_s else 0:g} "
-                "min); stopping the belt",
-                {"session_id": progress.session_id, "moving_s": progress.moving_s},
-            )
-        )
+        out.append(ev.session_complete(progress.session_id, progress.moving_s, core.stage, limit_s))
         return "session_complete", remaining_s
 
     # ------------------------------------------------------------------ clients
@@ -392,24 +367,12 @@ class TrainingProgram:
         ends the open session (end reason ``client_changed``).
         """
         local = source in LOCAL_SOURCES
-        details: EventDetails = {"client_id": client_id, "source": source}
         if client_id is not None and not CLIENT_ID_PATTERN.fullmatch(client_id):
-            return Event(
-                "client_refused",
-                f"client id {client_id[:80]!r} refused: use 1 to 64 characters of A-Z a-z 0-9 "
-                "_ . - (an opaque id, never a name)",
-                details,
-            )
+            return ev.client_refused_bad_id(client_id, source)
         if not self._config.enabled:
-            return Event(
-                "client_refused", "the training program is disabled (training.enabled)", details
-            )
+            return ev.client_refused_disabled(client_id, source)
         if not belt_at_rest:
-            return Event(
-                "client_refused",
-                f"client {client_id or 'none'} refused: assign clients with the belt at rest",
-                details,
-            )
+            return ev.client_refused_moving(client_id, source)
         if client_id == self._client_id:
             if local and client_id is not None and not self._client_confirmed:
                 self._client_confirmed = True
@@ -432,88 +395,43 @@ class TrainingProgram:
         return self._client_event(client_id, source, changed=True)
 
     def _client_event(self, client_id: str | None, source: str, *, changed: bool) -> Event:
-        details: EventDetails = {
-            "client_id": client_id,
-            "source": source,
-            "stage_cap": self._cap,
-            "confirmed": self._client_confirmed,
-            "unlocked_stage": None if client_id is None else self.unlocked_stage(client_id),
-        }
-        if client_id is None:
-            return Event("client_assigned", "no client assigned: stage cap 1", details)
-        note = "" if changed else " (already assigned)"
-        if not self._client_confirmed:
-            return Event(
-                "client_assigned",
-                f"client {client_id} assigned from {source}{note}: stage cap 1 until a trainer "
-                "confirms at the machine (trainer action)",
-                details,
-            )
-        return Event(
-            "client_assigned",
-            f"client {client_id} assigned from {source}{note}: stage cap {self._cap}",
-            details,
+        return ev.client_assigned(
+            client_id,
+            source,
+            self._cap,
+            None if client_id is None else self.unlocked_stage(client_id),
+            confirmed=self._client_confirmed,
+            changed=changed,
         )
 
     # ------------------------------------------------------------------ progression
 
     def _trainer_action(self, utc: datetime, core: CoreState, measured_kmh: float | None) -> Event:
         client_id = self._client_id
-        details: EventDetails = {"client_id": client_id, "source": self._config.trainer.input}
+        source = self._config.trainer.input
         if client_id is None:
-            return Event(
-                "unlock_refused",
-                "trainer action: no client is assigned; assign the client first",
-                details,
-            )
+            return ev.unlock_refused_no_client(source)
         if not self._belt_at_rest:
-            return Event(
-                "unlock_refused",
-                f"trainer action for client {client_id} ignored: stop the belt first",
-                details,
-            )
+            return ev.unlock_refused_moving(client_id, source)
         if not self._client_confirmed:
             self._client_confirmed = True
             self._raise_cap_at_rest()
-            details["stage_cap"] = self._cap
             logger.info("client %s confirmed by the trainer (stage cap %d)", client_id, self._cap)
-            return Event(
-                "client_confirmed",
-                f"trainer confirmed client {client_id}: stage cap {self._cap}",
-                details,
-            )
+            return ev.client_confirmed(client_id, source, self._cap)
         if not self._loaded:
             problem = None if self._writer is None else self._writer.store_error
-            return Event(
-                "unlock_refused",
-                f"client {client_id}: the session log has not been read ({problem}); "
-                "the criteria cannot be checked until it is available",
-                details,
-            )
+            return ev.unlock_refused_log_unread(client_id, source, problem)
         status = self.unlock_status(client_id)
-        details["current_stage"] = status.current_stage
-        details["next_stage"] = status.next_stage
-        details["criteria"] = json.dumps([c.to_json() for c in status.criteria])
+        criteria_json = json.dumps([c.to_json() for c in status.criteria])
         if status.next_stage is None:
-            return Event(
-                "unlock_refused",
-                f"client {client_id} is already at the highest stage ({status.current_stage})",
-                details,
-            )
+            return ev.unlock_refused_at_top(client_id, source, status.current_stage, criteria_json)
         if not status.all_met:
-            unmet = "; ".join(criterion.describe() for criterion in status.unmet)
-            return Event(
-                "unlock_refused",
-                f"client {client_id}: stage {status.next_stage} not unlocked: {unmet}",
-                details,
+            unmet = [criterion.describe() for criterion in status.unmet]
+            return ev.unlock_refused_unmet(
+                client_id, source, status.current_stage, status.next_stage, criteria_json, unmet
             )
         return self._change_stage(
-            client_id,
-            status.next_stage,
-            utc,
-            action="unlock",
-            source=self._config.trainer.input,
-            detail=details["criteria"],
+            client_id, status.next_stage, utc, action="unlock", source=source, detail=criteria_json
         )
 
     def _change_stage(
@@ -545,23 +463,9 @@ class TrainingProgram:
         logger.info(
             "client %s: stage %d -> %d (%s, %s)", client_id, from_stage, to_stage, action, source
         )
-        details: EventDetails = {
-            "client_id": client_id,
-            "from_stage": from_stage,
-            "to_stage": to_stage,
-            "source": source,
-        }
         if action == "unlock":
-            return Event(
-                "stage_unlocked",
-                f"client {client_id}: stage {to_stage} unlocked ({source})",
-                details,
-            )
-        return Event(
-            "demoted",
-            f"client {client_id}: back to stage {to_stage} ({detail})",
-            details,
-        )
+            return ev.stage_unlocked(client_id, from_stage, to_stage, source)
+        return ev.demoted(client_id, from_stage, to_stage, source, detail)
 
     def _session_finished(
         self, record: SessionRecord, utc: datetime, *, clear_client: bool
@@ -576,21 +480,7 @@ class TrainingProgram:
             record.moving_s,
             record.distance_m,
         )
-        events = [
-            Event(
-                "session_finished",
-                f"session finished: {record.moving_s / 60:.1f} min moving, "
-                f"{record.distance_m:.0f} m, highest stage {record.highest_stage}",
-                {
-                    "session_id": record.session_id,
-                    "client_id": record.client_id,
-                    "moving_s": round(record.moving_s, 1),
-                    "distance_m": round(record.distance_m, 1),
-                    "end_reason": None if record.end_reason is None else record.end_reason.value,
-                    "counted": counted(record, self._config),
-                },
-            )
-        ]
+        events = [ev.session_finished(record, counted=counted(record, self._config))]
         if record.client_id is not None and self._loaded:
             events.extend(self._progress_client(record.client_id, utc))
         if clear_client and self._client_id is not None:
@@ -598,13 +488,7 @@ class TrainingProgram:
             self._client_id = None
             self._client_confirmed = False
             self._cap = 1
-            events.append(
-                Event(
-                    "client_cleared",
-                    f"client {cleared} cleared at the end of the session: stage cap 1",
-                    {"client_id": cleared},
-                )
-            )
+            events.append(ev.client_cleared(cleared))
         return events
 
     def _progress_client(self, client_id: str, utc: datetime) -> list[Event]:
@@ -665,13 +549,7 @@ class TrainingProgram:
         wanted = self._wanted_cap()
         if wanted < self._cap or (wanted > self._cap and self._belt_at_rest):
             if wanted != self._cap:
-                out.append(
-                    Event(
-                        "stage_cap_changed",
-                        f"stage cap {self._cap} -> {wanted}",
-                        {"from_stage": self._cap, "to_stage": wanted},
-                    )
-                )
+                out.append(ev.stage_cap_changed(self._cap, wanted))
             self._cap = wanted
 
     # ------------------------------------------------------------------ storage
@@ -704,21 +582,7 @@ class TrainingProgram:
         for record in in_memory:
             self._remember(record)
         self._loaded = True
-        for record in loaded.interrupted:
-            self._outbox.append(
-                Event(
-                    "session_interrupted",
-                    f"session {record.session_id} was cut off (power loss or crash); kept "
-                    f"up to its last checkpoint: {record.moving_s / 60:.1f} min moving, "
-                    f"{record.distance_m:.0f} m",
-                    {
-                        "session_id": record.session_id,
-                        "client_id": record.client_id,
-                        "moving_s": round(record.moving_s, 1),
-                        "distance_m": round(record.distance_m, 1),
-                    },
-                )
-            )
+        self._outbox.extend(ev.session_interrupted(record) for record in loaded.interrupted)
 
     def _take_outbox(self) -> list[Event]:
         events, self._outbox = self._outbox, []
