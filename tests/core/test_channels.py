@@ -473,3 +473,63 @@ def test_SR_CHAN_4_start_refused_without_a_pi_reading_says_so() -> None:
     rig.sensor_missing = True
     blockers = start_blockers(rig.core, rig.inputs(), rig.config, rig.now_ms)
     assert any("Pi's belt sensor still sees the belt moving (no reading)" in b for b in blockers)
+
+
+# --------------------------------------------------------------------------- exact edges
+
+
+@pytest.mark.parametrize(
+    ("reading", "shown"), [(None, "no reading"), (math.nan, "nan km/h"), (-0.5, "-0.5 km/h")]
+)
+def test_SR_CHAN_1_message_names_what_the_sensor_gave(reading: float | None, shown: str) -> None:
+    rig = idle()
+    if reading is None:
+        rig.sensor_missing = True
+    else:
+        rig.sensor_kmh = reading
+    fault = rig.tick().state.fault
+    assert fault is not None
+    assert fault.message.startswith(f"The Pi's belt sensor gave {shown}, not a valid speed reading")
+
+
+@pytest.mark.parametrize("cause", ["sensor_missing", "sensor_invalid", "link_stale"])
+def test_SR_CHAN_2_timer_forgotten_when_the_channels_cannot_be_compared(cause: str) -> None:
+    """A disagreement that started before a tick without two usable readings does not carry
+    over: the timer starts again when both are back."""
+    rig = idle()
+    rig.sensor_kmh = 3.0  # the firmware reads the belt at rest: beyond the idle tolerance
+    started = rig.tick()
+    assert started.state.disagree_since_ms == rig.now_ms
+    if cause == "sensor_missing":
+        rig.sensor_missing = True
+    elif cause == "sensor_invalid":
+        rig.sensor_kmh = math.nan
+    else:
+        rig.link = "stale"
+    assert rig.tick().state.disagree_since_ms is None
+
+
+def test_SR_CHAN_2_channels_agree_at_exactly_the_tolerance() -> None:
+    rig = idle()
+    tolerance_kmh = channel_tolerance_kmh(rig.core, CONFIG, CHANNEL, CHANNEL.agree_abs_kmh)
+    rig.sensor_kmh = tolerance_kmh  # the firmware reads 0.0: the difference is the tolerance
+    at_edge = rig.tick()
+    assert at_edge.channels_agree is True
+    assert at_edge.state.disagree_since_ms is None
+    rig.sensor_kmh = math.nextafter(tolerance_kmh, math.inf)
+    assert rig.tick().channels_agree is False
+
+
+def test_SR_PLAUS_2_too_slow_names_the_lower_reading() -> None:
+    """Too slow is judged on the lower channel (SR-CHAN-3), and the message shows that reading,
+    not the higher one."""
+    config = make_config(
+        second_channel=ChannelConfig(disagree_ms=60_000), follow_ms=100, overspeed_ms=60_000
+    )
+    rig = running(config)
+    rig.sensor_kmh = 0.0  # the Pi's sensor sees a stalled belt; the firmware reads it moving
+    tick_while(rig, lambda: rig.core.fault is None)
+    fault = rig.core.fault
+    assert fault is not None
+    assert fault.code is FaultCode.NOT_FOLLOWING
+    assert fault.message.startswith("Belt measured at 0.00 km/h (Pi belt sensor) for ")

@@ -13,10 +13,18 @@ from dataclasses import replace
 import pytest
 
 from controller.rules.core import decide
-from controller.rules.model import ChannelConfig, CoreState, FaultCode, Inputs, LinkHealth, Mode
+from controller.rules.model import (
+    ChannelConfig,
+    CoreState,
+    FaultCode,
+    FirmwareState,
+    Inputs,
+    LinkHealth,
+    Mode,
+)
 from controller.rules.plausibility import runaway_confirm_ms
 from controller.rules.timers import next_deadline_ms
-from tests.core.support import DEFAULT_STAGES, Rig, make_config, running_rig
+from tests.core.support import DEFAULT_STAGES, Rig, is_estop, is_stop, make_config, running_rig
 
 QUIET = {"stale_ms": 60_000}  # the stale-status deadline out of the way
 
@@ -96,3 +104,22 @@ def test_SR_STOP_3_deadline_is_the_next_ms_after_a_fault_latched_at_rest(emergen
     rig.link = "stale"
     stale_inputs = rig.inputs()
     assert next_deadline_ms(state, stale_inputs, config) is None
+
+
+def test_SR_STOP_3_an_emergency_latched_at_rest_sends_estop_once_before_the_rest() -> None:
+    """A category-0 firmware fault latched with the belt already at rest and no emergency
+    input held: the latching tick sends ESTOP and has not reached rest; the next millisecond
+    records the rest and the stop becomes a plain STOP."""
+    config = make_config(*DEFAULT_STAGES, **QUIET)
+    rig = Rig(config=config)
+    rig.tick()
+    rig.fw_state, rig.fw_fault = FirmwareState.FAULT, 5
+    latched = rig.tick()
+    assert latched.state.fault is not None
+    assert latched.state.fault.since_ms == rig.now_ms
+    assert latched.state.fault_rest_reached is False
+    assert is_estop(latched)
+    assert latched.next_deadline_ms == rig.now_ms + 1
+    rested = rig.tick(dt_ms=1)
+    assert rested.state.fault_rest_reached is True
+    assert is_stop(rested)
