@@ -14,6 +14,7 @@ import pytest
 
 from controller.rules.core import decide
 from controller.rules.model import (
+    Button,
     ChannelConfig,
     CoreState,
     FaultCode,
@@ -123,3 +124,33 @@ def test_SR_STOP_3_an_emergency_latched_at_rest_sends_estop_once_before_the_rest
     rested = rig.tick(dt_ms=1)
     assert rested.state.fault_rest_reached is True
     assert is_stop(rested)
+
+
+@pytest.mark.parametrize(
+    ("fw_state", "fw_fault", "completes"),
+    [
+        (FirmwareState.IDLE, 0, True),
+        (FirmwareState.IDLE, 6, False),  # back to IDLE but still reporting its fault code
+        (FirmwareState.FAULT, 0, False),  # fault code cleared but still in FAULT
+        (FirmwareState.FAULT, 6, False),
+    ],
+)
+def test_SR_RESET_3_a_waiting_reset_completes_only_once_the_firmware_fault_is_cleared(
+    fw_state: FirmwareState, fw_fault: int, completes: bool
+) -> None:
+    """Both the firmware's state and its fault code must say the fault is cleared."""
+    config = make_config(*DEFAULT_STAGES, stale_ms=60_000)
+    rig = Rig(config=config)
+    rig.tick()
+    rig.estop = True
+    rig.tick()
+    rig.estop = False
+    rig.run_ms(100)
+    rig.fw_state, rig.fw_fault = FirmwareState.FAULT, 6
+    rig.tick()
+    armed = rig.press(Button.RESET)
+    assert armed.state.reset_armed_ms == rig.now_ms
+    rig.fw_state, rig.fw_fault = fw_state, fw_fault
+    after = rig.tick()
+    assert (after.state.mode is Mode.IDLE) is completes
+    assert (after.state.reset_armed_ms is None) is completes
