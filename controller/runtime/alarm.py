@@ -12,8 +12,8 @@ back to ``loop.call_at``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
-import errno
 import logging
 import os
 import sys
@@ -62,17 +62,16 @@ class Alarm:
         """Call ``callback`` once at loop time ``when`` (at once if it has passed)."""
         self._callback = callback
         settime = self._settime
-        if settime is None:
-            if self._handle is not None:
-                self._handle.cancel()
-            self._handle = self._loop.call_at(when, self._fire)
-            return
-        when_ns = max(int(when * _NS_PER_S), 1)  # 0 would disarm the timer
-        value = self._spec.it_value
-        value.tv_sec, value.tv_nsec = divmod(when_ns, _NS_PER_S)
-        if settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(self._spec), None) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"timerfd_settime: {os.strerror(code)}")
+        if settime is not None:
+            when_ns = max(int(when * _NS_PER_S), 1)  # 0 would disarm the timer
+            value = self._spec.it_value
+            value.tv_sec, value.tv_nsec = divmod(when_ns, _NS_PER_S)
+            if settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(self._spec), None) == 0:
+                return
+            self._give_up_timerfd(f"timerfd_settime: {os.strerror(ctypes.get_errno())}")
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self._loop.call_at(when, self._fire)
 
     def cancel(self) -> None:
         """Forget the pending callback; a timer that still expires wakes the loop for nothing."""
@@ -83,11 +82,21 @@ class Alarm:
 
     def close(self) -> None:
         self.cancel()
+        self._close_timerfd()
+
+    def _close_timerfd(self) -> None:
         if self._fd >= 0:
             self._loop.remove_reader(self._fd)
-            os.close(self._fd)
+            with contextlib.suppress(OSError):  # already broken: nothing left to release
+                os.close(self._fd)
             self._fd = -1
             self._settime = None
+
+    def _give_up_timerfd(self, problem: str) -> None:
+        """A timerfd that fails is dropped for ``loop.call_at``: the loop keeps its ticks,
+        to the millisecond, instead of stalling or raising out of the control loop."""
+        log.warning("%s: the loop's timers fall back to asyncio's, to the millisecond", problem)
+        self._close_timerfd()
 
     def _open_timerfd(self) -> None:
         if not sys.platform.startswith("linux"):
@@ -125,9 +134,8 @@ class Alarm:
         except BlockingIOError:
             return  # re-armed between the wake and the read: not expired after all
         except OSError as exc:
-            if exc.errno != errno.EAGAIN:
-                raise
-            return
+            # Wake the waiter now (an early tick decides the same) rather than never.
+            self._give_up_timerfd(f"reading the timerfd: {exc}")
         self._fire()
 
     def _fire(self) -> None:

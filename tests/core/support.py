@@ -335,3 +335,20 @@ def is_estop(decision: Decision) -> bool:
 
 def is_set_speed(decision: Decision) -> bool:
     return isinstance(decision.motion, SetSpeed)
+
+
+def reset_waiting_rig(config: SafetyConfig) -> tuple[Rig, Decision]:
+    """An e-stop latched and released, the firmware in FAULT (code 6) and RESET pressed: the
+    reset is armed and waits for the firmware to clear its fault (SR-RESET-3)."""
+    rig = Rig(config=config)
+    rig.tick()
+    rig.estop = True
+    rig.tick()
+    rig.estop = False
+    rig.run_ms(100)
+    rig.fw_state = FirmwareState.FAULT
+    rig.fw_fault = 6
+    rig.tick()
+    armed = rig.press(Button.RESET)
+    assert armed.state.reset_armed_ms == rig.now_ms
+    return rig, armed

@@ -35,7 +35,14 @@ from controller.rules.model import (
 )
 from controller.rules.reset import RESET_CLEAR_TIMEOUT_MS
 from controller.rules.timers import next_deadline_ms
-from tests.core.support import DEFAULT_STAGES, Rig, make_config, running_rig, single_stage_config
+from tests.core.support import (
+    DEFAULT_STAGES,
+    Rig,
+    make_config,
+    reset_waiting_rig,
+    running_rig,
+    single_stage_config,
+)
 
 HORIZON_MS = 60_000  # with no deadline, nothing may change within this time either
 
@@ -289,16 +296,7 @@ def test_SR_PLAUS_2_deadline_is_one_ms_past_the_not_following_time() -> None:
 
 def test_SR_RESET_3_deadline_is_one_ms_past_the_clear_fault_timeout() -> None:
     config = make_config(*DEFAULT_STAGES, stale_ms=60_000)
-    rig = Rig(config=config)
-    rig.tick()
-    rig.estop = True
-    rig.tick()
-    rig.estop = False
-    rig.run_ms(100)
-    rig.fw_state = FirmwareState.FAULT
-    rig.fw_fault = 6
-    rig.tick()
-    decision = rig.press(Button.RESET)
+    rig, decision = reset_waiting_rig(config)
     armed_ms = decision.state.reset_armed_ms
     assert armed_ms == rig.now_ms
     assert decision.next_deadline_ms == armed_ms + RESET_CLEAR_TIMEOUT_MS + 1

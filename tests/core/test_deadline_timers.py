@@ -14,7 +14,6 @@ import pytest
 
 from controller.rules.core import decide
 from controller.rules.model import (
-    Button,
     ChannelConfig,
     CoreState,
     FaultCode,
@@ -25,7 +24,15 @@ from controller.rules.model import (
 )
 from controller.rules.plausibility import runaway_confirm_ms
 from controller.rules.timers import next_deadline_ms
-from tests.core.support import DEFAULT_STAGES, Rig, is_estop, is_stop, make_config, running_rig
+from tests.core.support import (
+    DEFAULT_STAGES,
+    Rig,
+    is_estop,
+    is_stop,
+    make_config,
+    reset_waiting_rig,
+    running_rig,
+)
 
 QUIET = {"stale_ms": 60_000}  # the stale-status deadline out of the way
 
@@ -139,17 +146,7 @@ def test_SR_RESET_3_a_waiting_reset_completes_only_once_the_firmware_fault_is_cl
     fw_state: FirmwareState, fw_fault: int, completes: bool
 ) -> None:
     """Both the firmware's state and its fault code must say the fault is cleared."""
-    config = make_config(*DEFAULT_STAGES, stale_ms=60_000)
-    rig = Rig(config=config)
-    rig.tick()
-    rig.estop = True
-    rig.tick()
-    rig.estop = False
-    rig.run_ms(100)
-    rig.fw_state, rig.fw_fault = FirmwareState.FAULT, 6
-    rig.tick()
-    armed = rig.press(Button.RESET)
-    assert armed.state.reset_armed_ms == rig.now_ms
+    rig, _ = reset_waiting_rig(make_config(*DEFAULT_STAGES, stale_ms=60_000))
     rig.fw_state, rig.fw_fault = fw_state, fw_fault
     after = rig.tick()
     assert (after.state.mode is Mode.IDLE) is completes

@@ -8,6 +8,7 @@ How late it wakes is measured by ``python -m bench`` (docs/performance.md, loop 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import pytest
@@ -45,7 +46,9 @@ async def test_alarm_in_the_past_fires_at_once(use_timerfd: bool) -> None:
     loop = asyncio.get_running_loop()
     alarm = Alarm(loop, use_timerfd=use_timerfd)
     try:
-        await fired_at(alarm, loop.time() - 1.0)
+        due = loop.time() - 1.0
+        fired = await fired_at(alarm, due)  # wait_for raises if it never fires
+        assert due < fired <= loop.time()
     finally:
         alarm.close()
 
@@ -95,3 +98,21 @@ async def test_tick_schedule_gives_the_waker_its_alarm_and_takes_it_back() -> No
     start = loop.time()
     assert await waker.wait_until(start + 0.002, start + 60.0) is False  # call_at again
     assert loop.time() >= start + 0.002
+
+
+async def test_alarm_falls_back_to_call_at_when_the_timerfd_fails() -> None:
+    """A timerfd that stops working (here: its descriptor closed under it) must not stall or
+    crash the loop: the alarm still fires, on ``loop.call_at``, and says so."""
+    loop = asyncio.get_running_loop()
+    alarm = Alarm(loop)
+    if not alarm.precise:
+        pytest.skip("no timerfd on this platform")
+    try:
+        fd = alarm._fd  # the test breaks the descriptor on purpose
+        loop.remove_reader(fd)
+        os.close(fd)
+        when = loop.time() + 0.002
+        assert await fired_at(alarm, when) >= when
+        assert not alarm.precise
+    finally:
+        alarm.close()
