@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.conditions import CONDITIONS, broker_condition
+from bench.floor import floor_runs
 from bench.loop import LoopRun, loop_run, startup_runs
 from bench.reaction import (
     TrialSet,
@@ -52,6 +53,7 @@ DOC_END = "<!-- bench table: end -->"
 STAGE1_GRACE_MS = 300  # config/demo.yaml, stages[0].grip.grace_ms
 STAGE1_START_KMH = 0.5  # config/demo.yaml, stages[0].start_kmh
 LOOP_TARGET_KMH = 2.0  # stage 1's maximum: a steady session at the top of stage 1
+FLOOR_S = 60.0  # per wake pattern of the platform floor (bench/floor.py)
 
 
 @dataclass(frozen=True)
@@ -388,6 +390,7 @@ def _rows(results: dict[str, Any]) -> list[list[str]]:
                 _verdict(peak_mib, GOALS["rss"][0]),
             ]
         )
+    rows += _floor_rows(results)
     decoder = results.get("decoder", {}).get("result")
     if isinstance(decoder, dict) and "decode_frames_per_s" in decoder:
         rows.append(
@@ -415,6 +418,39 @@ def _rows(results: dict[str, Any]) -> list[list[str]]:
                 _verdict(mx, GOALS["startup"][0]),
             ]
         )
+    return rows
+
+
+def _floor_rows(results: dict[str, Any]) -> list[list[str]]:
+    """The platform floor (bench/floor.py), and the service's CPU above it: context, no goal."""
+    floor = results.get("floor")
+    if not isinstance(floor, dict):
+        return []
+    rows: list[list[str]] = []
+    titles = {
+        "sleep": "floor: time.sleep at 50 Hz, no event loop (CPU %)",
+        "tick": "floor: asyncio loop, 50 Hz alarm, no work (CPU %)",
+        "tick_and_frames": "floor: same + 50 Hz frames on a pty (CPU %)",
+    }
+    for pattern, title in titles.items():
+        if pattern in floor:
+            pct = float(floor[pattern]["cpu_pct_of_core"])
+            rows.append([title, "-", "", "", f"{pct:.2f}", "", "context"])
+    base = floor.get("tick_and_frames")
+    for condition, run in results.get("loop", {}).items():
+        if base is not None and condition != "flooded":
+            above = float(run["cpu_pct_of_core"]) - float(base["cpu_pct_of_core"])
+            rows.append(
+                [
+                    "  service CPU above that floor (%)",
+                    condition,
+                    "",
+                    "",
+                    f"{above:.2f}",
+                    "",
+                    "context",
+                ]
+            )
     return rows
 
 
@@ -450,6 +486,9 @@ async def run(plan: Plan) -> dict[str, Any]:
             results["loop"] = {}
             for condition in plan.loop_conditions:
                 results["loop"][condition] = await _loop(plan, condition, workdir)
+        if _wanted(plan, "floor"):
+            sys.stderr.write("platform floor: empty processes that wake like the service\n")
+            results["floor"] = await floor_runs(min(plan.loop_s, FLOOR_S))
         if _wanted(plan, "startup"):
             results["startup"] = await _startup(plan, workdir)
         if _wanted(plan, "decoder"):
@@ -467,7 +506,7 @@ def merge_results(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for part in ("reaction", "loop"):
             if part in run:
                 merged.setdefault(part, {}).update(run[part])
-        for part in ("startup", "decoder"):
+        for part in ("startup", "decoder", "floor"):
             if part in run:
                 merged[part] = run[part]
     merged["table"] = _rows(merged)
@@ -529,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few trials of everything")
     parser.add_argument("--out", type=Path, help="JSON output (default bench/results/...)")
-    parser.add_argument("--only", help="comma list of: reaction, loop, startup, decoder")
+    parser.add_argument("--only", help="comma list of: reaction, loop, floor, startup, decoder")
     parser.add_argument("--conditions", help=f"comma list of: {', '.join(CONDITIONS)}")
     parser.add_argument("--grip-trials", type=int)
     parser.add_argument("--edge-trials", type=int, help="e-stop and safety-key trials each")

@@ -48,9 +48,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import serial
-import serial_asyncio_fast
 
 from controller.errors import TreadmillError
+from firmware_bridge.port.reader import PushStreamReader, open_serial_port
 from firmware_bridge.wire.codec import FrameDecoder
 from firmware_bridge.wire.messages import EStop, Hello, SetSpeed, Stop
 from firmware_bridge.wire.session import LinkSession
@@ -133,7 +133,7 @@ class FirmwareBridge:
         on_link_change: Callable[[bool, str], None] | None = None,
         on_hello: Callable[[Hello], None] | None = None,
         rng: random.Random | None = None,
-        open_port: Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+        open_port: Callable[[], Awaitable[tuple[PushStreamReader, asyncio.StreamWriter]]]
         | None = None,
     ) -> None:
         if not port:
@@ -302,9 +302,7 @@ class FirmwareBridge:
                     if self._open_port is not None:
                         reader, writer = await self._open_port()
                     else:
-                        reader, writer = await serial_asyncio_fast.open_serial_connection(
-                            url=self._port, baudrate=self._baud, exclusive=True
-                        )
+                        reader, writer = await open_serial_port(self._port, self._baud)
                 except (serial.SerialException, OSError, ValueError) as exc:
                     reason = (
                         f"cannot open serial port {self._port}: {exc}: check the cable, the "
@@ -344,7 +342,7 @@ class FirmwareBridge:
 
         return handler
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+    async def _serve(self, reader: PushStreamReader, writer: asyncio.StreamWriter) -> str:
         """One session on an open port; returns why it ended. Cancellation propagates."""
         reason = "bridge stopped"
         try:
@@ -413,7 +411,11 @@ class FirmwareBridge:
 
     # ------------------------------------------------------------------ I/O loops
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+    async def _read_loop(self, reader: PushStreamReader) -> None:
+        """Frames are handled as their bytes arrive (:meth:`_on_bytes`, called from the
+        transport); this task ends the session when the port fails, reaches end of file or
+        the session ends it."""
+        reader.attach(lambda data: self._on_bytes(reader, data))
         while True:
             try:
                 data = await reader.read(_READ_CHUNK)
@@ -421,12 +423,20 @@ class FirmwareBridge:
                 raise _LinkDownError(f"serial read failed (device unplugged?): {exc}") from exc
             if not data:
                 raise _LinkDownError("serial port closed (end of file)")
+            self._on_bytes(reader, data)  # not reached while the sink is attached
+
+    def _on_bytes(self, reader: PushStreamReader, data: bytes) -> None:
+        """Decode ``data`` and carry out what the session makes of each frame. Called from
+        the transport's callback, so it never raises: a failure ends the read loop."""
+        try:
             now = self._clock_ms()
             for frame in self._decoder.feed(data):
                 self._carry_out(self._session.frame_received(frame, now))
             for reject in self._decoder.take_rejects():
                 # A CRC-valid frame we cannot read: firmware of another version, or a bug.
                 _LOG.warning("firmware frame refused: %s", reject.reason)
+        except Exception as exc:  # handed to the read loop, which raises it
+            reader.fail(exc)
 
     async def _supervise_sleep(self, delay_s: float) -> None:
         """Sleep ``delay_s``, or less if a frame that needs an ACK is sent meanwhile."""

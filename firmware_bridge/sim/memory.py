@@ -15,6 +15,7 @@ import asyncio
 import logging
 from typing import Any
 
+from firmware_bridge.port.reader import PushStreamReader
 from firmware_bridge.sim.pty import PtySimulator
 
 _LOG = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class MemorySimulator(PtySimulator):
         kwargs.pop("link_path", None)
         super().__init__(*args, **kwargs)
         self._plugged = False
-        self._reader: asyncio.StreamReader | None = None
+        self._reader: PushStreamReader | None = None
         self._transport: _MemoryTransport | None = None
 
     async def __aenter__(self) -> MemorySimulator:
@@ -75,13 +76,13 @@ class MemorySimulator(PtySimulator):
     def connected(self) -> bool:
         return self._plugged
 
-    async def open_connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def open_connection(self) -> tuple[PushStreamReader, asyncio.StreamWriter]:
         """Open the link as the bridge opens a serial port; OSError while unplugged."""
         if not self._plugged:
             raise OSError(f"could not open port {MEMORY_PORT}: the simulated cable is unplugged")
         loop = asyncio.get_running_loop()
         self._drop_host_side()
-        reader = asyncio.StreamReader(limit=2**16, loop=loop)
+        reader = PushStreamReader(loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         transport = _MemoryTransport(self)
         protocol.connection_made(transport)

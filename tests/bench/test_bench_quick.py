@@ -46,6 +46,10 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
         assert run["cpu_s"] >= 0
         assert run["rss_peak_kb"] > 0
         assert run["loop"]["ticks"] > 0
+    for pattern in ("sleep", "tick", "tick_and_frames"):
+        assert results["floor"][pattern]["cpu_pct_of_core"] >= 0, results["floor"]
+    assert results["floor"]["tick_and_frames"]["frames_written"] > 0
+    assert "floor: asyncio loop" in done.stdout
     assert results["startup"]["ready_ms"]["n"] == 2
     assert results["decoder"]["exit"] == 0, results["decoder"]
     assert "figure" in done.stdout
