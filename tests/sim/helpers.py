@@ -17,6 +17,7 @@ from typing import Any
 
 from firmware_bridge.port.bridge import FirmwareBridge, FirmwareLimits
 from firmware_bridge.sim.firmware import SimConfig, SimFirmware
+from firmware_bridge.sim.memory import MemorySimulator
 from firmware_bridge.sim.physics import PhysicsParams
 from firmware_bridge.wire.codec import Frame, FrameDecoder, encode_frame
 from firmware_bridge.wire.link import SequenceCounter
@@ -161,6 +162,20 @@ class Host:
 
     def naks(self) -> list[Nak]:
         return [f.message for _, f in self.received if isinstance(f.message, Nak)]
+
+
+def memory_bridge(
+    sim: MemorySimulator, clock_ms: Callable[[], int], **kwargs: Any
+) -> FirmwareBridge:
+    """A :class:`FirmwareBridge` on ``sim``'s in-memory cable (not started)."""
+    return FirmwareBridge(
+        sim.port,
+        baud=115200,
+        limits=LIMITS,
+        clock_ms=clock_ms,
+        open_port=sim.open_connection,
+        **kwargs,
+    )
 
 
 @contextlib.asynccontextmanager

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from controller.tools.virtual_time import run_virtual
-from firmware_bridge.port.bridge import FirmwareBridge, FirmwareLimits
 from firmware_bridge.sim.memory import MEMORY_PORT, MemorySimulator
+from tests.sim.helpers import memory_bridge
 
 
 async def _handshake_then_unplug() -> tuple[bool, list[tuple[bool, str]], bool]:
@@ -17,16 +17,8 @@ async def _handshake_then_unplug() -> tuple[bool, list[tuple[bool, str]], bool]:
 
     changes: list[tuple[bool, str]] = []
     async with MemorySimulator(clock_ms=clock_ms) as sim:
-        limits = FirmwareLimits(
-            max_speed_kmh=8.0, max_accel_kmh_s=0.5, max_decel_kmh_s=3.6, max_lease_ms=300
-        )
-        bridge = FirmwareBridge(
-            sim.port,
-            baud=115200,
-            limits=limits,
-            clock_ms=clock_ms,
-            open_port=sim.open_connection,
-            on_link_change=lambda up, reason: changes.append((up, reason)),
+        bridge = memory_bridge(
+            sim, clock_ms, on_link_change=lambda up, reason: changes.append((up, reason))
         )
         task = asyncio.create_task(bridge.run(), name="firmware-bridge")
         await asyncio.wait_for(bridge.ready.wait(), timeout=5.0)

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from controller.tools.virtual_time import run_virtual
-from firmware_bridge.port.bridge import FirmwareBridge, FirmwareLimits
 from firmware_bridge.port.reader import PushStreamReader
 from firmware_bridge.sim.memory import MemorySimulator
+from tests.sim.helpers import memory_bridge
 
 
 async def _reader_case(ending: str) -> tuple[list[bytes], str]:
@@ -65,17 +65,7 @@ async def _bridge_whose_link_callback_raises() -> tuple[BaseException | None, li
             raise RuntimeError("a callback bug")
 
     async with MemorySimulator(clock_ms=clock_ms) as sim:
-        limits = FirmwareLimits(
-            max_speed_kmh=8.0, max_accel_kmh_s=0.5, max_decel_kmh_s=3.6, max_lease_ms=300
-        )
-        bridge = FirmwareBridge(
-            sim.port,
-            baud=115200,
-            limits=limits,
-            clock_ms=clock_ms,
-            open_port=sim.open_connection,
-            on_link_change=on_link_change,
-        )
+        bridge = memory_bridge(sim, clock_ms, on_link_change=on_link_change)
         error: BaseException | None = None
         try:
             await asyncio.wait_for(bridge.run(), timeout=5.0)
