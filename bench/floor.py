@@ -30,10 +30,10 @@ import os
 import sys
 import time
 import tty
-from pathlib import Path
 from typing import Any
 
-from bench.rig import REPO
+from bench.rig import REPO, proc_cpu_s
+from controller.runtime.alarm import Alarm
 
 __all__ = ["PATTERNS", "floor_runs", "main"]
 
@@ -45,8 +45,6 @@ SETTLE_S = 2.0
 
 async def _child(pattern: str, fd: int) -> None:
     """The measured process: wake as the service wakes, do nothing else, forever."""
-    from controller.runtime.alarm import Alarm
-
     loop = asyncio.get_running_loop()
     if pattern == "tick_and_frames":
         os.set_blocking(fd, False)
@@ -75,12 +73,6 @@ def _sleep_child() -> None:
     while True:
         deadline += PERIOD_S
         time.sleep(max(0.0, deadline - time.monotonic()))
-
-
-def _cpu_s(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _measure(pattern: str, seconds: float) -> dict[str, Any]:
@@ -118,9 +110,9 @@ async def _measure(pattern: str, seconds: float) -> dict[str, Any]:
         if pattern == "tick_and_frames":
             writer = asyncio.create_task(frames(), name="floor-frames")
         await asyncio.sleep(SETTLE_S)
-        cpu0, t0 = _cpu_s(proc.pid), time.monotonic()
+        cpu0, t0 = proc_cpu_s(proc.pid), time.monotonic()
         await asyncio.sleep(seconds)
-        cpu1, t1 = _cpu_s(proc.pid), time.monotonic()
+        cpu1, t1 = proc_cpu_s(proc.pid), time.monotonic()
     finally:
         if writer is not None:
             writer.cancel()

@@ -270,6 +270,13 @@ def treadmill_argv() -> list[str]:
     return [sys.executable, "-m", "controller.cli"]
 
 
+def proc_cpu_s(pid: int) -> float:
+    """CPU time of process ``pid`` so far (utime + stime, /proc/<pid>/stat fields 14 and 15)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass(frozen=True)
 class ProcStats:
     """CPU time and memory of a process from /proc."""
@@ -353,10 +360,7 @@ class ServiceProcess:
     def proc_stats(self) -> ProcStats:
         """CPU time (utime + stime) and VmRSS / VmHWM of the running service."""
         pid = self.pid
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-        cpu_s = ticks / os.sysconf("SC_CLK_TCK")
+        cpu_s = proc_cpu_s(pid)
         rss_kb = hwm_kb = 0
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):

@@ -75,7 +75,7 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-#: Bytes asked for per read; a STATUS frame is 24 bytes.
+#: Bytes asked of the push reader's read(), which only ends the session (EOF or error).
 _READ_CHUNK = 1024
 
 
@@ -416,14 +416,13 @@ class FirmwareBridge:
         transport); this task ends the session when the port fails, reaches end of file or
         the session ends it."""
         reader.attach(lambda data: self._on_bytes(reader, data))
-        while True:
-            try:
-                data = await reader.read(_READ_CHUNK)
-            except (serial.SerialException, OSError) as exc:
-                raise _LinkDownError(f"serial read failed (device unplugged?): {exc}") from exc
-            if not data:
-                raise _LinkDownError("serial port closed (end of file)")
-            self._on_bytes(reader, data)  # not reached while the sink is attached
+        try:
+            data = await reader.read(_READ_CHUNK)  # returns only at end of file: b""
+        except (serial.SerialException, OSError) as exc:
+            raise _LinkDownError(f"serial read failed (device unplugged?): {exc}") from exc
+        if data:
+            raise RuntimeError("bytes bypassed the push reader's sink")  # a reader bug
+        raise _LinkDownError("serial port closed (end of file)")
 
     def _on_bytes(self, reader: PushStreamReader, data: bytes) -> None:
         """Decode ``data`` and carry out what the session makes of each frame. Called from

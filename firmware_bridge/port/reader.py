@@ -18,9 +18,6 @@ import serial_asyncio_fast
 
 __all__ = ["PushStreamReader", "open_serial_port"]
 
-#: The reader's buffer limit before a sink is attached (asyncio's default).
-READER_LIMIT_BYTES = 2**16
-
 
 class PushStreamReader(asyncio.StreamReader):
     """A StreamReader whose bytes go to a sink, once attached, as the transport delivers them.
@@ -30,10 +27,8 @@ class PushStreamReader(asyncio.StreamReader):
     error given to :meth:`fail`.
     """
 
-    def __init__(
-        self, limit: int = READER_LIMIT_BYTES, loop: asyncio.AbstractEventLoop | None = None
-    ) -> None:
-        super().__init__(limit=limit, loop=loop)
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(loop=loop)  # its buffer stays empty: bytes go to _early or the sink
         self._sink: Callable[[bytes], None] | None = None
         self._early: list[bytes] = []
 
