@@ -92,6 +92,19 @@ class CommandLog:
         return [c for c in self.commands if isinstance(c, kind)]
 
 
+async def broker_has_handled_all(publisher: MqttPublisher) -> None:
+    """Return once the broker has handled everything ``publisher`` sent so far.
+
+    The state goes out at QoS 0, so ``state_published`` counts it written, not handled: a
+    client subscribing right then may get it live (not retained). A QoS 1 marker event is
+    acknowledged only after the broker has handled every packet before it on the same
+    connection.
+    """
+    marked = publisher.stats.events_published + 1
+    publisher.publish_event({"kind": "marker", "message": "the broker has all before this"})
+    await wait_until(lambda: publisher.stats.events_published >= marked, what="the marker event")
+
+
 @contextlib.asynccontextmanager
 async def running(publisher: MqttPublisher) -> AsyncIterator[asyncio.Task[None]]:
     """Run ``publisher.run()`` for the duration of the block, then cancel it cleanly."""

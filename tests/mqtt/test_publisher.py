@@ -29,7 +29,15 @@ from controller.rules.model import (
     StageConfig,
 )
 from tests.broker import MosquittoBroker, start_or_fail
-from tests.mqtt.helpers import CommandLog, Observer, Received, make_settings, running, wait_until
+from tests.mqtt.helpers import (
+    CommandLog,
+    Observer,
+    Received,
+    broker_has_handled_all,
+    make_settings,
+    running,
+    wait_until,
+)
 
 SAFETY = SafetyConfig(
     stages=(
@@ -89,6 +97,7 @@ async def test_connect_publishes_availability_discovery_and_state(
     expected_discovery = dict(discovery_messages(settings))
     async with running(publisher):
         await wait_until(lambda: publisher.stats.state_published == 1, what="the first state")
+        await broker_has_handled_all(publisher)
         # A client that arrives later sees everything retained, as Home Assistant would.
         topics = [f"treadmill/{treadmill_id}/#", f"homeassistant/+/treadmill_{treadmill_id}/#"]
         async with Observer(mosquitto, "homeassistant", topics) as late:

@@ -32,6 +32,7 @@ from tests.mqtt.helpers import (
     Mqtt311OnlyProxy,
     Observer,
     Ticker,
+    broker_has_handled_all,
     make_settings,
     running,
     ticking,
@@ -148,6 +149,8 @@ async def test_broker_restart_reconnects_republishes_and_the_loop_keeps_time(
         await wait_until(lambda: publisher.stats.connected, what="online again")
         reconnect_s = loop.time() - started_at
         await wait_until(lambda: publisher.stats.events_published == 1, what="queued event")
+        await wait_until(lambda: publisher.stats.state_published >= 2, what="state republished")
+        await broker_has_handled_all(publisher)  # so the late dashboard finds it retained
         topics = [f"treadmill/{treadmill_id}/#", f"homeassistant/+/treadmill_{treadmill_id}/#"]
         async with Observer(broker, "homeassistant", topics) as late:
             discovery = dict(discovery_messages(settings))
