@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 import aiomqtt
+import pytest
 
 from controller.adapters.mqtt.commands import ParsedCommand
 from controller.adapters.mqtt.publisher import MqttPublisher
@@ -103,6 +104,34 @@ async def broker_has_handled_all(publisher: MqttPublisher) -> None:
     marked = publisher.stats.events_published + 1
     publisher.publish_event({"kind": "marker", "message": "the broker has all before this"})
     await wait_until(lambda: publisher.stats.events_published >= marked, what="the marker event")
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A payload as the publisher handed it to its MQTT client."""
+
+    topic: str
+    payload: Any
+    at_s: float  # monotonic clock (the publisher's, and the event loop's) when it went out
+
+
+def record_sends(publisher: MqttPublisher, monkeypatch: pytest.MonkeyPatch) -> list[Sent]:
+    """Record every JSON payload ``publisher`` sends, with the time it sent it.
+
+    The rates and intervals of the state throttle are the publisher's: measured where a
+    subscriber receives them they also carry the broker's delivery jitter (a broker
+    descheduled for 0.1 s on a busy machine delivers two states 0.1 s apart that were sent
+    0.2 s apart). A subscriber still checks what arrives; the clock is read here.
+    """
+    sends: list[Sent] = []
+    publish_json = publisher.outbox.publish_json
+
+    async def spy(client: aiomqtt.Client, topic: str, payload: Any, **kwargs: Any) -> bool:
+        sends.append(Sent(topic, payload, time.monotonic()))
+        return await publish_json(client, topic, payload, **kwargs)
+
+    monkeypatch.setattr(publisher.outbox, "publish_json", spy)
+    return sends
 
 
 @contextlib.asynccontextmanager
