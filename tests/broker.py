@@ -33,6 +33,7 @@ that into a failure, never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import secrets
 import shutil
@@ -55,6 +56,7 @@ __all__ = [
     "MosquittoBroker",
     "MosquittoNotInstalledError",
     "free_port",
+    "free_ports",
     "port_accepts",
     "start_or_fail",
 ]
@@ -94,10 +96,23 @@ def port_accepts(host: str, port: int) -> bool:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` different TCP ports that were free a moment ago.
+
+    Each socket stays bound until all are picked: two ``free_port()`` calls in a row may
+    return the same port (the first is released before the second is chosen; measured here:
+    2 pairs in 40 000).
+    """
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
 
 
 class MosquittoBroker:

@@ -19,7 +19,7 @@ import trustme
 
 from controller.adapters.mqtt.publisher import MqttPublisher
 from controller.adapters.mqtt.settings import TlsSettings
-from tests.broker import DEFAULT_ACL, INSTALL_HINT, MOSQUITTO, free_port, port_accepts
+from tests.broker import DEFAULT_ACL, INSTALL_HINT, MOSQUITTO, free_ports, port_accepts
 from tests.mqtt.helpers import CommandLog, make_settings, running, wait_until
 
 EXAMPLE_CONF = Path(__file__).resolve().parents[2] / "docs/examples/mosquitto.conf"
@@ -32,8 +32,7 @@ class ExampleBroker:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.plain_port = free_port()
-        self.tls_port = free_port()
+        self.plain_port, self.tls_port = free_ports(2)
         self.port = self.plain_port  # which listener make_settings() connects to
         self.ca_file = workdir / "ca.crt"
         self.process: subprocess.Popen[bytes] | None = None
@@ -188,7 +187,7 @@ def test_broker_setup_steps_work_in_the_order_written(tmp_path: Path) -> None:
         capture_output=True,
     )
     conf = tmp_path / "etc/mosquitto/conf.d/treadmill.conf"
-    plain_port, tls_port = free_port(), free_port()
+    plain_port, tls_port = free_ports(2)
     text = conf.read_text(encoding="utf-8").replace(
         "/etc/mosquitto", str(tmp_path / "etc/mosquitto")
     )
