@@ -20,7 +20,7 @@ import pytest
 import serial
 
 from firmware_bridge.port.bridge import FirmwareBridge
-from firmware_bridge.sim.firmware import SimConfig, SimFault
+from firmware_bridge.sim.firmware import HostFrame, SimConfig, SimFault
 from firmware_bridge.sim.pty import PtySimulator
 from firmware_bridge.wire.codec import FrameDecoder, encode_frame
 from firmware_bridge.wire.messages import Configure, EStop, FwFault, FwState, Hello, SetSpeed, Stop
@@ -56,8 +56,23 @@ async def statuses_pass(bridge: FirmwareBridge, count: int, timeout_s: float = 5
     )
 
 
-def host_messages_since(sim: PtySimulator, since_ms: int) -> list[type]:
-    return [type(f.frame.message) for f in sim.firmware.host_frames if f.now_ms >= since_ms]
+def received_so_far(sim: PtySimulator) -> HostFrame | None:
+    """A mark for :func:`host_messages_after`: the last frame the firmware has received."""
+    frames = sim.firmware.host_frames
+    return frames[-1] if frames else None
+
+
+def host_messages_after(sim: PtySimulator, mark: HostFrame | None) -> list[type]:
+    """The messages the firmware received after ``mark`` (:func:`received_so_far`), in order.
+
+    By order of receipt, not by the receipt time the simulator logs: after a stall of its own
+    (the test process descheduled for two of its ticks) the simulator credits waiting bytes to
+    when it last looked (``PtySimulator._arrival_ms``), which can be before the moment the test
+    read its clock and sent them.
+    """
+    frames = sim.firmware.host_frames
+    start = next((i + 1 for i, frame in enumerate(frames) if frame is mark), 0)
+    return [type(f.frame.message) for f in frames[start:]]
 
 
 # --------------------------------------------------------------------------- handshake
@@ -89,7 +104,7 @@ async def test_handshake_configures_the_firmware_and_reports_status(tmp_path: Pa
         assert stats.crc_errors == 0
         assert stats.last_error is None
         # The handshake sent HELLO and CONFIGURE and nothing that moves the belt.
-        sent = host_messages_since(sim, 0)
+        sent = host_messages_after(sim, None)
         assert Hello in sent
         assert Configure in sent
         assert SetSpeed not in sent
@@ -216,12 +231,12 @@ async def test_stop_and_estop_are_acked_in_every_state(
                     lambda: sim.firmware.state is FwState.FAULT, timeout_s=1.0, what="FAULT"
                 )
         assert sim.firmware.state is state
-        sent_at = monotonic_ms()
+        before_stop = received_so_far(sim)
         retransmits = bridge.stats.retransmits
         assert bridge.stop(3.6) if kind == "stop" else bridge.estop()
         wanted = Stop if kind == "stop" else EStop
         await wait_until(
-            lambda: wanted in host_messages_since(sim, sent_at), timeout_s=1.0, what="the stop"
+            lambda: wanted in host_messages_after(sim, before_stop), timeout_s=1.0, what="the stop"
         )
         await wait_until(
             lambda: sim.firmware.true_speed_kmh == 0.0, timeout_s=3.0, what="the belt at rest"
@@ -309,7 +324,7 @@ async def test_reboot_is_reported_with_the_new_boot_id_and_the_belt_stays_still(
         async with renewing(bridge, 2.0):
             await wait_until(lambda: sim.firmware.true_speed_kmh > 1.5, timeout_s=3.0, what="2")
         await statuses_pass(bridge, 2)  # the last SET_SPEED has reached the firmware
-        rebooted_at = monotonic_ms()
+        before_reboot = received_so_far(sim)
         await sim.inject(SimFault.REBOOT)
         await wait_until(lambda: bool(hellos), timeout_s=2.0, what="on_hello")
         assert hellos[0].boot_id == sim.firmware.boot_id != old_boot
@@ -326,7 +341,7 @@ async def test_reboot_is_reported_with_the_new_boot_id_and_the_belt_stays_still(
         )
         await statuses_pass(bridge, 25)
         assert sim.firmware.true_speed_kmh == 0.0
-        assert SetSpeed not in host_messages_since(sim, rebooted_at)
+        assert SetSpeed not in host_messages_after(sim, before_reboot)
 
 
 async def test_reboot_whose_hello_is_lost_is_found_from_the_uptime(
@@ -490,7 +505,7 @@ async def test_unplug_and_replug_reconnects_without_moving_the_belt(tmp_path: Pa
         await wait_until(
             lambda: sim.firmware.true_speed_kmh == 0.0, timeout_s=3.0, what="the belt at rest"
         )
-        replugged_at = monotonic_ms()
+        before_replug = received_so_far(sim)
         await sim.reconnect()
         await wait_until(lambda: bridge.connected, timeout_s=3.0, what="link up again")
         stats = bridge.stats
@@ -499,7 +514,7 @@ async def test_unplug_and_replug_reconnects_without_moving_the_belt(tmp_path: Pa
         assert [up for up, _ in changes] == [True, False, True]
         # Reconnecting only handshakes (and a faulted firmware keeps our configuration).
         await statuses_pass(bridge, 25)
-        assert SetSpeed not in host_messages_since(sim, replugged_at)
+        assert SetSpeed not in host_messages_after(sim, before_replug)
         assert sim.firmware.true_speed_kmh == 0.0
         snap = bridge.latest()
         assert snap is not None
@@ -542,12 +557,12 @@ async def test_protocol_mismatch_keeps_the_link_not_ready(tmp_path: Path) -> Non
         assert not bridge.connected
         assert not bridge.set_speed(1.0, 1.0, 300)
         assert not bridge.clear_fault()
-        stop_at = monotonic_ms()
+        before_stop = received_so_far(sim)
         assert bridge.stop(3.6)  # stops still go out
         await wait_until(
-            lambda: Stop in host_messages_since(sim, stop_at), timeout_s=1.0, what="the STOP"
+            lambda: Stop in host_messages_after(sim, before_stop), timeout_s=1.0, what="the STOP"
         )
-        sent = host_messages_since(sim, 0)
+        sent = host_messages_after(sim, None)
         assert Configure not in sent
         assert SetSpeed not in sent
 
