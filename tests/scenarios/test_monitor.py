@@ -113,6 +113,8 @@ async def test_monitor_prints_one_line_per_treadmill_and_events(
 async def test_monitor_never_publishes(broker: MosquittoBroker, tmp_path: Path) -> None:
     """A spy sees every live (non-retained) message on treadmill/# while a monitor runs and
     stops; after it has exited a sentinel is published. Only the sentinel may arrive."""
+    # Its own retained state for the monitor to show (not one left by another test).
+    await _publish(broker, [("treadmill/tm-9/state", json.dumps(STATE).encode(), True)])
     user, password = broker.credentials("homeassistant")  # reads treadmill/#
     async with aiomqtt.Client(broker.host, broker.port, username=user, password=password) as spy:
         await spy.subscribe("treadmill/#")
