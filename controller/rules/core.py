@@ -155,7 +155,12 @@ def decide(state: CoreState, inputs: Inputs, config: SafetyConfig, now_ms: int) 
     ramp(step, dt_ms)
     return Decision(
         state=step.state,
-        motion=motion_command(step.state, config, previous_kmh),
+        motion=motion_command(
+            step.state,
+            config,
+            previous_kmh,
+            None if step.fresh is None else step.fresh.commanded_kmh,
+        ),
         clear_firmware_fault=step.clear_firmware_fault,
         events=tuple(step.events),
         belt_at_rest=at_rest(step.state, step.fresh, config)

@@ -82,13 +82,32 @@ def ramp(step: Step, dt_ms: int) -> None:
     step.state = replace(step.state, commanded_kmh=commanded_kmh)
 
 
-def motion_command(state: CoreState, config: SafetyConfig, previous_kmh: float) -> MotionCommand:
-    """Exactly one motion command per tick, chosen by mode (SR-MOTION-1)."""
+def motion_command(
+    state: CoreState,
+    config: SafetyConfig,
+    previous_kmh: float,
+    setpoint_kmh: float | None = None,
+) -> MotionCommand:
+    """Exactly one motion command per tick, chosen by mode (SR-MOTION-1).
+
+    ``setpoint_kmh`` is the firmware's own ramped set-point from its latest usable STATUS
+    (None without one). The firmware judges a SET_SPEED's rate against the present set-point
+    (FW-4), which can lag behind the speed last sent while the belt speeds up.
+    """
     if state.mode is Mode.RUNNING:
         stage = stage_config(state, config)
         # Falling only when the speed on the wire falls: a change below the wire resolution
-        # reaches the firmware as its present set-point, which FW-4 treats as holding.
-        falling = wire_speed_kmh(state.commanded_kmh) < wire_speed_kmh(previous_kmh)
+        # reaches the firmware as its present set-point, which FW-4 treats as holding. It
+        # must also fall below the set-point the firmware last reported: while the belt
+        # speeds up, the firmware's set-point lags behind the speed last sent, and a speed
+        # just below that one is still above the set-point, so the firmware takes the rate
+        # for an acceleration (SR-MOTION-2). The present set-point is at or above the lower
+        # of the two (ramping up it has only risen since the report; ramping down it has not
+        # passed the speed last sent), so a speed below both is a deceleration for it too.
+        new_wire_kmh = wire_speed_kmh(state.commanded_kmh)
+        falling = new_wire_kmh < wire_speed_kmh(previous_kmh) and (
+            setpoint_kmh is None or new_wire_kmh < wire_speed_kmh(setpoint_kmh)
+        )
         rate = stage.decel_kmh_s if falling else stage.accel_kmh_s
         return SetSpeed(speed_kmh=state.commanded_kmh, accel_kmh_s=rate, lease_ms=config.lease_ms)
     return stop_command(state, config)

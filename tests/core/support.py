@@ -172,7 +172,9 @@ class Rig:
     checksum: int = CHECKSUM
     link: str = "fresh"  # fresh | stale | none
     measured_kmh: float | None = None  # None: the belt follows the last command exactly
-    fw_commanded_kmh: float = 0.0  # the firmware's own ramped set-point in STATUS
+    # The firmware's own ramped set-point in STATUS; None: an ideal firmware, whose set-point
+    # is the speed the core commanded at the previous tick while RUNNING, and 0 otherwise.
+    fw_commanded_kmh: float | None = None
     stage_cap: int = 4
     link_health: LinkHealth | None = None  # None: no bridge reports on the link
     history: list[Decision] = field(default_factory=list)
@@ -199,8 +201,13 @@ class Rig:
             key_closed=self.fw_key,
             checksum=self.checksum,
             boot_id=self.boot_id,
-            commanded_kmh=self.fw_commanded_kmh,
+            commanded_kmh=self._fw_setpoint_kmh(),
         )
+
+    def _fw_setpoint_kmh(self) -> float:
+        if self.fw_commanded_kmh is not None:
+            return self.fw_commanded_kmh
+        return self.core.commanded_kmh if self.core.mode is Mode.RUNNING else 0.0
 
     def inputs(
         self, local: tuple[LocalCommand, ...] = (), remote: tuple[RemoteCommand, ...] = ()
