@@ -9,18 +9,30 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controller.rules.core import decide
 from controller.rules.model import (
+    Button,
+    Decision,
+    EStop,
+    FaultCode,
     GripLossAction,
+    LocalCommand,
     Mode,
+    Press,
+    RemoteCommand,
+    RemoteLowerStageCap,
     RemoteLowerTarget,
+    SelectStage,
     SetSpeed,
     SetTarget,
+    Stop,
 )
 from controller.rules.motion import WIRE_SPEED_RESOLUTION_KMH, wire_speed_kmh
-from tests.core.support import TICK_MS, running_rig, single_stage_config
+from tests.core.support import TICK_MS, Rig, idle_rig, running_rig, single_stage_config
 
 #: The shipped firmware ceilings (config/treadmill.yaml): 1.0 km/h/s up, 3.6 km/h/s down.
 FW_MAX_ACCEL_KMH_S = 1.0
@@ -111,3 +123,236 @@ def test_SR_MOTION_2_falling_below_the_set_point_still_decelerates_at_the_stage_
     assert all(isinstance(d.motion, SetSpeed) and d.motion.accel_kmh_s == 3.6 for d in decisions)
     assert rig.core.commanded_kmh == 1.0
     assert rig.core.mode is Mode.RUNNING
+
+
+# ---------------------------------------------------------------- SR-GRIP-2, SR-GRIP-10
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    on_ticks=st.integers(min_value=1, max_value=24),  # held 20..480 ms, below the 500 ms regrip
+    off_ticks=st.integers(min_value=1, max_value=20),  # released 20..400 ms
+    stage_number=st.sampled_from([1, 2]),
+)
+def test_SR_GRIP_10_property_a_hand_tapping_at_any_period_is_stopped(
+    on_ticks: int, off_ticks: int, stage_number: int
+) -> None:
+    """A hand that taps the rail at any rhythm, holding for less than ``grip_regrip_ms`` each
+    time, is stopped at a stop_latch stage (stage 1: grace 300 ms, stage 2: 800 ms) within
+    the grace plus one tapping period from its first release: as ``grip_lost`` or, when it
+    taps fast enough to look like chatter, as ``grip_sensor``. Never as a running belt."""
+    rig = running_rig(stage_number=stage_number)
+    grace_ms = rig.config.stages[stage_number - 1].grip_grace_ms
+    first_release_ms = rig.now_ms + TICK_MS
+    period_ticks = on_ticks + off_ticks
+    deadline_ms = first_release_ms + grace_ms + period_ticks * TICK_MS + TICK_MS
+    tick = 0
+    while rig.now_ms < deadline_ms and rig.core.mode is Mode.RUNNING:
+        held = tick % period_ticks >= off_ticks  # released first, then held
+        rig.grip = (held, False)
+        rig.tick()
+        tick += 1
+    fault = rig.core.fault
+    assert fault is not None, (rig.now_ms - first_release_ms, rig.core)
+    assert fault.code in (FaultCode.GRIP_LOST, FaultCode.GRIP_SENSOR)
+    assert not isinstance(rig.history[-1].motion, SetSpeed)
+
+
+# ---------------------------------------------------------------- SR-PREC-1, SR-TIMER-1
+
+
+def test_SR_PREC_1_stale_limit_and_grip_grace_ending_in_the_same_ms_latch_link_stale_first() -> (
+    None
+):
+    """Two deadlines that coincide: the firmware's last status turns stale in the very
+    millisecond the grip grace runs out. The deadline names that millisecond; at it the
+    firmware link (step 3) latches first, with a controlled stop; nothing runs on."""
+    rig = running_rig()
+    grace_ms = rig.config.stages[0].grip_grace_ms  # 300
+    stale_ms = rig.config.stale_ms  # 500
+    rig.grip = (False, False)
+    released = rig.tick()
+    lost_at_ms = rig.now_ms
+    # The last status arrived so that it turns stale (age stale_ms + 1) when the grace ends.
+    received_ms = lost_at_ms + grace_ms - stale_ms - 1
+    inputs = rig.inputs()
+    assert inputs.firmware is not None
+    status = replace(inputs.firmware, received_ms=received_ms)
+    state = released.state
+    now_ms = rig.now_ms
+    while now_ms < lost_at_ms + grace_ms - TICK_MS:
+        now_ms += TICK_MS
+        decision = decide(state, replace(inputs, firmware=status), rig.config, now_ms)
+        assert decision.state.mode is Mode.RUNNING, decision.events
+        state = decision.state
+    assert decision.next_deadline_ms == lost_at_ms + grace_ms
+    both = decide(state, replace(inputs, firmware=status), rig.config, lost_at_ms + grace_ms)
+    assert both.state.mode is Mode.FAULTED
+    assert both.state.fault is not None
+    assert both.state.fault.code is FaultCode.LINK_STALE
+    assert both.motion == Stop(decel_kmh_s=rig.config.stop_decel_kmh_s)
+    one_ms_early = decide(
+        state, replace(inputs, firmware=status), rig.config, lost_at_ms + grace_ms - 1
+    )
+    assert one_ms_early.state.mode is Mode.RUNNING
+
+
+def test_SR_PREC_1_key_out_with_a_stale_status_in_one_tick_is_an_emergency() -> None:
+    """Two faults at once, one emergency and one controlled: the key (step 2) is the cause
+    and the stop is ESTOP; the stale link is recorded beside it, never downgrading it."""
+    rig = running_rig()
+    rig.key = False
+    rig.link = "stale"
+    decision = rig.tick()
+    assert decision.state.fault is not None
+    assert decision.state.fault.code is FaultCode.SAFETY_KEY
+    assert FaultCode.LINK_STALE in decision.state.secondary_faults
+    assert isinstance(decision.motion, EStop)
+
+
+# ---------------------------------------------------------------- SR-ESTOP-1, SR-ESTOP-2
+
+_STAGE_COMMANDS: tuple[tuple[LocalCommand, ...], ...] = (
+    (Press(Button.STAGE_DOWN),),
+    (Press(Button.STAGE_UP),),
+    (SelectStage(1),),
+    (Press(Button.START),),
+    (Press(Button.RESET),),
+    (Press(Button.FASTER),),
+)
+
+
+@pytest.mark.parametrize("mode", ["idle", "running"])
+@pytest.mark.parametrize("input_name", ["estop", "key"])
+@pytest.mark.parametrize("local", _STAGE_COMMANDS)
+@pytest.mark.parametrize("remote", [(), (RemoteLowerStageCap(1),)])
+def test_SR_ESTOP_1_SR_ESTOP_2_emergency_in_the_tick_of_a_stage_change_or_start(
+    mode: str, input_name: str, local: tuple[LocalCommand, ...], remote: tuple[RemoteCommand, ...]
+) -> None:
+    """The e-stop or the key in the same tick as a stage change, a remote cap, a START, a
+    RESET or FASTER: ESTOP at once, latched, and the command never moves the belt."""
+    rig = running_rig(stage_number=2) if mode == "running" else idle_rig(stage_number=2)
+    if input_name == "estop":
+        rig.estop = True
+    else:
+        rig.key = False
+    decision = rig.tick(*local, remote=remote)
+    assert decision.state.mode is Mode.FAULTED
+    assert decision.state.fault is not None
+    expected = FaultCode.ESTOP if input_name == "estop" else FaultCode.SAFETY_KEY
+    assert decision.state.fault.code is expected
+    assert isinstance(decision.motion, EStop)
+    assert not any(e.kind in ("started", "fault_cleared") for e in decision.events)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.booleans(),  # e-stop pressed
+            st.booleans(),  # key present
+            st.sampled_from([None, Button.RESET, Button.START, Button.STAGE_DOWN]),
+        ),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_SR_ESTOP_1_property_a_chattering_estop_or_key_never_lets_the_belt_run(
+    steps: list[tuple[bool, bool, Button | None]],
+) -> None:
+    """E-stop and key chattering at every tick, with RESET and START pressed in between:
+    every tick with the e-stop pressed or the key out sends ESTOP and is FAULTED; the belt
+    runs again only after a tick with both healthy and a RESET, then a START in a later
+    tick."""
+    rig = running_rig()
+    reset_ok_since: int | None = None
+    for estop, key, button in steps:
+        rig.estop, rig.key = estop, key
+        before = rig.core.mode
+        decision = rig.tick(*(() if button is None else (Press(button),)))
+        if estop or not key:
+            assert decision.state.mode is Mode.FAULTED
+            assert isinstance(decision.motion, EStop)
+            reset_ok_since = None
+        elif decision.state.mode is Mode.IDLE and before is Mode.FAULTED:
+            assert button is Button.RESET
+            reset_ok_since = len(rig.history)
+        if decision.state.mode is Mode.RUNNING and before is not Mode.RUNNING:
+            assert button is Button.START
+            assert reset_ok_since is not None
+            assert reset_ok_since < len(rig.history)
+
+
+# ---------------------------------------------------------------- SR-SPEED-3, SR-TIMER-1
+
+
+def _session(rig: Rig) -> list[tuple[object, ...]]:
+    """One scripted session touching every timer: start, ramp, a grip release shorter than
+    the grace and one longer, a reset, a start, an overspeed and a stale link."""
+    trace: list[tuple[object, ...]] = []
+
+    def record(decision: Decision) -> None:
+        fault = decision.state.fault
+        deadline = decision.next_deadline_ms
+        trace.append(
+            (
+                decision.state.mode,
+                decision.motion,
+                None if fault is None else fault.code,
+                tuple(e.kind for e in decision.events),
+                None if deadline is None else deadline - rig.now_ms,
+            )
+        )
+
+    record(rig.tick())
+    record(rig.press(Button.START))
+    record(rig.tick(SetTarget(1.5)))
+    for decision in rig.run_ms(3000):
+        record(decision)
+    rig.grip = (False, False)
+    for decision in rig.run_ms(200):
+        record(decision)
+    rig.grip = (True, True)
+    for decision in rig.run_ms(600):
+        record(decision)
+    rig.grip = (False, False)
+    for decision in rig.run_ms(400):
+        record(decision)
+    rig.grip = (True, True)
+    for decision in rig.run_ms(3000):
+        record(decision)
+    record(rig.press(Button.RESET))
+    record(rig.tick())
+    record(rig.press(Button.START))
+    for decision in rig.run_ms(2000):
+        record(decision)
+    rig.measured_kmh = 2.5
+    for decision in rig.run_ms(700):
+        record(decision)
+    rig.measured_kmh = None
+    rig.link = "stale"
+    for decision in rig.run_ms(100):
+        record(decision)
+    return trace
+
+
+_ORIGINS_MS = st.one_of(
+    st.integers(0, 10**6),
+    st.integers(2**31 - 5000, 2**31 + 5000),
+    st.integers(2**32 - 5000, 2**32 + 5000),
+    st.integers(2**62, 2**63),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(origin_ms=_ORIGINS_MS)
+def test_SR_SPEED_3_SR_TIMER_1_property_decisions_do_not_depend_on_the_clock_origin(
+    origin_ms: int,
+) -> None:
+    """The clock's origin is arbitrary (a monotonic clock after weeks of uptime, or past the
+    16-, 31- and 32-bit wraps of a millisecond counter): the same session from any origin
+    gives the same modes, commands, faults, events and deadlines relative to now."""
+    reference = _session(Rig(now_ms=1000))
+    assert _session(Rig(now_ms=origin_ms)) == reference
+    assert FaultCode.GRIP_LOST in {step[2] for step in reference}
+    assert FaultCode.OVERSPEED in {step[2] for step in reference}
