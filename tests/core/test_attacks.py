@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from controller.rules.core import decide
 from controller.rules.model import (
     Button,
+    CoreState,
     Decision,
     EStop,
     FaultCode,
@@ -26,13 +27,14 @@ from controller.rules.model import (
     RemoteCommand,
     RemoteLowerStageCap,
     RemoteLowerTarget,
+    RemoteStop,
     SelectStage,
     SetSpeed,
     SetTarget,
     Stop,
 )
 from controller.rules.motion import WIRE_SPEED_RESOLUTION_KMH, wire_speed_kmh
-from tests.core.support import TICK_MS, Rig, idle_rig, running_rig, single_stage_config
+from tests.core.support import TICK_MS, Rig, faulted_rig, idle_rig, running_rig, single_stage_config
 
 #: The shipped firmware ceilings (config/treadmill.yaml): 1.0 km/h/s up, 3.6 km/h/s down.
 FW_MAX_ACCEL_KMH_S = 1.0
@@ -356,3 +358,102 @@ def test_SR_SPEED_3_SR_TIMER_1_property_decisions_do_not_depend_on_the_clock_ori
     assert _session(Rig(now_ms=origin_ms)) == reference
     assert FaultCode.GRIP_LOST in {step[2] for step in reference}
     assert FaultCode.OVERSPEED in {step[2] for step in reference}
+
+
+# ---------------------------------------------------------------- SR-REMOTE-*
+
+_REMOTE_SPEEDS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([-0.0, 0.0, 0.1, 0.5, 2.0, 8.0, 1e308, -1.0]),
+)
+_REMOTES = st.one_of(
+    st.builds(RemoteStop),
+    st.builds(RemoteLowerTarget, _REMOTE_SPEEDS),
+    st.builds(RemoteLowerStageCap, st.integers(-(2**40), 2**40) | st.integers(-1, 6)),
+)
+
+
+def _goal_kmh(state: CoreState, rig: Rig) -> float:
+    """The speed the belt heads for: while RUNNING the target; otherwise the speed a later
+    START ramps to, at least the stage's start speed (SR-START-3). Reaching IDLE or lowering
+    the stage in IDLE resets the target to the start speed (SR-STOP-2, SR-STAGE-5), which
+    may be above a target lowered to 0 remotely; a START goes to that start speed either
+    way."""
+    if state.mode is Mode.RUNNING:
+        return state.target_kmh
+    stage = rig.config.stages[state.stage - 1]
+    return min(max(state.target_kmh, stage.start_kmh), stage.max_kmh)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    start=st.sampled_from(["idle", "running", "stopping", "faulted"]),
+    batches=st.lists(
+        st.tuples(st.lists(_REMOTES, max_size=4), st.integers(min_value=0, max_value=6)),
+        min_size=1,
+        max_size=25,
+    ),
+)
+def test_SR_REMOTE_4_property_remote_commands_in_any_order_and_with_any_value_only_tighten(
+    start: str, batches: list[tuple[list[RemoteCommand], int]]
+) -> None:
+    """Any sequence of remote commands, several per tick, with any number (NaN, infinities,
+    -0.0, huge), while the training cap moves up and down: the speed the belt heads for, the
+    stage and the remote cap never rise, nothing leaves FAULTED and nothing starts."""
+    rig = running_rig(stage_number=3) if start != "idle" else idle_rig(stage_number=3)
+    if start == "stopping":
+        rig.press(Button.STOP)
+    elif start == "faulted":
+        rig.estop = True
+        rig.tick()
+        rig.estop = False
+    for remotes, training_cap in batches:
+        before = rig.core
+        rig.stage_cap = max(training_cap, before.stage)  # the training cap never forces here
+        decision = rig.tick(remote=tuple(remotes))
+        after = decision.state
+        if (before.mode is Mode.RUNNING) is (after.mode is Mode.RUNNING):
+            assert _goal_kmh(after, rig) <= _goal_kmh(before, rig)
+        if after.mode is not Mode.RUNNING:
+            assert not isinstance(decision.motion, SetSpeed)
+        assert after.stage <= before.stage
+        if before.remote_stage_cap is not None:
+            assert after.remote_stage_cap is not None
+            assert after.remote_stage_cap <= before.remote_stage_cap
+        if before.mode is not Mode.RUNNING:
+            assert after.mode is not Mode.RUNNING
+        if before.mode is Mode.FAULTED:
+            assert after.mode is Mode.FAULTED
+        if after.remote_stage_cap is not None:
+            assert after.remote_stage_cap >= 1
+            assert after.stage <= after.remote_stage_cap
+
+
+def test_SR_REMOTE_3_SR_RESET_5_a_reset_that_clears_a_fault_keeps_the_remote_cap() -> None:
+    """A remote cap set while FAULTED survives the RESET that clears the fault: lifting it
+    takes a second, deliberate RESET in IDLE (SR-RESET-5). A training cap that rises and a
+    STAGE_UP in IDLE stay under it meanwhile."""
+    rig = faulted_rig(stage_number=2)
+    rig.tick(remote=(RemoteLowerStageCap(1),))
+    assert rig.core.stage == 1
+    cleared = rig.press(Button.RESET)
+    assert cleared.state.mode is Mode.IDLE
+    assert cleared.state.remote_stage_cap == 1
+    rig.stage_cap = 4
+    refused = rig.press(Button.STAGE_UP)
+    assert refused.state.stage == 1
+    assert [e.kind for e in refused.events] == ["command_rejected"]
+    lifted = rig.press(Button.RESET)
+    assert lifted.state.remote_stage_cap is None
+    assert [e.kind for e in lifted.events] == ["stage_cap_changed"]
+
+
+def test_SR_REMOTE_2_SR_SPEED_5_remote_zero_with_a_local_faster_in_the_same_tick_stops() -> None:
+    """Ordering: a remote target of 0 and a local FASTER in the same tick. Remote commands go
+    first, so FASTER raises the new target by one step (0.1 km/h, at or below standstill):
+    the belt stops (SR-SPEED-5); a FASTER never cancels the remote lowering."""
+    rig = running_rig()
+    decision = rig.tick(Press(Button.FASTER), remote=(RemoteLowerTarget(0.0),))
+    assert decision.state.target_kmh <= rig.config.standstill_kmh
+    assert decision.state.mode is Mode.STOPPING
+    assert decision.state.stop_reason == "target_zero"
