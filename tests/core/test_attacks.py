@@ -21,6 +21,7 @@ from controller.rules.model import (
     EStop,
     FaultCode,
     GripLossAction,
+    LinkHealth,
     LocalCommand,
     Mode,
     Press,
@@ -34,7 +35,15 @@ from controller.rules.model import (
     Stop,
 )
 from controller.rules.motion import WIRE_SPEED_RESOLUTION_KMH, wire_speed_kmh
-from tests.core.support import TICK_MS, Rig, faulted_rig, idle_rig, running_rig, single_stage_config
+from tests.core.support import (
+    DEFAULT_CONFIG,
+    TICK_MS,
+    Rig,
+    faulted_rig,
+    idle_rig,
+    running_rig,
+    single_stage_config,
+)
 
 #: The shipped firmware ceilings (config/treadmill.yaml): 1.0 km/h/s up, 3.6 km/h/s down.
 FW_MAX_ACCEL_KMH_S = 1.0
@@ -457,3 +466,134 @@ def test_SR_REMOTE_2_SR_SPEED_5_remote_zero_with_a_local_faster_in_the_same_tick
     assert decision.state.target_kmh <= rig.config.standstill_kmh
     assert decision.state.mode is Mode.STOPPING
     assert decision.state.stop_reason == "target_zero"
+
+
+# ---------------------------------------------------------------- SR-SPEED-1 at the wire
+
+#: Half the wire's resolution: how far rounding to the wire can move a speed.
+HALF_RESOLUTION_KMH = WIRE_SPEED_RESOLUTION_KMH / 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    machine_hundredths=st.integers(min_value=50, max_value=2500),
+    stage_fraction=st.floats(min_value=0.3, max_value=1.0),
+    wanted_kmh=st.floats(min_value=0.5, max_value=40.0),
+)
+def test_SR_SPEED_1_property_the_speed_on_the_wire_stays_within_the_limits(
+    machine_hundredths: int, stage_fraction: float, wanted_kmh: float
+) -> None:
+    """A stage limit that is not a multiple of the wire's 0.01 km/h (2.005, 7.996 ...), under
+    a machine maximum that is (the schema requires it of firmware.max_speed_kmh): the speed
+    sent never exceeds the machine maximum on the wire (the firmware would latch
+    SPEED_ABOVE_CEILING), and never the stage limit by more than half a resolution."""
+    machine_max_kmh = machine_hundredths / 100
+    stage_max_kmh = max(0.3, machine_max_kmh * stage_fraction)
+    config = replace(
+        single_stage_config(max_kmh=stage_max_kmh, start_kmh=0.25, accel_kmh_s=3.6),
+        machine_max_kmh=machine_max_kmh,
+    )
+    rig = running_rig(config, settle=False)
+    ramp_ms = int(1000 * stage_max_kmh / 3.6) + 5 * TICK_MS
+    decisions = [rig.tick(SetTarget(wanted_kmh)), *rig.run_ms(ramp_ms)]
+    decisions += [rig.press(Button.FASTER) for _ in range(3)]
+    for decision in decisions:
+        motion = decision.motion
+        assert isinstance(motion, SetSpeed), decision.events
+        wire_kmh = wire_speed_kmh(motion.speed_kmh)
+        assert wire_kmh <= machine_max_kmh + 1e-9
+        assert wire_kmh <= stage_max_kmh + HALF_RESOLUTION_KMH + 1e-9
+        assert round(motion.speed_kmh * 100) <= machine_hundredths  # as the codec encodes it
+
+
+# ---------------------------------------------------------------- SR-LINK-3
+
+
+def test_SR_LINK_3_a_degraded_link_after_reset_and_start_is_caught_within_one_window() -> None:
+    """The link degrades (60 % of the firmware's frames lost), latches, and a RESET at rest
+    clears it while the link is still as bad; START is accepted (link quality is not a start
+    condition, SR-START-2). The belt runs at most one link window before the next judgement
+    latches again, with a controlled stop."""
+    config = DEFAULT_CONFIG
+    rig = running_rig(config)
+    rig.link_health = LinkHealth(up=True, session=1, frames_received=0, frames_missed=0)
+    received = missed = 0
+    rig.tick()
+
+    def lossy_tick(*local: LocalCommand) -> Decision:
+        nonlocal received, missed
+        received, missed = received + 2, missed + 3  # 50 Hz, 3 of every 5 frames lost
+        rig.link_health = LinkHealth(
+            up=True, session=1, frames_received=received, frames_missed=missed
+        )
+        return rig.tick(*local)
+
+    while rig.core.mode is Mode.RUNNING:
+        lossy_tick()
+    assert rig.core.fault is not None
+    assert rig.core.fault.code is FaultCode.LINK_STALE
+    while rig.core.commanded_kmh > 0.0:
+        lossy_tick()
+    lossy_tick()
+    assert lossy_tick(Press(Button.RESET)).state.mode is Mode.IDLE
+    lossy_tick()
+    started = lossy_tick(Press(Button.START))
+    assert started.state.mode is Mode.RUNNING
+    started_ms = rig.now_ms
+    while rig.core.mode is Mode.RUNNING:
+        lossy_tick()
+        assert rig.now_ms - started_ms <= config.link_window_ms
+    assert rig.core.fault is not None
+    assert rig.core.fault.code is FaultCode.LINK_STALE
+    assert isinstance(rig.history[-1].motion, Stop)
+
+
+# ---------------------------------------------------------------- odd but valid configs
+
+
+@pytest.mark.parametrize(
+    ("accel_kmh_s", "decel_kmh_s"), [(0.01, 0.01), (0.01, 3.6), (3.6, 0.01), (3.6, 3.6)]
+)
+def test_SR_SPEED_2_SR_PLAUS_2_rates_at_their_bounds_ramp_exactly_and_never_fault(
+    accel_kmh_s: float, decel_kmh_s: float
+) -> None:
+    """Stage rates at both ends of SR-CONFIG-3 (0.01 and 3.6 km/h/s): with an ideal belt the
+    speed moves by exactly rate x dt a tick, every SET_SPEED passes FW-4 with ceilings equal
+    to the stage's rates, and nothing latches (no false not-following)."""
+    config = single_stage_config(
+        max_kmh=2.0, start_kmh=0.5, accel_kmh_s=accel_kmh_s, decel_kmh_s=decel_kmh_s
+    )
+    rig = running_rig(config, settle=False)
+    plan = [(SetTarget(2.0), 1200), (SetTarget(1.99), 100), (SetTarget(0.6), 1200)]
+    for command, ticks in plan:
+        decisions = [rig.tick(command), *(rig.tick() for _ in range(ticks))]
+        for before, decision in zip([rig.history[-ticks - 2], *decisions], decisions, strict=False):
+            motion = decision.motion
+            assert isinstance(motion, SetSpeed), decision.events
+            step = decision.state.commanded_kmh - before.state.commanded_kmh
+            assert -decel_kmh_s * TICK_MS / 1000 - 1e-9 <= step
+            assert step <= accel_kmh_s * TICK_MS / 1000 + 1e-9
+            setpoint_kmh = wire_speed_kmh(before.state.commanded_kmh)
+            wire_kmh = wire_speed_kmh(motion.speed_kmh)
+            if wire_kmh < setpoint_kmh:
+                assert motion.accel_kmh_s <= decel_kmh_s
+            elif wire_kmh > setpoint_kmh:
+                assert motion.accel_kmh_s <= accel_kmh_s
+    assert rig.core.fault is None
+
+
+def test_SR_STAGE_2_SR_STAGE_3_single_stage_with_start_equal_to_max() -> None:
+    """One stage, start speed equal to its limit: START goes straight for the limit, FASTER
+    at the limit is answered, no stage can be raised, a remote cap cannot lower below 1."""
+    config = single_stage_config(max_kmh=1.0, start_kmh=1.0)
+    rig = running_rig(config)
+    assert rig.core.target_kmh == 1.0
+    assert rig.core.commanded_kmh == 1.0
+    faster = rig.press(Button.FASTER)
+    assert [e.kind for e in faster.events] == ["command_rejected"]
+    assert faster.state.target_kmh == 1.0
+    assert [e.kind for e in rig.press(Button.STAGE_UP).events] == ["command_rejected"]
+    capped = rig.tick(remote=(RemoteLowerStageCap(1),))
+    assert [e.kind for e in capped.events] == ["command_rejected"]
+    assert capped.state.remote_stage_cap is None
+    assert capped.state.mode is Mode.RUNNING
