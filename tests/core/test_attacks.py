@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from controller.rules.core import decide
 from controller.rules.model import (
     Button,
+    ChannelConfig,
     CoreState,
     Decision,
     EStop,
@@ -41,9 +42,11 @@ from tests.core.support import (
     Rig,
     faulted_rig,
     idle_rig,
+    make_config,
     running_rig,
     single_stage_config,
 )
+from tests.core.test_channels import ChannelRig
 
 #: The shipped firmware ceilings (config/treadmill.yaml): 1.0 km/h/s up, 3.6 km/h/s down.
 FW_MAX_ACCEL_KMH_S = 1.0
@@ -528,7 +531,10 @@ def test_SR_LINK_3_a_degraded_link_after_reset_and_start_is_caught_within_one_wi
         )
         return rig.tick(*local)
 
-    while rig.core.mode is Mode.RUNNING:
+    def mode() -> Mode:  # a call: mypy must not narrow the mode between the loops
+        return rig.core.mode
+
+    while mode() is Mode.RUNNING:
         lossy_tick()
     assert rig.core.fault is not None
     assert rig.core.fault.code is FaultCode.LINK_STALE
@@ -540,7 +546,7 @@ def test_SR_LINK_3_a_degraded_link_after_reset_and_start_is_caught_within_one_wi
     started = lossy_tick(Press(Button.START))
     assert started.state.mode is Mode.RUNNING
     started_ms = rig.now_ms
-    while rig.core.mode is Mode.RUNNING:
+    while mode() is Mode.RUNNING:
         lossy_tick()
         assert rig.now_ms - started_ms <= config.link_window_ms
     assert rig.core.fault is not None
@@ -597,3 +603,36 @@ def test_SR_STAGE_2_SR_STAGE_3_single_stage_with_start_equal_to_max() -> None:
     assert [e.kind for e in capped.events] == ["command_rejected"]
     assert capped.state.remote_stage_cap is None
     assert capped.state.mode is Mode.RUNNING
+
+
+# ---------------------------------------------------------------- SR-CHAN-3, SR-PLAUS-1
+
+
+@pytest.mark.parametrize("dip_every_ms", [100, 260, 500])
+def test_SR_CHAN_3_SR_PLAUS_1_a_dipping_firmware_reading_cannot_hide_an_overspeed(
+    dip_every_ms: int,
+) -> None:
+    """The belt holds at 5.0 km/h on stage 1 (limit 2.0 km/h) and the firmware's reading
+    falls back to the commanded 2.0 km/h for one tick every ``dip_every_ms`` (a sensor that
+    misses pulses): every such tick restarts the overspeed and not-following timers of that
+    channel. The Pi's belt sensor reads 5.0 km/h throughout; overspeed is judged on the
+    higher reading (SR-CHAN-3), so the belt is stopped with ESTOP after ``overspeed_ms``
+    (or sooner by SR-CHAN-2), whatever the dips."""
+    config = make_config(second_channel=ChannelConfig())
+    rig = ChannelRig(config=config)
+    rig.tick()
+    rig.press(Button.START)
+    rig.tick(SetTarget(2.0))
+    rig.run_ms(10_000)
+    assert rig.core.commanded_kmh == 2.0
+    began_ms = rig.now_ms
+    rig.sensor_kmh = 5.0
+    elapsed_ms = 0
+    while rig.core.mode is Mode.RUNNING:
+        elapsed_ms += TICK_MS
+        rig.measured_kmh = 2.0 if elapsed_ms % dip_every_ms == 0 else 5.0
+        rig.tick()
+        assert rig.now_ms - began_ms <= config.overspeed_ms + 2 * TICK_MS
+    assert rig.core.fault is not None
+    assert rig.core.fault.code in (FaultCode.OVERSPEED, FaultCode.CHANNELS_DISAGREE)
+    assert isinstance(rig.history[-1].motion, EStop)
