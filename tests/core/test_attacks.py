@@ -45,6 +45,8 @@ from tests.core.support import (
     make_config,
     running_rig,
     single_stage_config,
+    stage,
+    tick_while,
 )
 from tests.core.test_channels import ChannelRig
 
@@ -636,3 +638,62 @@ def test_SR_CHAN_3_SR_PLAUS_1_a_dipping_firmware_reading_cannot_hide_an_overspee
     assert rig.core.fault is not None
     assert rig.core.fault.code in (FaultCode.OVERSPEED, FaultCode.CHANNELS_DISAGREE)
     assert isinstance(rig.history[-1].motion, EStop)
+
+
+# ---------------------------------------------------------------- SR-GRIP-3, SR-GRIP-8
+
+
+def test_SR_GRIP_3_SR_GRIP_8_stage_down_and_faster_in_one_tick_during_a_slowed_loss() -> None:
+    """Two slow stages (slow to 1.0 at stage 2, to 0.8 at stage 1); the grip is lost past
+    the grace at stage 2 and the belt has slowed to 1.0. STAGE_DOWN, FASTER and a console
+    target of 2.0 in one tick: the stage change makes stage 1's action due again, and the
+    commands after it in that tick raise the target (SR-GRIP-8 applies the new action at the
+    next grip check). The next tick slows to stage 1's 0.8 km/h; the commanded speed rose by
+    one tick of acceleration at most, and falls from then on while the grip stays lost."""
+    stages = (
+        stage(1, max_kmh=2.0, action=GripLossAction.SLOW, slow_kmh=0.8, grace_ms=300),
+        stage(2, max_kmh=3.5, accel_kmh_s=0.3, action=GripLossAction.SLOW, slow_kmh=1.0),
+    )
+    rig = running_rig(make_config(*stages), stage_number=2)
+    rig.tick(SetTarget(3.0))
+    tick_while(rig, lambda: rig.core.commanded_kmh < 3.0)
+    rig.grip = (False, False)
+    tick_while(rig, lambda: rig.core.commanded_kmh > 1.0)
+    assert rig.core.grip_action_taken
+    burst = rig.tick(Press(Button.STAGE_DOWN), Press(Button.FASTER), SetTarget(2.0))
+    assert burst.state.stage == 1
+    assert burst.state.commanded_kmh <= 1.0 + 0.3 * TICK_MS / 1000 + 1e-9
+    after = rig.tick()
+    assert after.state.target_kmh == 0.8
+    assert [e.kind for e in after.events] == ["grip_lost"]
+    previous_kmh = after.state.commanded_kmh
+    for decision in rig.run_ms(2000):
+        assert decision.state.commanded_kmh <= previous_kmh
+        previous_kmh = decision.state.commanded_kmh
+    assert rig.core.commanded_kmh == 0.8
+
+
+# ---------------------------------------------------------------- SR-ESTOP-1, SR-RELOAD-1
+
+
+def test_SR_ESTOP_1_SR_STAGE_6_config_swapped_while_the_estop_is_pressed_keeps_the_latch() -> None:
+    """The e-stop is pressed at stage 3 and, while it is held, a reload with a single stage
+    is applied at rest (the service swaps the config between two ticks): the stage is
+    clamped, the e-stop fault stays latched with ESTOP sent while pressed, and neither RESET
+    nor START moves anything until the e-stop is released; then RESET and START as usual."""
+    rig = running_rig(stage_number=3)
+    rig.estop = True
+    assert isinstance(rig.tick().motion, EStop)
+    tick_while(rig, lambda: rig.core.commanded_kmh > 0.0)
+    rig.config = single_stage_config()
+    swapped = rig.tick(Press(Button.RESET))
+    assert swapped.state.stage == 1
+    assert swapped.state.mode is Mode.FAULTED
+    assert isinstance(swapped.motion, EStop)
+    assert [e.kind for e in swapped.events if e.kind != "stage_changed"] == ["reset_refused"]
+    assert rig.press(Button.START).state.mode is Mode.FAULTED
+    rig.estop = False
+    rig.tick()
+    assert rig.press(Button.RESET).state.mode is Mode.IDLE
+    rig.tick()
+    assert rig.press(Button.START).state.mode is Mode.RUNNING
