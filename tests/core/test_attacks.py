@@ -697,3 +697,35 @@ def test_SR_ESTOP_1_SR_STAGE_6_config_swapped_while_the_estop_is_pressed_keeps_t
     assert rig.press(Button.RESET).state.mode is Mode.IDLE
     rig.tick()
     assert rig.press(Button.START).state.mode is Mode.RUNNING
+
+
+@pytest.mark.parametrize("runaway_kmh_s", [0.5, 1.0, 3.0])
+def test_SR_CHAN_3_SR_PLAUS_5_pi_sensor_frozen_at_a_plausible_speed_while_the_belt_runs_away(
+    runaway_kmh_s: float,
+) -> None:
+    """Two faults at once: the Pi's belt sensor freezes at the commanded 2.0 km/h (stage 1)
+    and the motor board runs away. The firmware's reading is the higher one, so overspeed
+    and the runaway rule watch it (SR-CHAN-3): ESTOP before the reading is 0.6 km/h past
+    the limit plus margin, and at the latest ``overspeed_ms`` after it crossed it."""
+    config = make_config(second_channel=ChannelConfig())
+    rig = ChannelRig(config=config)
+    rig.tick()
+    rig.press(Button.START)
+    rig.tick(SetTarget(2.0))
+    rig.run_ms(10_000)
+    rig.sensor_kmh = 2.0
+    allowed_kmh = 2.0 + config.overspeed_abs_kmh
+    reading_kmh = 2.0
+    crossed_ms: int | None = None
+    while rig.core.mode is Mode.RUNNING:
+        reading_kmh += runaway_kmh_s * TICK_MS / 1000
+        rig.measured_kmh = reading_kmh
+        rig.tick()
+        if crossed_ms is None and reading_kmh > allowed_kmh:
+            crossed_ms = rig.now_ms
+        assert reading_kmh <= allowed_kmh + 0.6
+    assert crossed_ms is not None
+    assert rig.now_ms - crossed_ms <= config.overspeed_ms + TICK_MS
+    assert rig.core.fault is not None
+    assert rig.core.fault.code in (FaultCode.OVERSPEED, FaultCode.CHANNELS_DISAGREE)
+    assert isinstance(rig.history[-1].motion, EStop)
