@@ -14,6 +14,7 @@ from controller.rules.model import (
     MotionCommand,
     SafetyConfig,
     SetSpeed,
+    StageConfig,
     Stop,
     StopKind,
 )
@@ -91,26 +92,41 @@ def motion_command(
     """Exactly one motion command per tick, chosen by mode (SR-MOTION-1).
 
     ``setpoint_kmh`` is the firmware's own ramped set-point from its latest usable STATUS
-    (None without one). The firmware judges a SET_SPEED's rate against the present set-point
-    (FW-4), which can lag behind the speed last sent while the belt speeds up.
+    (None without one: the speed last sent stands for it). The firmware judges a SET_SPEED's
+    rate against its *present* set-point (FW-4), which lags behind the speed last sent while
+    it ramps toward it (SR-MOTION-2).
     """
     if state.mode is Mode.RUNNING:
         stage = stage_config(state, config)
-        # Falling only when the speed on the wire falls: a change below the wire resolution
-        # reaches the firmware as its present set-point, which FW-4 treats as holding. It
-        # must also fall below the set-point the firmware last reported: while the belt
-        # speeds up, the firmware's set-point lags behind the speed last sent, and a speed
-        # just below that one is still above the set-point, so the firmware takes the rate
-        # for an acceleration (SR-MOTION-2). The present set-point is at or above the lower
-        # of the two (ramping up it has only risen since the report; ramping down it has not
-        # passed the speed last sent), so a speed below both is a deceleration for it too.
-        new_wire_kmh = wire_speed_kmh(state.commanded_kmh)
-        falling = new_wire_kmh < wire_speed_kmh(previous_kmh) and (
-            setpoint_kmh is None or new_wire_kmh < wire_speed_kmh(setpoint_kmh)
+        return SetSpeed(
+            speed_kmh=state.commanded_kmh,
+            accel_kmh_s=_wire_rate_kmh_s(stage, state.commanded_kmh, previous_kmh, setpoint_kmh),
+            lease_ms=config.lease_ms,
         )
-        rate = stage.decel_kmh_s if falling else stage.accel_kmh_s
-        return SetSpeed(speed_kmh=state.commanded_kmh, accel_kmh_s=rate, lease_ms=config.lease_ms)
     return stop_command(state, config)
+
+
+def _wire_rate_kmh_s(
+    stage: StageConfig, speed_kmh: float, previous_kmh: float, setpoint_kmh: float | None
+) -> float:
+    """The ramp rate SET_SPEED carries: one that FW-4 accepts whichever way the firmware
+    judges it (SR-MOTION-2).
+
+    Decided on wire values, as the firmware sees them: a change below the resolution reaches
+    it as its present set-point, which it treats as holding. The present set-point lies
+    between the one last reported and the speed last sent (it ramps from one toward the
+    other), so a speed below both is a deceleration for the firmware, a speed above both an
+    acceleration; anything else (holding, or a speed between the two: just below a rising
+    speed, just above a falling one) may be judged either way and carries the lower rate.
+    """
+    wire_kmh = wire_speed_kmh(speed_kmh)
+    sent_kmh = wire_speed_kmh(previous_kmh)
+    reported_kmh = sent_kmh if setpoint_kmh is None else wire_speed_kmh(setpoint_kmh)
+    if wire_kmh < min(sent_kmh, reported_kmh):
+        return stage.decel_kmh_s
+    if wire_kmh > max(sent_kmh, reported_kmh):
+        return stage.accel_kmh_s
+    return min(stage.accel_kmh_s, stage.decel_kmh_s)
 
 
 def stop_command(state: CoreState, config: SafetyConfig) -> MotionCommand:

@@ -50,21 +50,21 @@ from tests.core.support import (
 )
 from tests.core.test_channels import ChannelRig
 
-#: The shipped firmware ceilings (config/treadmill.yaml): 1.0 km/h/s up, 3.6 km/h/s down.
-FW_MAX_ACCEL_KMH_S = 1.0
-FW_MAX_DECEL_KMH_S = 3.6
 
-
-def _fw4_accepts(speed_kmh: float, rate_kmh_s: float, setpoint_kmh: float) -> bool:
+def _fw4_accepts(
+    speed_kmh: float, rate_kmh_s: float, setpoint_kmh: float, ceilings: tuple[float, float]
+) -> bool:
     """FW-4 as the firmware judges a SET_SPEED: against its *present* set-point, at the
-    wire's resolution; a speed equal to it is holding, within either ceiling."""
+    wire's resolution; a speed equal to it is holding, within either ceiling. ``ceilings``:
+    (max_accel_kmh_s, max_decel_kmh_s)."""
+    max_accel_kmh_s, max_decel_kmh_s = ceilings
     wire_kmh = wire_speed_kmh(speed_kmh)
     present_kmh = wire_speed_kmh(setpoint_kmh)
     if wire_kmh < present_kmh:
-        return rate_kmh_s <= FW_MAX_DECEL_KMH_S
+        return rate_kmh_s <= max_decel_kmh_s
     if wire_kmh > present_kmh:
-        return rate_kmh_s <= FW_MAX_ACCEL_KMH_S
-    return rate_kmh_s <= max(FW_MAX_ACCEL_KMH_S, FW_MAX_DECEL_KMH_S)
+        return rate_kmh_s <= max_accel_kmh_s
+    return rate_kmh_s <= max(max_accel_kmh_s, max_decel_kmh_s)
 
 
 def _wire_steps(low_kmh: float, high_kmh: float) -> list[float]:
@@ -77,45 +77,52 @@ def _wire_steps(low_kmh: float, high_kmh: float) -> list[float]:
 # ---------------------------------------------------------------- SR-MOTION-2
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
-    accel_kmh_s=st.sampled_from([0.2, 0.5, 1.0]),
+    rates=st.tuples(
+        st.sampled_from([0.2, 0.5, 1.0, 2.0, 3.6]), st.sampled_from([0.2, 1.0, 1.5, 3.6])
+    ),
     sent_kmh=st.floats(min_value=0.6, max_value=2.9),
     lag_kmh=st.floats(min_value=-0.1, max_value=0.1),
-    lower_by_kmh=st.floats(min_value=0.0, max_value=0.2),
+    change_kmh=st.floats(min_value=-0.2, max_value=0.2),
     remote=st.booleans(),
 )
-def test_SR_MOTION_2_property_a_lagging_firmware_set_point_never_sees_the_decel_as_an_accel(
-    accel_kmh_s: float, sent_kmh: float, lag_kmh: float, lower_by_kmh: float, remote: bool
+def test_SR_MOTION_2_property_a_lagging_firmware_set_point_accepts_every_set_speed(
+    rates: tuple[float, float], sent_kmh: float, lag_kmh: float, change_kmh: float, remote: bool
 ) -> None:
-    """The firmware's set-point lags behind the speed last sent while it ramps (by one tick
-    at least, by 0.05 km/h after one late tick at 0.5 km/h/s). A target lowered to just
-    below the speed last sent must not go out with the deceleration rate while the speed is
-    still above the firmware's set-point: FW-4 would take 3.6 km/h/s for an acceleration
-    above its 1.0 km/h/s ceiling and latch ACCEL_ABOVE_CEILING (the shipped stages decelerate
-    at 3.6 km/h/s). Found by this attack: the core compared with its own last speed only.
+    """The firmware's set-point lags behind the speed last sent while it ramps toward it (by
+    a tick at least, by 0.05 km/h after one late tick at 0.5 km/h/s), from below or from
+    above. Whatever the target does then (lowered just below the speed last sent, raised,
+    held), the SET_SPEED's rate must pass FW-4 against every present set-point between the
+    one last reported and the speed last sent, with the firmware's ceilings at the stage's
+    own rates (the tightest configuration accepted). ``rates``: (accel, decel) in km/h/s.
 
-    The present set-point lies between the one last reported and the speed last sent: every
-    wire value in that range must accept the SET_SPEED.
+    Found by this attack: the core compared with its own last speed only. A target lowered
+    just below a rising speed went out at the shipped 3.6 km/h/s deceleration while still
+    above the firmware's set-point, which took it for an acceleration above its 1.0 km/h/s
+    ceiling (ACCEL_ABOVE_CEILING); and a stage that accelerates faster than the firmware may
+    decelerate (2.0 and 1.5 km/h/s) sent its acceleration while holding below a set-point
+    still ramping down.
     """
+    accel_kmh_s, decel_kmh_s = rates
     config = single_stage_config(
-        max_kmh=3.0, accel_kmh_s=accel_kmh_s, decel_kmh_s=FW_MAX_DECEL_KMH_S, hands=0,
+        max_kmh=3.0, accel_kmh_s=accel_kmh_s, decel_kmh_s=decel_kmh_s, hands=0,
         action=GripLossAction.NONE, grace_ms=0,
     )  # fmt: skip
     rig = running_rig(config)
     reported_kmh = max(0.0, sent_kmh - lag_kmh)
-    rig.state = replace(rig.core, target_kmh=3.0, commanded_kmh=sent_kmh)
+    rig.state = replace(rig.core, target_kmh=sent_kmh, commanded_kmh=sent_kmh)
     rig.fw_commanded_kmh = reported_kmh
     rig.measured_kmh = reported_kmh
-    target_kmh = sent_kmh - lower_by_kmh
-    if remote:
+    target_kmh = sent_kmh + change_kmh
+    if remote and change_kmh < 0.0:
         decision = rig.tick(remote=(RemoteLowerTarget(target_kmh),))
     else:
         decision = rig.tick(SetTarget(target_kmh))
     motion = decision.motion
     assert isinstance(motion, SetSpeed)
     for present_kmh in _wire_steps(reported_kmh, sent_kmh):
-        assert _fw4_accepts(motion.speed_kmh, motion.accel_kmh_s, present_kmh), (
+        assert _fw4_accepts(motion.speed_kmh, motion.accel_kmh_s, present_kmh, rates), (
             motion,
             present_kmh,
             reported_kmh,

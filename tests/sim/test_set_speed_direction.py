@@ -26,9 +26,11 @@ from controller.rules.model import (
     LocalCommand,
     Mode,
     Press,
+    SafetyConfig,
     SetSpeed,
     SetTarget,
 )
+from firmware_bridge.port.bridge import FirmwareLimits
 from firmware_bridge.sim.firmware import SimConfig
 from firmware_bridge.wire import messages
 from tests.core.support import BOOT_ID, CHECKSUM, single_stage_config
@@ -44,10 +46,13 @@ CONFIG = single_stage_config(
 class CoreOnSim:
     """The safety core driving a simulated firmware, every tick's command sent at once."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, config: SafetyConfig = CONFIG, limits: FirmwareLimits = SHIPPED_LIMITS
+    ) -> None:
+        self.config = config
         self.host = Host(SimConfig(physics=quiet_physics()))
-        self.host.handshake(SHIPPED_LIMITS)
-        self.state: CoreState = initial_state(CONFIG)
+        self.host.handshake(limits)
+        self.state: CoreState = initial_state(config)
 
     def tick(self, dt_ms: int, *local: LocalCommand) -> Decision:
         self.host.advance_by(dt_ms)
@@ -65,7 +70,7 @@ class CoreOnSim:
             boot_id=BOOT_ID,
         )
         inputs = Inputs(False, False, False, True, status, local=local)
-        decision = decide(self.state, inputs, CONFIG, now_ms)
+        decision = decide(self.state, inputs, self.config, now_ms)
         self.state = decision.state
         motion = decision.motion
         if isinstance(motion, SetSpeed):
@@ -100,3 +105,34 @@ def test_SR_MOTION_2_target_lowered_just_below_a_rising_speed_keeps_the_firmware
     assert rig.host.fault() is messages.FwFault.NONE, rig.host.naks()
     assert rig.state.mode is Mode.RUNNING, rig.state.fault
     assert rig.host.fw.commanded_kmh == pytest.approx(round(sent_kmh - lower_by_kmh, 2))
+
+
+@pytest.mark.parametrize("late_tick", [5, 10, 15, 20])
+def test_SR_MOTION_2_a_stage_accelerating_faster_than_the_firmware_decelerates_holds_safely(
+    late_tick: int,
+) -> None:
+    """The mirror case, an odd but valid configuration: the stage accelerates at 2.0 km/h/s,
+    decelerates at 1.5 km/h/s, and the firmware's ceilings are exactly those. The target is
+    lowered from 3.0 to 2.0 km/h; one tick of the deceleration comes 100 ms late, so the
+    firmware's set-point is still above 2.0 when the core reaches it and holds. Holding used
+    to go out at the 2.0 km/h/s acceleration, which the firmware, still ramping down, took
+    for a deceleration above its 1.5 km/h/s ceiling (ACCEL_ABOVE_CEILING)."""
+    config = single_stage_config(
+        max_kmh=3.0, start_kmh=0.5, accel_kmh_s=2.0, decel_kmh_s=1.5, hands=0,
+        action=GripLossAction.NONE, grace_ms=0,
+    )  # fmt: skip
+    limits = dataclasses.replace(SHIPPED_LIMITS, max_accel_kmh_s=2.0, max_decel_kmh_s=1.5)
+    rig = CoreOnSim(config, limits)
+    for _ in range(10):
+        rig.tick(20)
+    assert rig.tick(20, Press(Button.START)).state.mode is Mode.RUNNING
+    rig.tick(20, SetTarget(3.0))
+    for _ in range(100):
+        rig.tick(20)
+    assert rig.host.fw.commanded_kmh == 3.0
+    rig.tick(20, SetTarget(2.0))
+    for tick in range(60):
+        rig.tick(100 if tick == late_tick else 20)
+    assert rig.host.fault() is messages.FwFault.NONE, rig.host.naks()
+    assert rig.state.mode is Mode.RUNNING, rig.state.fault
+    assert rig.host.fw.commanded_kmh == pytest.approx(2.0)
