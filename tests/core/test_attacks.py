@@ -7,6 +7,7 @@ the first (SR-MOTION-2 with a lagging firmware set-point), which was fixed in th
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -736,3 +737,36 @@ def test_SR_CHAN_3_SR_PLAUS_5_pi_sensor_frozen_at_a_plausible_speed_while_the_be
     assert rig.core.fault is not None
     assert rig.core.fault.code in (FaultCode.OVERSPEED, FaultCode.CHANNELS_DISAGREE)
     assert isinstance(rig.history[-1].motion, EStop)
+
+
+# ---------------------------------------------------------------- SR-CHAN-1
+
+
+@pytest.mark.parametrize("mode", ["idle", "running", "stopping"])
+@pytest.mark.parametrize("glitch", ["missing", "nan", "negative"])
+def test_SR_CHAN_1_a_pi_sensor_that_drops_out_for_one_tick_in_every_two_latches_at_once(
+    mode: str, glitch: str
+) -> None:
+    """The Pi's belt sensor chatters between a good reading and none (or NaN, or a negative
+    value) at every tick: the first bad tick latches ``belt_sensor`` with a controlled stop,
+    in every mode; the good ticks after it clear nothing."""
+    config = make_config(second_channel=ChannelConfig())
+    rig = ChannelRig(config=config)
+    rig.tick()
+    if mode != "idle":
+        rig.press(Button.START)
+        rig.run_ms(1000)
+    if mode == "stopping":
+        rig.press(Button.STOP)
+    assert rig.core.fault is None
+    for tick in range(10):
+        bad = tick % 2 == 1
+        rig.sensor_missing = bad and glitch == "missing"
+        rig.sensor_kmh = {"nan": math.nan, "negative": -0.5}.get(glitch) if bad else None
+        decision = rig.tick()
+        if tick == 1:
+            assert decision.state.fault is not None
+            assert decision.state.fault.code is FaultCode.BELT_SENSOR
+            assert isinstance(decision.motion, Stop)
+        if tick >= 1:
+            assert decision.state.mode is Mode.FAULTED
