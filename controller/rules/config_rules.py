@@ -51,6 +51,14 @@ STALE_MAX_MS: Final = 2000
 GRIP_GRACE_BOUND_MS: Final = 5000
 """Upper bound for max_grip_grace_ms itself."""
 
+GRIP_REGRIP_MIN_MS: Final = 200
+"""Shortest hold that ends a grip loss (SR-GRIP-10): ten 50 Hz ticks, longer than contact
+bounce or a hand brushing the rail. At 0 any touch would end the loss, and a hand tapping the
+rail (20 ms of every 300 ms) would never be stopped."""
+
+GRIP_REGRIP_MAX_MS: Final = 2000
+"""Longest hold asked of a returning hand before its grip counts again."""
+
 
 @dataclass(frozen=True)
 class ConfigProblem:
@@ -184,7 +192,14 @@ def _check_machine(config: SafetyConfig, problems: list[ConfigProblem]) -> None:
     _in_range(
         problems, "link_window_min_frames", config.link_window_min_frames, 1, 1000, unit="frames"
     )
-    _in_range(problems, "grip_regrip_ms", config.grip_regrip_ms, 0, 2000, unit="ms")
+    _in_range(
+        problems,
+        "grip_regrip_ms",
+        config.grip_regrip_ms,
+        GRIP_REGRIP_MIN_MS,
+        GRIP_REGRIP_MAX_MS,
+        unit="ms",
+    )
     _in_range(
         problems,
         "runaway_accel_kmh_s",

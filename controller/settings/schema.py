@@ -19,6 +19,8 @@ from pydantic_core import PydanticCustomError, core_schema
 
 from controller.rules.config_rules import (
     GRIP_GRACE_BOUND_MS,
+    GRIP_REGRIP_MAX_MS,
+    GRIP_REGRIP_MIN_MS,
     LEASE_MIN_MS,
     MACHINE_MAX_KMH_BOUND,
     STAGE_RATE_BOUND_KMH_S,
@@ -323,7 +325,7 @@ class GripSensorSection(_Section):
     max_grace_ms: Annotated[int, Range(0, GRIP_GRACE_BOUND_MS, "ms")] = Field(
         default=2000, description="Upper bound for any stage's grip.grace_ms"
     )
-    regrip_ms: Annotated[int, Range(0, 2000, "ms")] = Field(
+    regrip_ms: Annotated[int, Range(GRIP_REGRIP_MIN_MS, GRIP_REGRIP_MAX_MS, "ms")] = Field(
         default=500,
         description="During a grip loss a touch ends the loss only once held this long",
     )

@@ -14,6 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controller.rules.config_rules import (
+    GRIP_REGRIP_MAX_MS,
+    GRIP_REGRIP_MIN_MS,
+    check_safety_config,
+)
 from controller.rules.core import decide
 from controller.rules.model import (
     Button,
@@ -180,6 +185,46 @@ def test_SR_GRIP_10_property_a_hand_tapping_at_any_period_is_stopped(
     assert fault is not None, (rig.now_ms - first_release_ms, rig.core)
     assert fault.code in (FaultCode.GRIP_LOST, FaultCode.GRIP_SENSOR)
     assert not isinstance(rig.history[-1].motion, SetSpeed)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    regrip_ms=st.integers(min_value=GRIP_REGRIP_MIN_MS, max_value=GRIP_REGRIP_MAX_MS),
+    on_fraction=st.floats(min_value=0.0, max_value=0.999),
+    off_ticks=st.integers(min_value=1, max_value=20),
+)
+def test_SR_GRIP_10_property_any_accepted_regrip_time_stops_a_tapping_hand(
+    regrip_ms: int, on_fraction: float, off_ticks: int
+) -> None:
+    """SR-CONFIG-8 refuses a regrip time below 200 ms (at 0 any touch would end the loss):
+    with every regrip time the configuration accepts, a hand whose touches are shorter than
+    it is stopped within the grace plus one tapping period, however it taps."""
+    config = replace(DEFAULT_CONFIG, grip_regrip_ms=regrip_ms)
+    assert check_safety_config(config) == []
+    on_ticks = max(1, int(on_fraction * regrip_ms) // TICK_MS)  # held < regrip_ms each time
+    rig = running_rig(config)
+    grace_ms = config.stages[0].grip_grace_ms
+    first_release_ms = rig.now_ms + TICK_MS
+    period_ticks = on_ticks + off_ticks
+    deadline_ms = first_release_ms + grace_ms + period_ticks * TICK_MS + TICK_MS
+    tick = 0
+    while rig.now_ms < deadline_ms and rig.core.mode is Mode.RUNNING:
+        rig.grip = (tick % period_ticks >= off_ticks, False)  # released first, then held
+        rig.tick()
+        tick += 1
+    fault = rig.core.fault
+    assert fault is not None, (regrip_ms, on_ticks, off_ticks, rig.core)
+    assert fault.code in (FaultCode.GRIP_LOST, FaultCode.GRIP_SENSOR)
+
+
+def test_SR_CONFIG_8_a_regrip_time_that_lets_any_touch_end_a_grip_loss_is_refused() -> None:
+    """At ``grip_regrip_ms: 0`` a touch of one tick ends a grip loss, and a hand touching the
+    rail for 20 ms of every 300 ms at stage 1 ran on for 20 s: the configuration refuses it."""
+    for regrip_ms in (0, 1, TICK_MS, GRIP_REGRIP_MIN_MS - 1):
+        problems = check_safety_config(replace(DEFAULT_CONFIG, grip_regrip_ms=regrip_ms))
+        assert [p.key_path for p in problems] == ["grip_regrip_ms"], regrip_ms
+        assert problems[0].message.startswith("must be in "), problems[0].message
+        assert "200" in problems[0].message, problems[0].message
 
 
 # ---------------------------------------------------------------- SR-PREC-1, SR-TIMER-1

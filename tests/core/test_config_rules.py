@@ -217,6 +217,10 @@ def test_SR_CONFIG_7_clip_optional_at_a_grip_stop_stage() -> None:
         ("grip_stuck_window_ms", 86_400_001),
         ("max_grip_grace_ms", -1),
         ("max_grip_grace_ms", 5001),
+        ("grip_regrip_ms", -1),
+        ("grip_regrip_ms", 0),
+        ("grip_regrip_ms", 199),
+        ("grip_regrip_ms", 2001),
     ],
 )
 def test_SR_CONFIG_8_monitoring_thresholds_within_bounds(key: str, bad: object) -> None:
@@ -237,6 +241,7 @@ def test_SR_CONFIG_8_bounds_are_inclusive_where_documented() -> None:
         stale_ms=2000,
         stop_decel_kmh_s=10.8,
         grip_chatter_edges=2,
+        grip_regrip_ms=200,
         stages=(stage(1, max_kmh=2.0, start_kmh=0.6, accel_kmh_s=3.6, grace_ms=5000),),
     )
     assert check_safety_config(edges) == []
