@@ -18,7 +18,7 @@ from controller.rules.model import (
     StopKind,
 )
 from controller.rules.motion import ramp_rate_kmh_s
-from controller.rules.tick import Step, replace
+from controller.rules.tick import Step, held_timer, replace
 
 
 def reading_valid(reading: BeltSensorReading) -> bool:
@@ -96,23 +96,26 @@ def check_channels(step: Step) -> None:
             StopKind.CONTROLLED,
             f"The Pi's belt sensor gave {shown}, not a valid speed reading",
         )
-        step.state = replace(step.state, disagree_since_ms=None)
+        step.state = replace(step.state, disagree_since_ms=None, disagree_clear_since_ms=None)
         return
     fresh = step.fresh
     state = step.state
     if fresh is None:
-        step.state = replace(step.state, disagree_since_ms=None)
+        # Not compared: an unusable firmware status is latched by SR-STALE-1 or as not following.
+        step.state = replace(step.state, disagree_since_ms=None, disagree_clear_since_ms=None)
         return
     firmware_kmh = fresh.measured_kmh
     sensor_kmh = reading.speed_kmh
     high_kmh = max(firmware_kmh, sensor_kmh)
     tolerance_kmh = channel_tolerance_kmh(state, config, channel, high_kmh)
     step.channels_agree = abs(firmware_kmh - sensor_kmh) <= tolerance_kmh
-    if step.channels_agree:
-        step.state = replace(step.state, disagree_since_ms=None)
+    disagree = not step.channels_agree
+    since_ms, clear_ms = held_timer(
+        state.disagree_since_ms, state.disagree_clear_since_ms, disagree, step.now_ms
+    )
+    step.state = replace(step.state, disagree_since_ms=since_ms, disagree_clear_since_ms=clear_ms)
+    if not disagree or since_ms is None:
         return
-    since_ms = state.disagree_since_ms if state.disagree_since_ms is not None else step.now_ms
-    step.state = replace(step.state, disagree_since_ms=since_ms)
     lasted_ms = step.now_ms - since_ms
     if lasted_ms > channel.disagree_ms:
         latch(

@@ -370,6 +370,13 @@ class CoreState:
     relay_armed_ms: int | None = None  # key-relay mode: START closed the relay at (SR-MON-4)
     relay_motion_seen: bool = False  # key-relay mode: the belt has moved since START
     relay_last: tuple[int, float] | None = None  # key-relay mode: (time, reading) last tick
+    # When the condition of a duration timer above last cleared while its timer keeps its start
+    # (tick.held_timer: the timer restarts only after CLEAR_HOLD_MS clear; SR-PLAUS-1..3, CHAN-2).
+    overspeed_clear_since_ms: int | None = None
+    follow_clear_since_ms: int | None = None
+    moving_at_rest_clear_since_ms: int | None = None
+    disagree_clear_since_ms: int | None = None
+    follow_too_fast: bool = False  # the last tick not following was too fast (not too slow)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from controller.rules.faults import latch
 from controller.rules.model import FaultCode, Mode, SafetyConfig, StopKind
 from controller.rules.motion import ramp_rate_kmh_s
 from controller.rules.stages import stage_config, stage_limit_kmh
-from controller.rules.tick import Step, replace
+from controller.rules.tick import Step, held_timer, replace
 
 
 def measured_accel_kmh_s(
@@ -53,8 +53,13 @@ def check_overspeed(step: Step) -> None:
     state = step.state
     config = step.config
     if measured_kmh is None:
+        # Not judged: no usable reading is latched by SR-STALE-1 / SR-CHAN-1 / SR-MON-4.
         step.state = replace(
-            step.state, overspeed_since_ms=None, speed_samples=(), runaway_suspect=None
+            step.state,
+            overspeed_since_ms=None,
+            overspeed_clear_since_ms=None,
+            speed_samples=(),
+            runaway_suspect=None,
         )
         return
     reference_kmh = max(stage_limit_kmh(stage_config(state, config), config), state.commanded_kmh)
@@ -92,11 +97,13 @@ def check_overspeed(step: Step) -> None:
             f"km/h + {margin_kmh:.2f} km/h margin (no command accelerates faster than "
             f"{config.runaway_accel_kmh_s:.1f} km/h/s): runaway",
         )
-    if measured_kmh <= reference_kmh + margin_kmh:
-        step.state = replace(step.state, overspeed_since_ms=None)
+    over = measured_kmh > reference_kmh + margin_kmh
+    since_ms, clear_ms = held_timer(
+        state.overspeed_since_ms, state.overspeed_clear_since_ms, over, step.now_ms
+    )
+    step.state = replace(step.state, overspeed_since_ms=since_ms, overspeed_clear_since_ms=clear_ms)
+    if not over or since_ms is None:
         return
-    since_ms = state.overspeed_since_ms if state.overspeed_since_ms is not None else step.now_ms
-    step.state = replace(step.state, overspeed_since_ms=since_ms)
     lasted_ms = step.now_ms - since_ms
     if lasted_ms > config.overspeed_ms:
         latch(
@@ -117,13 +124,22 @@ def check_moving_at_rest(step: Step) -> None:
     should_rest = state.mode is Mode.IDLE or (
         state.mode is Mode.FAULTED and state.fault_rest_reached
     )
-    if measured_kmh is None or not should_rest or measured_kmh <= config.standstill_kmh:
-        step.state = replace(step.state, moving_at_rest_since_ms=None)
+    if measured_kmh is None or not should_rest:
+        # Not judged: no usable reading is latched by SR-STALE-1 / SR-CHAN-1 / SR-MON-4, and a
+        # belt that may move starts a fresh timer when it must rest again.
+        step.state = replace(
+            step.state, moving_at_rest_since_ms=None, moving_at_rest_clear_since_ms=None
+        )
         return
-    since_ms = (
-        state.moving_at_rest_since_ms if state.moving_at_rest_since_ms is not None else step.now_ms
+    moving = measured_kmh > config.standstill_kmh
+    since_ms, clear_ms = held_timer(
+        state.moving_at_rest_since_ms, state.moving_at_rest_clear_since_ms, moving, step.now_ms
     )
-    step.state = replace(step.state, moving_at_rest_since_ms=since_ms)
+    step.state = replace(
+        step.state, moving_at_rest_since_ms=since_ms, moving_at_rest_clear_since_ms=clear_ms
+    )
+    if not moving or since_ms is None:
+        return
     lasted_ms = step.now_ms - since_ms
     if lasted_ms > config.moving_at_rest_ms:
         # Not at rest after all: a latched emergency goes back to sending EStop.
@@ -147,7 +163,11 @@ def check_following(step: Step) -> None:
         fault is not None and fault.stop is StopKind.CONTROLLED and not state.fault_rest_reached
     )
     if fresh is None or not watched:
-        step.state = replace(step.state, follow_since_ms=None)
+        # Not judged: an unusable status is latched by SR-STALE-1 (stale) or as not following
+        # (an invalid reading); a belt no longer watched starts a fresh timer when it is again.
+        step.state = replace(
+            step.state, follow_since_ms=None, follow_clear_since_ms=None, follow_too_fast=False
+        )
         return
     expected_kmh = state.commanded_kmh
     if state.mode is not Mode.RUNNING and expected_kmh == 0.0:
@@ -163,11 +183,22 @@ def check_following(step: Step) -> None:
     # A belt at rest while clearly commanded to move is stalled, even below the tolerance.
     stalled = expected_kmh > 2.0 * config.standstill_kmh and low_kmh <= config.standstill_kmh
     too_slow = state.mode is Mode.RUNNING and (expected_kmh - low_kmh > tolerance_kmh or stalled)
-    if not (too_fast or too_slow):
-        step.state = replace(step.state, follow_since_ms=None)
+    bad = too_fast or too_slow
+    since_ms, clear_ms = held_timer(
+        state.follow_since_ms, state.follow_clear_since_ms, bad, step.now_ms
+    )
+    if not bad and state.mode is not Mode.RUNNING and not state.follow_too_fast:
+        # Too slow is judged only while RUNNING: a timer started by a belt too slow does not
+        # carry into a stop, where only too fast counts; it restarts at once.
+        since_ms = clear_ms = None
+    step.state = replace(
+        step.state,
+        follow_since_ms=since_ms,
+        follow_clear_since_ms=clear_ms,
+        follow_too_fast=too_fast if bad else state.follow_too_fast and since_ms is not None,
+    )
+    if not bad or since_ms is None:
         return
-    since_ms = state.follow_since_ms if state.follow_since_ms is not None else step.now_ms
-    step.state = replace(step.state, follow_since_ms=since_ms)
     lasted_ms = step.now_ms - since_ms
     if lasted_ms <= config.follow_ms:
         return

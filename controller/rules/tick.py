@@ -58,3 +58,42 @@ def sentence(prefix: str, reasons: tuple[str, ...]) -> str:
 def reject(step: Step, command: str, reason: str) -> None:
     """Report a command that changes nothing, with the reason (``command_rejected``)."""
     step.emit("command_rejected", f"{command} rejected: {reason}", command=command, reason=reason)
+
+
+CLEAR_HOLD_MS = 100
+"""How long a duration rule's condition must stay clear before its timer restarts
+(SR-PLAUS-1..3, SR-CHAN-2): 5 ticks at 50 Hz. A speed reading that drops back inside the
+margin for a tick or a few (a belt sensor missing one pulse per roller turn halves one
+reading) must not restart the timer, or repeated dips hide the condition for ever; a reading
+back inside the margin for 100 ms is a belt that has really come back. A constant, not a
+config value: it never lengthens a rule's duration (a condition seen continuously latches
+exactly as before), it only keeps the start through short dips, so no site needs to tune it;
+and not half of ``runaway_window_ms``, which is tuned for the runaway rule's own slope."""
+
+
+def held_timer(
+    since_ms: int | None, clear_since_ms: int | None, condition: bool, now_ms: int
+) -> tuple[int | None, int | None]:
+    """The next ``(since_ms, clear_since_ms)`` of a duration rule's timer.
+
+    The timer starts when ``condition`` is first seen and keeps its start while the condition
+    holds. Once clear, it keeps its start too until the condition has been clear continuously
+    for :data:`CLEAR_HOLD_MS` (``clear_since_ms`` is when it cleared); then both are None. A
+    rule latches only on a tick where the condition holds and the time since ``since_ms`` is
+    over its limit, so a dip raises nothing, and the next bad tick latches if the time is over.
+
+    >>> held_timer(None, None, True, 1000)
+    (1000, None)
+    >>> held_timer(1000, None, False, 1500), held_timer(1000, 1500, True, 1520)
+    ((1000, 1500), (1000, None))
+    >>> held_timer(1000, 1500, False, 1600)
+    (None, None)
+    """
+    if condition:
+        return (now_ms if since_ms is None else since_ms), None
+    if since_ms is None:
+        return None, None
+    clear_ms = now_ms if clear_since_ms is None else clear_since_ms
+    if now_ms - clear_ms >= CLEAR_HOLD_MS:
+        return None, None
+    return since_ms, clear_ms

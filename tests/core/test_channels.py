@@ -29,6 +29,7 @@ from controller.rules.model import (
     StopKind,
 )
 from controller.rules.readiness import start_blockers
+from controller.rules.tick import CLEAR_HOLD_MS
 from tests.core.support import (
     DEFAULT_CONFIG,
     TICK_MS,
@@ -169,9 +170,11 @@ def test_SR_CHAN_2_timer_restarts_when_the_channels_agree_again() -> None:
     rig = at_speed(2.0)
     rig.sensor_kmh = 3.0
     rig.run_ms(CHANNEL.disagree_ms - 100)
-    rig.sensor_kmh = None
+    rig.sensor_kmh = None  # the Pi's sensor agrees with the firmware again
     rig.tick()
-    assert rig.core.disagree_since_ms is None
+    assert rig.core.disagree_since_ms is not None  # one agreeing tick: the timer holds
+    rig.run_ms(CLEAR_HOLD_MS)
+    assert rig.core.disagree_since_ms is None  # agreeing for CLEAR_HOLD_MS: it restarts
     rig.sensor_kmh = 3.0
     rig.run_ms(CHANNEL.disagree_ms - 100)
     assert rig.core.mode is Mode.RUNNING

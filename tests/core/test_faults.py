@@ -23,6 +23,7 @@ from controller.rules.model import (
     Stop,
     StopKind,
 )
+from controller.rules.tick import CLEAR_HOLD_MS
 from firmware_bridge.wire.faults import CATEGORY_0_FAULTS, FAULTS, StopCategory
 from tests.core.support import (
     DEFAULT_CONFIG,
@@ -183,8 +184,9 @@ def test_SR_PLAUS_1_overspeed_timer_restarts_when_speed_drops_back() -> None:
     for _ in range(5):
         rig.measured_kmh = 2.5
         rig.run_ms(400)
-        rig.measured_kmh = 2.0
+        rig.measured_kmh = 2.0  # back within the margin for CLEAR_HOLD_MS: the timer restarts
         rig.tick()
+        rig.run_ms(CLEAR_HOLD_MS)
     rig.measured_kmh = 2.3
     rig.run_ms(2000)
     assert _latched(rig) is None
