@@ -361,3 +361,43 @@ def test_SR_PLAUS_1_2_3_no_usable_reading_restarts_the_timers_and_latches(link: 
     assert (state.follow_since_ms, state.follow_clear_since_ms) == (None, None)
     assert state.fault is not None
     assert state.fault.code is FaultCode.LINK_STALE
+
+
+BAD_AT = {"SR-PLAUS-1": 2.5, "SR-PLAUS-2": 1.0, "SR-PLAUS-3": 0.5, "SR-CHAN-2": 3.0}
+
+
+@pytest.mark.parametrize("rule", sorted(ATTACKS))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(runs=st.lists(st.tuples(st.booleans(), st.integers(1, 8)), min_size=1, max_size=40))
+def test_SR_PLAUS_1_2_3_SR_CHAN_2_property_latch_exactly_when_the_held_timer_runs_out(
+    rule: str, runs: list[tuple[bool, int]]
+) -> None:
+    """Any pattern of bad and clear ticks: the rule latches on the first bad tick more than
+    its limit after the start of the timer written out in :func:`reference_timer`, and not
+    before."""
+    attack = ATTACKS[rule]
+    rig = attack.rig()
+    limit_ms = attack.limit_ms(rig.config)
+    conditions = [bad for bad, ticks in runs for _ in range(ticks)]
+    times_ms = [rig.now_ms + TICK_MS * (i + 1) for i in range(len(conditions))]
+    expected_ms = next(
+        (
+            now
+            for (since, _), bad, now in zip(
+                reference_timer(conditions, times_ms), conditions, times_ms, strict=True
+            )
+            if bad and since is not None and now - since > limit_ms
+        ),
+        None,
+    )
+    latched_ms = None
+    for bad in conditions:
+        if bad:
+            attack.bad(rig, BAD_AT[rule])
+        else:
+            attack.dip(rig)
+        rig.tick()
+        if attack.code in _codes(rig):
+            latched_ms = rig.now_ms
+            break
+    assert latched_ms == expected_ms
