@@ -65,6 +65,33 @@ def check_overspeed(step: Step) -> None:
     reference_kmh = max(stage_limit_kmh(stage_config(state, config), config), state.commanded_kmh)
     margin_kmh = max(config.overspeed_abs_kmh, config.overspeed_rel * reference_kmh)
     # The higher of the speed channels goes through the runaway rule (SR-PLAUS-5).
+    _check_runaway(step, measured_kmh, reference_kmh, margin_kmh)
+    over = measured_kmh > reference_kmh + margin_kmh
+    since_ms, clear_ms = held_timer(
+        state.overspeed_since_ms, state.overspeed_clear_since_ms, over, step.now_ms
+    )
+    step.state = replace(step.state, overspeed_since_ms=since_ms, overspeed_clear_since_ms=clear_ms)
+    if not over or since_ms is None:
+        return
+    lasted_ms = step.now_ms - since_ms
+    if lasted_ms > config.overspeed_ms:
+        latch(
+            step,
+            FaultCode.OVERSPEED,
+            StopKind.EMERGENCY,
+            f"Belt measured at {measured_kmh:.2f} km/h{_source(step, measured_kmh)} for "
+            f"{lasted_ms} ms, above the allowed {reference_kmh:.2f} km/h + {margin_kmh:.2f} "
+            "km/h margin",
+        )
+
+
+def _check_runaway(
+    step: Step, measured_kmh: float, reference_kmh: float, margin_kmh: float
+) -> None:
+    """A runaway above ``reference_kmh + margin_kmh``, confirmed after half a window: EStop
+    (SR-PLAUS-5)."""
+    state = step.state
+    config = step.config
     samples, accel_kmh_s = measured_accel_kmh_s(
         state.speed_samples, measured_kmh, step.now_ms, config.runaway_window_ms
     )
@@ -96,23 +123,6 @@ def check_overspeed(step: Step) -> None:
             f"accelerating at {accel_kmh_s:.1f} km/h/s, above the allowed {reference_kmh:.2f} "
             f"km/h + {margin_kmh:.2f} km/h margin (no command accelerates faster than "
             f"{config.runaway_accel_kmh_s:.1f} km/h/s): runaway",
-        )
-    over = measured_kmh > reference_kmh + margin_kmh
-    since_ms, clear_ms = held_timer(
-        state.overspeed_since_ms, state.overspeed_clear_since_ms, over, step.now_ms
-    )
-    step.state = replace(step.state, overspeed_since_ms=since_ms, overspeed_clear_since_ms=clear_ms)
-    if not over or since_ms is None:
-        return
-    lasted_ms = step.now_ms - since_ms
-    if lasted_ms > config.overspeed_ms:
-        latch(
-            step,
-            FaultCode.OVERSPEED,
-            StopKind.EMERGENCY,
-            f"Belt measured at {measured_kmh:.2f} km/h{_source(step, measured_kmh)} for "
-            f"{lasted_ms} ms, above the allowed {reference_kmh:.2f} km/h + {margin_kmh:.2f} "
-            "km/h margin",
         )
 
 
@@ -183,21 +193,8 @@ def check_following(step: Step) -> None:
     # A belt at rest while clearly commanded to move is stalled, even below the tolerance.
     stalled = expected_kmh > 2.0 * config.standstill_kmh and low_kmh <= config.standstill_kmh
     too_slow = state.mode is Mode.RUNNING and (expected_kmh - low_kmh > tolerance_kmh or stalled)
-    bad = too_fast or too_slow
-    since_ms, clear_ms = held_timer(
-        state.follow_since_ms, state.follow_clear_since_ms, bad, step.now_ms
-    )
-    if not bad and state.mode is not Mode.RUNNING and not state.follow_too_fast:
-        # Too slow is judged only while RUNNING: a timer started by a belt too slow does not
-        # carry into a stop, where only too fast counts; it restarts at once.
-        since_ms = clear_ms = None
-    step.state = replace(
-        step.state,
-        follow_since_ms=since_ms,
-        follow_clear_since_ms=clear_ms,
-        follow_too_fast=too_fast if bad else state.follow_too_fast and since_ms is not None,
-    )
-    if not bad or since_ms is None:
+    since_ms = _follow_timer(step, too_fast, too_slow)
+    if since_ms is None:
         return
     lasted_ms = step.now_ms - since_ms
     if lasted_ms <= config.follow_ms:
@@ -217,6 +214,27 @@ def check_following(step: Step) -> None:
         StopKind.EMERGENCY if too_fast else StopKind.CONTROLLED,
         seen,
     )
+
+
+def _follow_timer(step: Step, too_fast: bool, too_slow: bool) -> int | None:
+    """Advance the not-following timer (``tick.held_timer``); its start on a tick not
+    following, None on a tick that follows (SR-PLAUS-2)."""
+    state = step.state
+    bad = too_fast or too_slow
+    since_ms, clear_ms = held_timer(
+        state.follow_since_ms, state.follow_clear_since_ms, bad, step.now_ms
+    )
+    if not bad and state.mode is not Mode.RUNNING and not state.follow_too_fast:
+        # Too slow is judged only while RUNNING: a timer started by a belt too slow does not
+        # carry into a stop, where only too fast counts; it restarts at once.
+        since_ms = clear_ms = None
+    step.state = replace(
+        step.state,
+        follow_since_ms=since_ms,
+        follow_clear_since_ms=clear_ms,
+        follow_too_fast=too_fast if bad else state.follow_too_fast and since_ms is not None,
+    )
+    return since_ms if bad else None
 
 
 def _source(step: Step, speed_kmh: float) -> str:
