@@ -669,10 +669,11 @@ def test_SR_CHAN_3_SR_PLAUS_1_a_dipping_firmware_reading_cannot_hide_an_overspee
 ) -> None:
     """The belt holds at 5.0 km/h on stage 1 (limit 2.0 km/h) and the firmware's reading
     falls back to the commanded 2.0 km/h for one tick every ``dip_every_ms`` (a sensor that
-    misses pulses): every such tick restarts the overspeed and not-following timers of that
-    channel. The Pi's belt sensor reads 5.0 km/h throughout; overspeed is judged on the
-    higher reading (SR-CHAN-3), so the belt is stopped with ESTOP after ``overspeed_ms``
-    (or sooner by SR-CHAN-2), whatever the dips."""
+    misses pulses); such a dip does not restart the timers either (they hold for
+    ``CLEAR_HOLD_MS``, see test_held_timers.py for the firmware reading alone). The Pi's belt
+    sensor reads 5.0 km/h throughout; overspeed is judged on the higher reading (SR-CHAN-3),
+    so the belt is stopped with ESTOP after ``overspeed_ms`` (or sooner by SR-CHAN-2),
+    whatever the dips."""
     config = make_config(second_channel=ChannelConfig())
     rig = ChannelRig(config=config)
     rig.tick()
