@@ -154,6 +154,33 @@ def test_SR_MOTION_2_falling_below_the_set_point_still_decelerates_at_the_stage_
     assert rig.core.mode is Mode.RUNNING
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    rates=st.sampled_from([(2.0, 1.5), (3.6, 0.2), (1.0, 0.5), (0.5, 0.5)]),
+    sent_kmh=st.floats(min_value=0.6, max_value=2.9),
+    lag_kmh=st.floats(min_value=0.0, max_value=0.1),
+)
+def test_SR_MOTION_2_property_holding_at_the_speed_last_sent_carries_the_lower_rate(
+    rates: tuple[float, float], sent_kmh: float, lag_kmh: float
+) -> None:
+    """A speed held at the speed last sent, with the firmware's set-point there or still
+    ramping up toward it, is not above both: it may be judged holding, and carries the lower
+    of the stage's two rates, also for a stage that accelerates faster than it decelerates.
+    ``rates``: (accel, decel) in km/h/s."""
+    accel_kmh_s, decel_kmh_s = rates
+    config = single_stage_config(
+        max_kmh=3.0, accel_kmh_s=accel_kmh_s, decel_kmh_s=decel_kmh_s, hands=0,
+        action=GripLossAction.NONE, grace_ms=0,
+    )  # fmt: skip
+    rig = running_rig(config)
+    rig.state = replace(rig.core, target_kmh=sent_kmh, commanded_kmh=sent_kmh)
+    rig.fw_commanded_kmh = rig.measured_kmh = sent_kmh - lag_kmh
+    motion = rig.tick().motion
+    assert isinstance(motion, SetSpeed)
+    assert motion.speed_kmh == sent_kmh
+    assert motion.accel_kmh_s == min(rates)
+
+
 # ---------------------------------------------------------------- SR-GRIP-2, SR-GRIP-10
 
 
