@@ -401,3 +401,49 @@ def test_SR_PLAUS_1_2_3_SR_CHAN_2_property_latch_exactly_when_the_held_timer_run
             latched_ms = rig.now_ms
             break
     assert latched_ms == expected_ms
+
+
+# ------------------------------------------------------------------ a rule no longer judged
+
+
+def _sensor_missing(rig: Rig) -> None:
+    assert isinstance(rig, ChannelRig)
+    rig.sensor_missing = True
+
+
+def _firmware_stale(rig: Rig) -> None:
+    rig.link = "stale"
+
+
+CLEAR_SINCE: dict[str, Callable[[Rig], int | None]] = {
+    "SR-PLAUS-3": lambda rig: rig.core.moving_at_rest_clear_since_ms,
+    "SR-CHAN-2": lambda rig: rig.core.disagree_clear_since_ms,
+}
+
+
+@ATTACK_SETTINGS
+@given(data=st.data())
+@pytest.mark.parametrize(
+    ("rule", "unjudged"),
+    [
+        ("SR-PLAUS-3", _firmware_stale),
+        ("SR-CHAN-2", _sensor_missing),
+        ("SR-CHAN-2", _firmware_stale),
+    ],
+)
+def test_SR_PLAUS_3_SR_CHAN_2_a_timer_no_longer_judged_starts_fresh_with_no_clear_time(
+    rule: str, unjudged: Callable[[Rig], None], data: st.DataObject
+) -> None:
+    """A rule that stops judging (no usable reading) during a dip drops its whole timer: no
+    start and no clear time left behind, so the next bad reading starts a fresh timer."""
+    attack = ATTACKS[rule]
+    rig = attack.rig()
+    attack.bad(rig, data.draw(BAD_KMH[rule]))
+    rig.tick()
+    attack.dip(rig)
+    rig.tick()
+    assert attack.since(rig) is not None
+    assert CLEAR_SINCE[rule](rig) == rig.now_ms
+    unjudged(rig)
+    rig.tick()
+    assert (attack.since(rig), CLEAR_SINCE[rule](rig)) == (None, None)
