@@ -447,3 +447,29 @@ def test_SR_PLAUS_3_SR_CHAN_2_a_timer_no_longer_judged_starts_fresh_with_no_clea
     unjudged(rig)
     rig.tick()
     assert (attack.since(rig), CLEAR_SINCE[rule](rig)) == (None, None)
+
+
+@ATTACK_SETTINGS
+@given(bad_kmh=st.one_of(BAD_KMH["SR-PLAUS-2"], st.floats(3.0, 4.0)))
+def test_SR_PLAUS_2_a_follow_timer_no_longer_judged_starts_fresh_with_no_clear_time(
+    bad_kmh: float,
+) -> None:
+    """The not-following timer, too slow or too fast, dropped as a whole when the status
+    becomes unusable during a dip: no start, no clear time, and not marked too fast."""
+    attack = ATTACKS["SR-PLAUS-2"]
+    rig = attack.rig()
+    attack.bad(rig, bad_kmh)
+    rig.tick()
+    assert rig.core.follow_too_fast is (bad_kmh > 2.0)
+    attack.dip(rig)
+    rig.tick()
+    assert attack.since(rig) is not None
+    assert rig.core.follow_clear_since_ms == rig.now_ms
+    _firmware_stale(rig)
+    rig.tick()
+    core = rig.core
+    assert (core.follow_since_ms, core.follow_clear_since_ms, core.follow_too_fast) == (
+        None,
+        None,
+        False,
+    )
