@@ -5,6 +5,7 @@ belt sensor, the key relay, the firmware bridge and the training program.
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -52,9 +53,15 @@ async def start_simulator(
 
 
 def open_bridge(
-    config: AppConfig, port: str, clock_ms: Callable[[], int], simulator: Any | None
+    config: AppConfig,
+    port: str,
+    clock_ms: Callable[[], int],
+    simulator: Any | None,
+    *,
+    rng: random.Random | None = None,
 ) -> FirmwareBridge:
-    """The firmware bridge on ``port`` (not started: its ``run()`` is a service task)."""
+    """The firmware bridge on ``port`` (not started: its ``run()`` is a service task);
+    ``rng`` draws its reconnect jitter (None: unseeded; a scenario seeds it to replay)."""
     return FirmwareBridge(
         port,
         baud=config.serial.baud,
@@ -64,6 +71,7 @@ def open_bridge(
         link_timeout_ms=config.serial.link_timeout_ms,
         # an in-memory simulator (firmware_bridge.sim.memory) brings its own link
         open_port=getattr(simulator, "open_connection", None),
+        rng=rng,
     )
 
 

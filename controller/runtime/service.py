@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import random
 from collections import deque
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -96,6 +97,7 @@ class Service:
         simulator: Any | None = None,
         enable_mqtt: bool | None = None,
         install_signal_handlers: bool = True,
+        jitter_rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -107,6 +109,7 @@ class Service:
         self.simulator = simulator
         self._enable_mqtt = config.mqtt.enabled if enable_mqtt is None else enable_mqtt
         self._install_signal_handlers = install_signal_handlers
+        self._jitter_rng = jitter_rng  # the bridge's reconnect jitter; None: unseeded
 
         self.state: CoreState = core.initial_state(self._safety)
         self.last_inputs: Inputs | None = None
@@ -544,7 +547,9 @@ class Service:
         if self.relay_mode:
             self.key_relay = open_key_relay(config, factory, self.simulator, stack)
         else:
-            self.bridge = open_bridge(config, port, self._clock_ms, self.simulator)
+            self.bridge = open_bridge(
+                config, port, self._clock_ms, self.simulator, rng=self._jitter_rng
+            )
             self.bridge.on_link_change = self._on_link_change
         if config.training.enabled:
             self.training = open_training(config, self._safety)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -340,6 +341,8 @@ async def run_scenario(
             enable_mqtt=False,
             install_signal_handlers=False,
             clock_ms=clock_ms,
+            # the reconnect jitter too follows the scenario's seed: a replug is retried alike
+            jitter_rng=random.Random(spec.seed),  # noqa: S311 - backoff jitter, not cryptography
         )
         records: list[TickRecord] = []
         service.observers.append(records.append)

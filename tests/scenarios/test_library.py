@@ -10,6 +10,7 @@ once: 13 s, but p99 lateness 23 ms, more than the 20 ms control period. Default 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import re
 from pathlib import Path
@@ -20,6 +21,8 @@ from controller.tools.scenario import ScenarioRunError, run_scenarios
 from controller.tools.scenario_results import ScenarioResult, format_report
 from controller.tools.scenario_spec import load_scenario, load_scenario_config
 from controller.tools.virtual_time import run_virtual
+from firmware_bridge.port.bridge import FirmwareBridge
+from firmware_bridge.wire.session_actions import JITTER_RANGE, backoff_s
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO_DIR = REPO / "scenarios"
@@ -175,3 +178,76 @@ def test_docs_list_every_scenario() -> None:
     doc = (REPO / "docs" / "scenarios.md").read_text(encoding="utf-8")
     missing = [path.name for path in FILES if f"(../scenarios/{path.name})" not in doc]
     assert not missing, f"docs/scenarios.md does not list: {missing}"
+
+
+def _latest_reopen_s(outage_s: float, min_s: float, max_s: float) -> float:
+    """The latest the bridge can try to open the port again after a cable that was out for
+    ``outage_s`` is back, over every jitter the back-off can draw (``backoff_s``): the try
+    that straddles the replug comes at most one (largest) back-off after the last try before
+    it, and that last try can come just before the replug."""
+    low, high = JITTER_RANGE
+    earliest_s = latest_s = 0.0  # the k-th try after the link loss, with the least/most jitter
+    worst_s = 0.0
+    for failures in range(1, 64):
+        if earliest_s >= outage_s:
+            break  # even the least jitter has a try at or after the replug: later ones wait
+        largest_s = backoff_s(failures, min_s, max_s, high)
+        worst_s = max(worst_s, min(latest_s, outage_s) + largest_s - outage_s)
+        earliest_s += backoff_s(failures, min_s, max_s, low)
+        latest_s += largest_s
+    return worst_s
+
+
+#: Time allowed on top of the latest reopen for the open, the handshake and a loaded host.
+REOPEN_ALLOWANCE_S = 0.3
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_a_link_restored_window_covers_the_slowest_designed_reconnect(path: Path) -> None:
+    """A scenario that replugs the cable and expects ``link_restored`` must wait for the
+    bridge's slowest reconnect by design, not for a lucky draw of its jitter."""
+    spec = load_scenario(path).spec
+    unplugged_s = [s.at_s for s in spec.steps if s.sim_fault == "disconnect"]
+    replugged_s = [s.at_s for s in spec.steps if s.sim_clear == "disconnect"]
+    defaults = inspect.signature(FirmwareBridge.__init__).parameters
+    min_s = float(defaults["reconnect_min_s"].default)
+    max_s = float(defaults["reconnect_max_s"].default)
+    for expect in spec.expect:
+        if expect.event != "link_restored" or expect.to_s is None:
+            continue
+        replug_s = max(t for t in replugged_s if expect.from_s is None or t <= expect.from_s)
+        unplug_s = max(t for t in unplugged_s if t < replug_s)
+        needed_s = replug_s + _latest_reopen_s(replug_s - unplug_s, min_s, max_s)
+        assert expect.to_s >= needed_s + REOPEN_ALLOWANCE_S, (
+            f"{path.name}: link_restored awaited until {expect.to_s} s, but after the "
+            f"{replug_s - unplug_s:.2f} s unplug the bridge may first try to reopen at "
+            f"{needed_s:.2f} s; wait until at least {needed_s + REOPEN_ALLOWANCE_S:.2f} s"
+        )
+
+
+def test_latest_reopen_matches_the_back_off_by_hand() -> None:
+    """The 1.5 s unplug of link_loss_firmware_lease_stops_belt: tries 0.15-0.25, 0.45-0.75,
+    1.05-1.75 s after the loss; the 4th (1.2-2.0 s later) can follow a 3rd just before 1.5 s."""
+    assert _latest_reopen_s(1.5, 0.2, 5.0) == pytest.approx(2.0)
+    assert _latest_reopen_s(0.025, 0.2, 5.0) == pytest.approx(0.25 - 0.025)
+    assert _latest_reopen_s(0.9, 0.2, 5.0) == pytest.approx(0.75 + 1.0 - 0.9)
+
+
+@pytest.mark.slow
+def test_the_link_comes_back_at_the_same_time_in_every_run_with_a_seed(
+    library_results: dict[str, ScenarioResult | ScenarioRunError],
+) -> None:
+    """Run again on the virtual clock, a scenario that unplugs the cable sees the link come
+    back at the same moment: the link's reconnect jitter follows the scenario's seed."""
+    name = "link_loss_firmware_lease_stops_belt"
+    again = _run([SCENARIO_DIR / f"{name}.yaml"], virtual=True)[name]
+    first = library_results[name]
+    assert not isinstance(first, ScenarioRunError)
+    assert not isinstance(again, ScenarioRunError)
+
+    def restored(result: ScenarioResult) -> str:
+        (observed,) = [e.observed for e in result.expectations if "link_restored" in e.text]
+        return observed
+
+    assert restored(again) == restored(first)
+    assert restored(first).startswith("at ")
