@@ -48,16 +48,31 @@ def next_deadline_ms(state: CoreState, inputs: Inputs, config: SafetyConfig) -> 
     edges = state.grip_edges_ms
     if len(edges) >= config.grip_chatter_edges:
         candidates.append(edges[-config.grip_chatter_edges] + config.grip_chatter_window_ms)
-    if state.overspeed_since_ms is not None:
-        candidates.append(state.overspeed_since_ms + config.overspeed_ms + 1)
-    if state.follow_since_ms is not None:
-        candidates.append(state.follow_since_ms + config.follow_ms + 1)
-    if state.moving_at_rest_since_ms is not None:
-        candidates.append(state.moving_at_rest_since_ms + config.moving_at_rest_ms + 1)
+    soonest_ms = 0 if now_ms is None else now_ms + 1
+    candidates.extend(
+        _held_deadline_ms(since_ms, clear_ms, limit_ms, soonest_ms)
+        for since_ms, clear_ms, limit_ms in (
+            (state.overspeed_since_ms, state.overspeed_clear_since_ms, config.overspeed_ms),
+            (state.follow_since_ms, state.follow_clear_since_ms, config.follow_ms),
+            (
+                state.moving_at_rest_since_ms,
+                state.moving_at_rest_clear_since_ms,
+                config.moving_at_rest_ms,
+            ),
+        )
+        if since_ms is not None
+    )
     if state.runaway_suspect is not None:
         candidates.append(state.runaway_suspect[0] + runaway_confirm_ms(config) + 1)
     if state.disagree_since_ms is not None and config.second_channel is not None:
-        candidates.append(state.disagree_since_ms + config.second_channel.disagree_ms + 1)
+        candidates.append(
+            _held_deadline_ms(
+                state.disagree_since_ms,
+                state.disagree_clear_since_ms,
+                config.second_channel.disagree_ms,
+                soonest_ms,
+            )
+        )
     if state.link_window is not None and inputs.link is not None:
         candidates.append(state.link_window[0] + config.link_window_ms)
     if state.reset_armed_ms is not None:
@@ -77,6 +92,16 @@ def next_deadline_ms(state: CoreState, inputs: Inputs, config: SafetyConfig) -> 
         candidates.extend(_relay_deadlines_ms(state, inputs, config.key_relay))
     later = [t for t in candidates if now_ms is None or t > now_ms]
     return min(later) if later else None
+
+
+def _held_deadline_ms(since_ms: int, clear_ms: int | None, limit_ms: int, soonest_ms: int) -> int:
+    """When a duration timer (``tick.held_timer``) can act: one ms past its limit. A timer held
+    through a clear spell (``clear_ms`` set) latches at the first tick its condition is seen
+    again once past the limit, and a change made later in this tick (a lower stage or cap, a
+    falling ramp, a mode change) can make the same reading bad: past its limit, such a timer
+    can act at the next possible millisecond. It is held for at most ``CLEAR_HOLD_MS``."""
+    due_ms = since_ms + limit_ms + 1
+    return due_ms if clear_ms is None else max(due_ms, soonest_ms)
 
 
 def _running_grip_deadlines_ms(

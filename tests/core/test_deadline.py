@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from controller.rules.core import decide
@@ -42,8 +42,10 @@ from tests.core.support import (
     reset_waiting_rig,
     running_rig,
     single_stage_config,
+    tick_while,
 )
 
+QUIET_LINK = {"stale_ms": 5000}  # the stale-status deadline out of the way
 HORIZON_MS = 60_000  # with no deadline, nothing may change within this time either
 
 LOCAL_COMMANDS: tuple[LocalCommand, ...] = (
@@ -147,11 +149,41 @@ timer_configs = st.builds(
 )
 
 
+def _knobs(**changes: object) -> dict[str, object]:
+    """One step of the property below: a quiet tick 20 ms on, with ``changes``."""
+    knobs: dict[str, object] = {
+        "dt_ms": 20,
+        "grip": (True, True),
+        "estop": False,
+        "key": True,
+        "fw_key": True,
+        "link": "fresh",
+        "measured_kmh": None,
+        "fw_state": FirmwareState.IDLE,
+        "fw_fault": 0,
+        "fw_commanded_kmh": 0.0,
+        "local": [],
+        "remote": [],
+        "inside": [],
+    }
+    return knobs | changes
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     config=timer_configs,
     start=st.sampled_from((0, 1, 2, 3, 4)),
     steps=st.lists(step_knobs, min_size=1, max_size=30),
+)
+# Found by this property: an overspeed timer held through a clear tick, past its limit, and
+# a stage cap in that tick making the same reading over the limit (the next tick latches).
+@example(
+    config=make_config(*DEFAULT_STAGES, overspeed_ms=20),
+    start=2,
+    steps=[
+        _knobs(measured_kmh=4.0),
+        _knobs(dt_ms=21, measured_kmh=3.0, remote=[RemoteLowerStageCap(1)]),
+    ],
 )
 def test_SR_TIMER_1_property_no_decision_changes_before_the_deadline(
     config: SafetyConfig, start: int, steps: list[dict[str, object]]
@@ -250,6 +282,49 @@ def test_SR_TIMER_1_a_stage_lowered_onto_a_chattering_sensor_acts_at_the_next_mi
     assert at.state.fault.code is FaultCode.GRIP_SENSOR
 
 
+def test_SR_TIMER_1_a_held_timer_past_its_limit_acts_at_the_next_millisecond() -> None:
+    """Found by the property above: an overspeed timer held through a short clear spell
+    (SR-PLAUS-1, ``held_timer``) has passed its limit, and a remote cap in that tick lowers
+    the stage after the check, so the same reading is now over the limit: the latch is due at
+    the next millisecond, not at the stale-status deadline."""
+    config = make_config(*DEFAULT_STAGES, overspeed_ms=200, follow_ms=2500, **QUIET_LINK)
+    rig = running_rig(config, 2)
+    rig.measured_kmh = 4.0  # above stage 2's 3.5 + 0.3 km/h
+    started = rig.tick()
+    since_ms = started.state.overspeed_since_ms
+    assert since_ms == rig.now_ms
+    rig.run_ms(180)
+    rig.measured_kmh = 3.0  # inside stage 2's limit: the timer is held, not restarted
+    rig.run_ms(20)
+    rig.now_ms = since_ms + config.overspeed_ms + 5
+    inputs = rig.inputs((), (RemoteLowerStageCap(stage=1),))
+    decision = decide(rig.core, inputs, config, rig.now_ms)
+    assert decision.state.mode is Mode.RUNNING
+    assert decision.state.stage == 1
+    assert decision.state.overspeed_since_ms == since_ms
+    assert decision.state.overspeed_clear_since_ms is not None
+    assert decision.next_deadline_ms == rig.now_ms + 1
+    assert_deadline_holds(decision, inputs, config, rig.now_ms, [])
+    at = decide(decision.state, inputs, config, rig.now_ms + 1)
+    assert at.state.fault is not None
+    assert at.state.fault.code is FaultCode.OVERSPEED
+
+
+def test_SR_TIMER_1_an_overspeed_that_goes_on_after_its_latch_does_not_wake_every_ms() -> None:
+    """Only a held timer (its condition clear) is due at once past its limit: a condition
+    that goes on after it has latched wakes the loop at the other timers, not every ms."""
+    config = make_config(*DEFAULT_STAGES, overspeed_ms=200, follow_ms=2500, **QUIET_LINK)
+    rig = running_rig(config, 2)
+    rig.measured_kmh = 4.0
+    tick_while(rig, lambda: rig.core.fault is None)
+    assert rig.core.fault is not None
+    assert rig.core.fault.code is FaultCode.OVERSPEED
+    decision = rig.tick()
+    assert decision.state.overspeed_clear_since_ms is None
+    assert decision.next_deadline_ms is None or decision.next_deadline_ms > rig.now_ms + 1
+    assert_deadline_holds(decision, rig.inputs(), config, rig.now_ms, [0, 500, 1000])
+
+
 def test_SR_GRIP_10_deadline_is_the_end_of_the_regrip_time() -> None:
     """A touch during a grip loss holds the grace off until it has become a hold; the
     deadline is when it does, and then the loss ends."""
@@ -269,9 +344,6 @@ def test_SR_GRIP_10_deadline_is_the_end_of_the_regrip_time() -> None:
     at = decide(touched.state, inputs, config, held_ms + config.grip_regrip_ms)
     assert at.state.mode is Mode.RUNNING
     assert at.state.grip_lost_since_ms is None
-
-
-QUIET_LINK = {"stale_ms": 5000}  # the stale-status deadline out of the way
 
 
 def test_SR_PLAUS_3_deadline_is_one_ms_past_the_moving_at_rest_time() -> None:
