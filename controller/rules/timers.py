@@ -48,31 +48,7 @@ def next_deadline_ms(state: CoreState, inputs: Inputs, config: SafetyConfig) -> 
     edges = state.grip_edges_ms
     if len(edges) >= config.grip_chatter_edges:
         candidates.append(edges[-config.grip_chatter_edges] + config.grip_chatter_window_ms)
-    soonest_ms = 0 if now_ms is None else now_ms + 1
-    candidates.extend(
-        _held_deadline_ms(since_ms, clear_ms, limit_ms, soonest_ms)
-        for since_ms, clear_ms, limit_ms in (
-            (state.overspeed_since_ms, state.overspeed_clear_since_ms, config.overspeed_ms),
-            (state.follow_since_ms, state.follow_clear_since_ms, config.follow_ms),
-            (
-                state.moving_at_rest_since_ms,
-                state.moving_at_rest_clear_since_ms,
-                config.moving_at_rest_ms,
-            ),
-        )
-        if since_ms is not None
-    )
-    if state.runaway_suspect is not None:
-        candidates.append(state.runaway_suspect[0] + runaway_confirm_ms(config) + 1)
-    if state.disagree_since_ms is not None and config.second_channel is not None:
-        candidates.append(
-            _held_deadline_ms(
-                state.disagree_since_ms,
-                state.disagree_clear_since_ms,
-                config.second_channel.disagree_ms,
-                soonest_ms,
-            )
-        )
+    candidates.extend(_duration_deadlines_ms(state, config, now_ms))
     if state.link_window is not None and inputs.link is not None:
         candidates.append(state.link_window[0] + config.link_window_ms)
     if state.reset_armed_ms is not None:
@@ -92,6 +68,37 @@ def next_deadline_ms(state: CoreState, inputs: Inputs, config: SafetyConfig) -> 
         candidates.extend(_relay_deadlines_ms(state, inputs, config.key_relay))
     later = [t for t in candidates if now_ms is None or t > now_ms]
     return min(later) if later else None
+
+
+def _duration_deadlines_ms(state: CoreState, config: SafetyConfig, now_ms: int | None) -> list[int]:
+    """The duration rules' timers: overspeed, not following, moving at rest, the runaway
+    confirmation and the speed channels disagreeing (SR-PLAUS-1, 2, 3, 5, SR-CHAN-2)."""
+    soonest_ms = 0 if now_ms is None else now_ms + 1
+    held = [
+        (state.overspeed_since_ms, state.overspeed_clear_since_ms, config.overspeed_ms),
+        (state.follow_since_ms, state.follow_clear_since_ms, config.follow_ms),
+        (
+            state.moving_at_rest_since_ms,
+            state.moving_at_rest_clear_since_ms,
+            config.moving_at_rest_ms,
+        ),
+    ]
+    if config.second_channel is not None:
+        held.append(
+            (
+                state.disagree_since_ms,
+                state.disagree_clear_since_ms,
+                config.second_channel.disagree_ms,
+            )
+        )
+    deadlines = [
+        _held_deadline_ms(since_ms, clear_ms, limit_ms, soonest_ms)
+        for since_ms, clear_ms, limit_ms in held
+        if since_ms is not None
+    ]
+    if state.runaway_suspect is not None:
+        deadlines.append(state.runaway_suspect[0] + runaway_confirm_ms(config) + 1)
+    return deadlines
 
 
 def _held_deadline_ms(since_ms: int, clear_ms: int | None, limit_ms: int, soonest_ms: int) -> int:
