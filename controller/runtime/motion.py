@@ -6,25 +6,47 @@ from __future__ import annotations
 
 import logging
 
-from controller.rules.model import EStop, MotionCommand, SetSpeed, Stop
+from controller.rules.model import (
+    EStop,
+    FirmwareState,
+    FirmwareStatus,
+    MotionCommand,
+    SetSpeed,
+    Stop,
+)
 from firmware_bridge.port.bridge import FirmwareBridge
 
 logger = logging.getLogger(__name__)
 
-STOP_REPEAT_MS = 250  # a Stop/EStop is re-sent this often while it stays the decision
+STOP_REPEAT_MS = 250  # a Stop/EStop is re-sent this often once the firmware is acting on it
+
+
+def firmware_running(status: FirmwareStatus | None) -> bool:
+    """The firmware's latest STATUS says RUNNING (fresh or not), or none has come yet: a stop
+    sent may not have reached it."""
+    return status is None or status.state is FirmwareState.RUNNING
 
 
 class MotionSender:
     """Writes motion commands to the bridge (``None`` before it is opened, and always in
     key-relay mode) without waiting: SET_SPEED every tick, since each one renews the
-    firmware's lease (FW-3); a STOP or ESTOP once per ``STOP_REPEAT_MS`` while it stays the
-    decision (the link acks and retransmits those)."""
+    firmware's lease (FW-3). A STOP or ESTOP (which the link acks and retransmits) goes out
+    every tick while the firmware's latest STATUS still says RUNNING, so a lossy link
+    carries one within a few ticks (SR-FAULT-5), then once per ``STOP_REPEAT_MS`` while it
+    stays the decision."""
 
     def __init__(self) -> None:
         self._last_sent: tuple[MotionCommand, int] | None = None
 
-    def carry_out(self, bridge: FirmwareBridge | None, motion: MotionCommand, now_ms: int) -> None:
-        """Send ``motion`` as the core decided it at ``now_ms``."""
+    def carry_out(
+        self,
+        bridge: FirmwareBridge | None,
+        motion: MotionCommand,
+        now_ms: int,
+        firmware: FirmwareStatus | None,
+    ) -> None:
+        """Send ``motion`` as the core decided it at ``now_ms``; ``firmware``: the firmware's
+        latest STATUS, fresh or not (None: none yet)."""
         if bridge is None:
             return
         if isinstance(motion, SetSpeed):
@@ -33,8 +55,9 @@ class MotionSender:
             self._last_sent = (motion, now_ms)
             return
         last = self._last_sent
-        if last is not None and last[0] == motion and now_ms - last[1] < STOP_REPEAT_MS:
-            return  # the same stop was sent moments ago (reliable: acked and retransmitted)
+        repeat_ms = 0 if firmware_running(firmware) else STOP_REPEAT_MS
+        if last is not None and last[0] == motion and now_ms - last[1] < repeat_ms:
+            return  # the firmware is acting on the same stop, sent moments ago
         if isinstance(motion, EStop):
             bridge.estop()
         elif isinstance(motion, Stop):

@@ -242,7 +242,8 @@ class Service:
         )
         self.state = decision.state
         self.last_motion = decision.motion
-        self._motion.carry_out(self.bridge, decision.motion, now_ms)
+        firmware = None if self.last_inputs is None else self.last_inputs.firmware
+        self._motion.carry_out(self.bridge, decision.motion, now_ms, firmware)
         for event in decision.events:
             self._emit(event)
 
@@ -271,7 +272,7 @@ class Service:
             shutdown_stop=shutdown_stop,
         )
         decision = core.decide(self.state, inputs, self._safety, now_ms)
-        self._motion.carry_out(bridge, decision.motion, now_ms)
+        self._motion.carry_out(bridge, decision.motion, now_ms, inputs.firmware)
         if decision.clear_firmware_fault and bridge is not None:
             bridge.clear_fault()
         if decision.key_relay and self.key_relay is not None:
