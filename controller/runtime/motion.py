@@ -22,9 +22,10 @@ STOP_REPEAT_MS = 250  # a Stop/EStop is re-sent this often once the firmware is 
 
 
 def firmware_running(status: FirmwareStatus | None) -> bool:
-    """The firmware's latest STATUS says RUNNING (fresh or not), or none has come yet: a stop
-    sent may not have reached it."""
-    return status is None or status.state is FirmwareState.RUNNING
+    """The firmware's latest STATUS says RUNNING (fresh or not): a stop sent may not have
+    reached it. With no STATUS yet the belt has never been started by this service (a start
+    needs a fresh one, SR-START-2)."""
+    return status is not None and status.state is FirmwareState.RUNNING
 
 
 class MotionSender:
