@@ -255,6 +255,21 @@ def test_SR_GRIP_7_deadline_is_the_end_of_the_stuck_window() -> None:
     assert [e.kind for e in at.events] == ["grip_sensor_stuck"]
 
 
+def _capped_to_stage_1_latches_at_the_next_ms(rig: Rig, code: FaultCode) -> Decision:
+    """A remote cap to stage 1 now: still RUNNING at stage 1, due at the next millisecond,
+    nothing changing before it, and ``code`` latched then. Returns the capping decision."""
+    inputs = rig.inputs((), (RemoteLowerStageCap(stage=1),))
+    decision = decide(rig.core, inputs, rig.config, rig.now_ms)
+    assert decision.state.mode is Mode.RUNNING
+    assert decision.state.stage == 1
+    assert decision.next_deadline_ms == rig.now_ms + 1
+    assert_deadline_holds(decision, inputs, rig.config, rig.now_ms, [])
+    at = decide(decision.state, inputs, rig.config, rig.now_ms + 1)
+    assert at.state.fault is not None
+    assert at.state.fault.code is code
+    return decision
+
+
 def test_SR_TIMER_1_a_stage_lowered_onto_a_chattering_sensor_acts_at_the_next_millisecond() -> None:
     """Found by the property above: both hands released at once are two edges (a chatter at
     ``grip_chatter_edges=2``) and a remote cap lowers the stage to one that latches on a
@@ -272,14 +287,7 @@ def test_SR_TIMER_1_a_stage_lowered_onto_a_chattering_sensor_acts_at_the_next_mi
     rig = running_rig(config, 3)
     rig.now_ms += 1
     rig.grip = (False, False)
-    inputs = rig.inputs((), (RemoteLowerStageCap(stage=1),))
-    decision = decide(rig.core, inputs, config, rig.now_ms)
-    assert decision.state.mode is Mode.RUNNING
-    assert decision.next_deadline_ms == rig.now_ms + 1
-    assert_deadline_holds(decision, inputs, config, rig.now_ms, [])
-    at = decide(decision.state, inputs, config, rig.now_ms + 1)
-    assert at.state.fault is not None
-    assert at.state.fault.code is FaultCode.GRIP_SENSOR
+    _capped_to_stage_1_latches_at_the_next_ms(rig, FaultCode.GRIP_SENSOR)
 
 
 def test_SR_TIMER_1_a_held_timer_past_its_limit_acts_at_the_next_millisecond() -> None:
@@ -297,17 +305,9 @@ def test_SR_TIMER_1_a_held_timer_past_its_limit_acts_at_the_next_millisecond() -
     rig.measured_kmh = 3.0  # inside stage 2's limit: the timer is held, not restarted
     rig.run_ms(20)
     rig.now_ms = since_ms + config.overspeed_ms + 5
-    inputs = rig.inputs((), (RemoteLowerStageCap(stage=1),))
-    decision = decide(rig.core, inputs, config, rig.now_ms)
-    assert decision.state.mode is Mode.RUNNING
-    assert decision.state.stage == 1
+    decision = _capped_to_stage_1_latches_at_the_next_ms(rig, FaultCode.OVERSPEED)
     assert decision.state.overspeed_since_ms == since_ms
     assert decision.state.overspeed_clear_since_ms is not None
-    assert decision.next_deadline_ms == rig.now_ms + 1
-    assert_deadline_holds(decision, inputs, config, rig.now_ms, [])
-    at = decide(decision.state, inputs, config, rig.now_ms + 1)
-    assert at.state.fault is not None
-    assert at.state.fault.code is FaultCode.OVERSPEED
 
 
 def test_SR_TIMER_1_an_overspeed_that_goes_on_after_its_latch_does_not_wake_every_ms() -> None:
