@@ -33,7 +33,7 @@ class MotionSender:
     key-relay mode) without waiting: SET_SPEED every tick, since each one renews the
     firmware's lease (FW-3). A STOP or ESTOP (which the link acks and retransmits) goes out
     every tick while the firmware's latest STATUS still says RUNNING, so a lossy link
-    carries one within a few ticks (SR-FAULT-5), then once per ``STOP_REPEAT_MS`` while it
+    carries one within a few ticks (SR-STOP-6), then once per ``STOP_REPEAT_MS`` while it
     stays the decision."""
 
     def __init__(self) -> None:
